@@ -1,0 +1,288 @@
+"""Orchestration over the store: hand out batches, track progress, apply scaling.
+
+`BatchManager` claims pending items from the ledger and writes their results back;
+`ProgressTracker` reads the recent batches and summarises them; the
+`DynamicScalingController` joins both to the unified `ScalingManager`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+
+from scaling_core import store
+from scaling_core.config import ScalingConfig
+from scaling_core.manager import PerformanceSnapshot, ScalingManager
+from scaling_core.processing import summarize_batch
+from scaling_core.results import BatchResult, ItemResult, ScalingDecision
+from scaling_core.sources import Item
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """Items claimed for one batch, with what is needed to write their results back."""
+
+    batch_id: int
+    stage: int
+    batch_size: int
+    items: list[Item]
+    attempts: dict[str, int]
+
+
+class BatchManager:
+    """Hands out the next batch of pending items at the current size and records outcomes.
+
+    Args:
+        engine: the database holding the run's ledger.
+        run_id: the run whose items are handed out.
+        pipeline: the run's pipeline name.
+        batch_size: the size of the next batch.
+        max_attempts: item-level attempts before an item is failed for good.
+        worker: a name for whoever claims items (defaults to a random id).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        run_id: str,
+        pipeline: str,
+        batch_size: int,
+        max_attempts: int = 3,
+        worker: str | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if max_attempts <= 0:
+            raise ValueError(f"max_attempts must be positive, got {max_attempts}")
+        self.engine = engine
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.worker = worker or uuid.uuid4().hex[:16]
+
+    def next_batch(self, size: int | None = None) -> ClaimedBatch | None:
+        """Claim up to `size` (default: the current size) pending items; None when none are left."""
+        size = size if size is not None else self.batch_size
+        with store.open_session(self.engine) as session:
+            if not store.has_pending(session, self.run_id):
+                return None
+            record = store.open_batch(
+                session, run_id=self.run_id, pipeline=self.pipeline, batch_size=size, worker=self.worker
+            )
+            assert record.id is not None
+            claimed = store.claim_items(session, self.run_id, size, batch_id=record.id, worker=self.worker)
+            session.commit()
+            if not claimed:
+                # Another worker took the last items between the check and the claim.
+                record.status = store.BatchStatus.ABANDONED
+                session.add(record)
+                session.commit()
+                return None
+            return ClaimedBatch(
+                batch_id=record.id,
+                stage=record.stage,
+                batch_size=size,
+                items=[Item(id=row.item_id, payload=row.payload) for row in claimed],
+                attempts={row.item_id: row.attempts for row in claimed},
+            )
+
+    def complete_batch(
+        self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float
+    ) -> BatchResult:
+        """Write every item's result and the batch summary in one transaction."""
+        summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds)
+        with store.open_session(self.engine) as session:
+            store.record_item_results(
+                session,
+                self.run_id,
+                results,
+                attempts_before=batch.attempts,
+                max_attempts=self.max_attempts,
+            )
+            record = session.get(store.BatchRecord, batch.batch_id)
+            assert record is not None
+            store.close_batch(session, record, summary)
+            session.commit()
+        return summary
+
+    def fail_batch(self, batch: ClaimedBatch, error: str, seconds: float) -> BatchResult:
+        """Record a batch that failed whole; its items go back to pending."""
+        summary = BatchResult(
+            batch_id=str(batch.batch_id),
+            batch_size=batch.batch_size,
+            total_items=len(batch.items),
+            successful_items=0,
+            failed_items=len(batch.items),
+            processing_time=seconds,
+            confidence_distribution={store.ConfidenceLevel.LOW: len(batch.items)},
+            failed_whole=True,
+            error=error,
+        )
+        with store.open_session(self.engine) as session:
+            store.release_items(session, self.run_id, [item.id for item in batch.items])
+            record = session.get(store.BatchRecord, batch.batch_id)
+            assert record is not None
+            store.close_batch(session, record, summary)
+            session.commit()
+        return summary
+
+    def batch_status(self, batch_id: int) -> store.BatchStatus | None:
+        with store.open_session(self.engine) as session:
+            record = session.get(store.BatchRecord, batch_id)
+            return record.status if record is not None else None
+
+    def counts(self) -> dict[store.ItemStatus, int]:
+        with store.open_session(self.engine) as session:
+            return store.count_items(session, self.run_id)
+
+
+class Trend(enum.StrEnum):
+    IMPROVING = "improving"
+    STABLE = "stable"
+    DECLINING = "declining"
+
+
+class ProgressTracker:
+    """Recent batch results of a pipeline, read from the store, and what they say.
+
+    Args:
+        engine: the database.
+        pipeline: whose batches are tracked (across its runs).
+        window: how many recent batches the metrics cover.
+    """
+
+    TREND_MARGIN = 0.05
+    """Change of High share between the halves of the window that counts as a trend."""
+
+    def __init__(self, engine: Engine, *, pipeline: str, window: int = 10) -> None:
+        if window <= 0:
+            raise ValueError(f"window must be positive, got {window}")
+        self.engine = engine
+        self.pipeline = pipeline
+        self.window = window
+
+    def recent_results(self, limit: int | None = None) -> list[BatchResult]:
+        with store.open_session(self.engine) as session:
+            return store.recent_batches(session, self.pipeline, limit or self.window)
+
+    def get_performance_metrics(self) -> PerformanceSnapshot:
+        """High-confidence rate, mean seconds, success rate and stability of the window.
+
+        Stability is 1 minus the spread (max - min) of the per-batch High shares.
+        """
+        results = [r for r in self.recent_results() if r.total_items > 0]
+        if not results:
+            return PerformanceSnapshot()
+        items = sum(r.total_items for r in results)
+        shares = [r.high_share for r in results]
+        return PerformanceSnapshot(
+            current_batch_size=results[-1].asked_size,
+            high_confidence_rate=sum(r.high_count for r in results) / items,
+            average_processing_time=sum(r.processing_time for r in results) / len(results),
+            success_rate=sum(r.successful_items for r in results) / items,
+            stability=max(0.0, 1.0 - (max(shares) - min(shares))),
+            batches=len(results),
+        )
+
+    def analyze_trend(self) -> Trend:
+        """Compare the High share of the older and newer half of the window."""
+        results = [r for r in self.recent_results() if r.total_items > 0]
+        if len(results) < 4:
+            return Trend.STABLE
+        half = len(results) // 2
+        older, newer = results[:half], results[half:]
+        change = _share(newer) - _share(older)
+        if change > self.TREND_MARGIN:
+            return Trend.IMPROVING
+        if change < -self.TREND_MARGIN:
+            return Trend.DECLINING
+        return Trend.STABLE
+
+
+def _share(results: Sequence[BatchResult]) -> float:
+    items = sum(r.total_items for r in results)
+    return sum(r.high_count for r in results) / items if items else 0.0
+
+
+class DynamicScalingController:
+    """Runs the unified `ScalingManager` over what the tracker reads and sizes the next batch.
+
+    Args:
+        batch_manager: hands out batches; its `batch_size` is set after each decision.
+        progress_tracker: reads the pipeline's recent batches from the store.
+        scaling_config: the limits; `ScalingConfig()` when None.
+        store: persists decisions (a `PipelineStore`), optional.
+    """
+
+    def __init__(
+        self,
+        batch_manager: BatchManager,
+        progress_tracker: ProgressTracker,
+        scaling_config: ScalingConfig | None = None,
+        store: Any | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batch_manager = batch_manager
+        self.progress_tracker = progress_tracker
+        self.scaling_manager = ScalingManager(scaling_config, store=store)
+        self.scaling_active = True
+        self._clock = clock
+        self._last_decision: ScalingDecision | None = None
+        self._last_evaluated_at: float | None = None
+        self._sync_size()
+
+    def _sync_size(self) -> None:
+        self.batch_manager.batch_size = self.scaling_manager.get_current_batch_size()
+
+    def process_batch_completion(self, result: BatchResult) -> ScalingDecision | None:
+        """React to a finished batch (already in the store): evaluate and apply when active."""
+        if not self.scaling_active:
+            return None
+        return self.evaluate_and_apply_scaling()
+
+    def evaluate_and_apply_scaling(self) -> ScalingDecision:
+        """Decide on the store's recent history, apply the decision, resize the batch manager."""
+        history = self.progress_tracker.recent_results(ScalingManager.FAILURE_WINDOW)
+        decision = self.scaling_manager.evaluate_scaling(history)
+        self.scaling_manager.apply_scaling_decision(decision)
+        self._sync_size()
+        self._last_decision = decision
+        self._last_evaluated_at = self._clock()
+        return decision
+
+    def force_scaling_evaluation(self) -> dict[str, Any]:
+        """Evaluate now, even while scaling is disabled, without applying anything."""
+        history = self.progress_tracker.recent_results(ScalingManager.FAILURE_WINDOW)
+        performance = self.progress_tracker.get_performance_metrics()
+        return {
+            "current_batch_size": self.scaling_manager.get_current_batch_size(),
+            "recommendation": self.scaling_manager.get_comprehensive_scaling_recommendation(
+                performance, history
+            ),
+            "current_performance": performance.model_dump(),
+            "scaling_active": self.scaling_active,
+        }
+
+    def enable_scaling(self) -> None:
+        self.scaling_active = True
+
+    def disable_scaling(self) -> None:
+        self.scaling_active = False
+
+    def get_scaling_status(self) -> dict[str, Any]:
+        return {
+            "scaling_active": self.scaling_active,
+            "current_batch_size": self.scaling_manager.get_current_batch_size(),
+            "last_decision": self._last_decision.model_dump(mode="json") if self._last_decision else None,
+            "trend": self.progress_tracker.analyze_trend().value,
+            "summary": self.scaling_manager.get_scaling_summary(),
+        }

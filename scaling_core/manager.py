@@ -1,0 +1,750 @@
+"""The unified `ScalingManager`: batch-size decisions and the predictions behind them.
+
+The manager is handed the whole ordered history of a pipeline after every batch and answers
+with a `ScalingDecision`. A decision is a pure function of the configuration and the
+history's tail, so the same history always gives the same answer and the cost of a decision
+does not grow with the history.
+
+How a size is chosen, in order:
+
+1. A batch that failed whole sets a failure ceiling at its size; the next size is the largest
+   recent success below it (or half, when there is none). Later the gap between that success
+   and the ceiling is bisected, at most `FAILURE_PROBES` failures a window: the cliff is found
+   in a few steps instead of being crept up on one failure at a time.
+2. A batch whose High share is under `low_confidence_threshold` halves the size at once.
+3. Otherwise every limit is estimated from the evidence and the size moves toward the
+   smallest of them:
+   - time: batch seconds = fixed + per_item*n (+ quadratic*n^2 when that curvature is
+     significant), least squares over recent batches with outliers dropped; the limit is the
+     size whose predicted time is the threshold, and the throughput optimum sqrt(fixed/quadratic)
+     when the cost is super-linear;
+   - quality: High items are pooled over batches of neighbouring sizes; a size whose pooled
+     upper Wilson bound is under the target is "bad", and so is every larger size (quality
+     does not improve with size). The size moves to the largest size seen below the smallest
+     bad one, bisecting the gap while it is wide;
+   - failures: the ceiling of rule 1.
+   Growth is `scaling_factor` per step while every limit is far, `NEAR_LIMIT_GROWTH` near one.
+4. Evidence that recent batches contradict (a shift of quality or cost at the same size) cuts
+   the window at the change, so old evidence is forgotten (drift).
+5. When the recent sizes are too alike to determine the cost fit, every `DITHER_EVERY`-th
+   decision tries a size `DITHER_DEPTH` smaller (never larger: above may be a limit).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scaling_core._evidence import CostFit, QualityPool, fit_costs, wilson_bounds
+from scaling_core.config import ScalingConfig
+from scaling_core.results import BatchResult, ScalingAction, ScalingDecision
+
+
+class DecisionStore(Protocol):
+    """What the manager needs of a store: the recent history and a place for decisions."""
+
+    def recent_batches(self, limit: int) -> list[BatchResult]: ...
+
+    def record_decision(self, old_size: int, decision: ScalingDecision) -> None: ...
+
+
+class PerformanceSnapshot(BaseModel):
+    """Recent performance of a pipeline, as `ProgressTracker.get_performance_metrics` gives it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    current_batch_size: int = Field(default=0, ge=0)
+    high_confidence_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    average_processing_time: float = Field(default=0.0, ge=0.0)
+    success_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    stability: float = Field(default=0.0, ge=0.0, le=1.0)
+    batches: int = Field(default=0, ge=0)
+
+
+@dataclass(slots=True)
+class _Limit:
+    """One bound on the next size and the evidence behind it."""
+
+    name: str
+    size: float
+    reason: str
+
+
+@dataclass(slots=True)
+class _Evidence:
+    """What the history's tail says; the inputs of a decision."""
+
+    base: int
+    fit: CostFit | None = None
+    limits: list[_Limit] = field(default_factory=list)
+    near_limit: bool = False
+    quality_at_base: float | None = None
+    failure_ceiling: float = math.inf
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class ScalingManager:
+    """Chooses each next batch size from the pipeline's batch history.
+
+    Args:
+        config: the limits to keep; `ScalingConfig()` when None.
+        store: where decisions are persisted and, when `evaluate_scaling` is called
+            without batches, where the history is read from.
+
+    Example:
+        >>> manager = ScalingManager(ScalingConfig(initial_batch_size=20))
+        >>> history.append(run_batch(manager.get_current_batch_size()))
+        >>> manager.apply_scaling_decision(manager.evaluate_scaling(history))
+    """
+
+    QUALITY_WINDOW = 300
+    """Batches that the quality evidence reads; a shift (see `CHANGE_Z`) forgets sooner."""
+    COST_WINDOW = 300
+    """Batches that the cost fit reads (its curvature needs the sizes of the ramp-up)."""
+    FAILURE_WINDOW = 400
+    """Batches scanned for whole-batch failures (a cliff is remembered this long)."""
+    FAILURE_PROBES = 2
+    """Whole-batch failures in the window after which the cliff is no longer probed."""
+    QUALITY_Z = 2.0
+    """z of the upper Wilson bound that calls a size's quality bad."""
+    SOFT_QUALITY_Z = 1.0
+    """z of the weaker quality evidence, remembered for `SOFT_QUALITY_WINDOW` batches."""
+    SOFT_QUALITY_WINDOW = 40
+    LOW_CONFIDENCE_Z = 1.0
+    """z of the upper bound of the last batch's High share for the hard cut."""
+    NEIGHBOURHOOD = 1.10
+    """Batches within this size ratio pool their quality evidence."""
+    SAME_SIZE = 1.03
+    """Batches within this size ratio count as the same size."""
+    BISECT_RESOLUTION = 1.08
+    """A gap between a good size and a bad one narrower than this ratio is not probed."""
+    NEAR_LIMIT_GROWTH = 1.15
+    """Growth per step when a limit is within one `scaling_factor` step."""
+    QUALITY_HEADROOM = 0.04
+    """High share above the target under which quality counts as near its limit."""
+    TIME_MARGIN = 0.97
+    """Aim at this share of `processing_time_threshold`."""
+    DEAD_BAND = 0.03
+    """Relative moves smaller than this are not made (no jitter)."""
+    DITHER_EVERY = 5
+    DITHER_DEPTH = 0.08
+    FIT_SPREAD = 1.15
+    """Max/min size ratio the cost fit needs among its batches."""
+    CHANGE_BATCHES = 3
+    """Recent batches tested against older ones for a shift (drift)."""
+    CHANGE_Z = 3.5
+    """z of a shift in quality or cost that makes the older evidence be forgotten."""
+    DECISION_LOG = 1000
+    """Decisions kept in memory for `get_scaling_summary`."""
+
+    def __init__(self, config: ScalingConfig | None = None, store: DecisionStore | None = None) -> None:
+        self.config = config if config is not None else ScalingConfig()
+        self.store = store
+        self._current_batch_size = self.config.initial_batch_size
+        self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
+        self._changes = 0
+
+    # -- the decision protocol ---------------------------------------------------------------
+
+    def get_current_batch_size(self) -> int:
+        """The size the next batch should have."""
+        return self._current_batch_size
+
+    def evaluate_scaling(self, batches: Sequence[BatchResult] | None = None) -> ScalingDecision:
+        """Decide the next batch size from the ordered history (oldest first).
+
+        With `batches=None` the recent history is read from the store. Never raises on a
+        legal history: an empty one, zero-item batches, batches where every item failed and
+        zero processing times all give a decision.
+        """
+        if batches is None:
+            if self.store is None:
+                raise ValueError("evaluate_scaling needs batches when the manager has no store")
+            batches = self.store.recent_batches(self.FAILURE_WINDOW)
+        history = list(batches[-self.FAILURE_WINDOW :])
+        config = self.config
+        base = config.clamp(history[-1].asked_size if history else self._current_batch_size)
+        if not history:
+            return self._decision(base, base, "no batches yet: keep the starting size", {})
+
+        last = history[-1]
+        evidence = self._gather(history, base)
+        metrics = evidence.metrics
+
+        if last.is_whole_failure:
+            return self._after_failure(history, base, last, metrics)
+
+        if last.total_items > 0:
+            _, upper = wilson_bounds(last.high_count, last.total_items, self.LOW_CONFIDENCE_Z)
+            if upper < config.low_confidence_threshold:
+                return self._decision(
+                    base,
+                    min(base, config.clamp(base / 2)),
+                    f"batch {last.batch_id}: High share {last.high_share:.2f} of {last.total_items} items "
+                    f"is under the low-confidence threshold {config.low_confidence_threshold:.2f}: cut hard",
+                    metrics,
+                )
+
+        if len(history) < config.min_batches_for_scaling:
+            return self._decision(
+                base,
+                base,
+                f"collecting evidence: {len(history)} of {config.min_batches_for_scaling} batches",
+                metrics,
+            )
+
+        binding = min(evidence.limits, key=lambda limit: limit.size)
+        target = config.clamp(min(binding.size, config.max_batch_size))
+        if target < base * (1 - self.DEAD_BAND):
+            return self._decision(base, target, binding.reason, metrics)
+        if target > base * (1 + self.DEAD_BAND):
+            recent = history[-config.min_batches_for_scaling :]
+            if config.stability_required and any(batch.is_whole_failure for batch in recent):
+                return self._decision(
+                    base, base, "holding: a batch failed whole within the last few batches", metrics
+                )
+            growth = self.NEAR_LIMIT_GROWTH if evidence.near_limit else config.scaling_factor
+            step = config.clamp(min(target, base * growth))
+            if step > base:
+                pace = "near a limit, growing slowly" if evidence.near_limit else "far from every limit"
+                return self._decision(base, step, f"{pace}: toward {binding.reason}", metrics)
+        if self._needs_dither(history, evidence) and len(history) % self.DITHER_EVERY == 0:
+            dithered = config.clamp(base * (1 - self.DITHER_DEPTH))
+            if dithered < base:
+                return self._decision(
+                    base,
+                    dithered,
+                    f"at the best size ({binding.reason}); trying {dithered} once so the cost fit "
+                    "stays determined",
+                    metrics,
+                )
+        return self._decision(base, base, f"at the best size: {binding.reason}", metrics)
+
+    def apply_scaling_decision(self, decision: ScalingDecision) -> bool:
+        """Adopt `decision`'s size (kept within [min, max]); True when the size changed.
+
+        The decision is persisted when the manager has a store.
+        """
+        old_size = self._current_batch_size
+        self._current_batch_size = self.config.clamp(decision.new_batch_size)
+        self._decisions.append(decision)
+        changed = self._current_batch_size != old_size
+        self._changes += int(changed)
+        if self.store is not None:
+            self.store.record_decision(old_size, decision)
+        return changed
+
+    def get_scaling_summary(self) -> dict[str, Any]:
+        """Current size, limits, and counts and the last of the decisions applied so far."""
+        actions = Counter(decision.action.value for decision in self._decisions)
+        last = self._decisions[-1] if self._decisions else None
+        return {
+            "current_batch_size": self._current_batch_size,
+            "min_batch_size": self.config.min_batch_size,
+            "max_batch_size": self.config.max_batch_size,
+            "decisions": len(self._decisions),
+            "size_changes": self._changes,
+            "actions": {action.value: actions.get(action.value, 0) for action in ScalingAction},
+            "last_decision": last.model_dump(mode="json") if last is not None else None,
+            "recent_sizes": [decision.new_batch_size for decision in list(self._decisions)[-20:]],
+        }
+
+    # -- predictions ---------------------------------------------------------------------------
+
+    def predict_optimal_batch_size(
+        self,
+        current_performance: PerformanceSnapshot | Mapping[str, Any],
+        target_confidence_rate: float = 0.9,
+        target_processing_time: float = 2.0,
+    ) -> int:
+        """A size expected to meet both targets, from one performance snapshot.
+
+        Time is taken as proportional to size from the snapshot (a conservative reading when
+        batches have a fixed cost); a High rate under the target shrinks the size by the
+        shortfall, one above it leaves room to grow by at most `scaling_factor`.
+        """
+        snapshot = PerformanceSnapshot.model_validate(current_performance)
+        size = snapshot.current_batch_size or self._current_batch_size
+        if target_processing_time <= 0:
+            raise ValueError(f"target_processing_time must be positive, got {target_processing_time}")
+        if not 0 < target_confidence_rate <= 1:
+            raise ValueError(f"target_confidence_rate must be in (0, 1], got {target_confidence_rate}")
+        by_time = (
+            size * target_processing_time / snapshot.average_processing_time
+            if snapshot.average_processing_time > 0
+            else size * self.config.scaling_factor
+        )
+        if snapshot.batches == 0:
+            by_quality = float(size)
+        elif snapshot.high_confidence_rate < target_confidence_rate:
+            by_quality = size * snapshot.high_confidence_rate / target_confidence_rate
+        else:
+            by_quality = size * self.config.scaling_factor
+        return self.config.clamp(min(by_time, by_quality, size * self.config.scaling_factor))
+
+    def should_scale_now(
+        self,
+        performance_trend: Sequence[PerformanceSnapshot | Mapping[str, Any] | BatchResult],
+        min_confidence_threshold: float = 0.8,
+    ) -> tuple[bool, str]:
+        """Whether the trend is clear enough to change the size now, and why.
+
+        Too few points: no. The latest High rate under `min_confidence_threshold`: yes, at
+        once. A trend whose High rate swings by more than 0.15: no, it is not stable yet.
+        Otherwise yes.
+        """
+        rates = [_high_rate(point) for point in performance_trend]
+        needed = self.config.min_batches_for_scaling
+        if len(rates) < needed:
+            return False, f"only {len(rates)} of {needed} observations"
+        if rates[-1] < min_confidence_threshold:
+            return True, f"High rate {rates[-1]:.2f} is under {min_confidence_threshold:.2f}: scale down now"
+        window = rates[-needed:]
+        swing = max(window) - min(window)
+        if swing > 0.15:
+            return False, f"High rate swings by {swing:.2f} over the last {needed} observations: wait"
+        return True, f"stable High rate {sum(window) / len(window):.2f} over the last {needed} observations"
+
+    def analyze_batch_size_efficiency(self, performance_data: Sequence[BatchResult]) -> dict[str, Any]:
+        """Per size: batches, seconds per successful item, High share; and the best of them.
+
+        `most_efficient_batch_size` is the size with the lowest seconds per successful item
+        among those whose pooled High share meets `high_confidence_threshold` (None when none
+        does); `cost_model` is the fitted fixed and per-item cost when the data determine it.
+        """
+        groups: dict[int, list[BatchResult]] = {}
+        for batch in performance_data:
+            if batch.total_items > 0:
+                groups.setdefault(batch.asked_size, []).append(batch)
+        by_size: dict[int, dict[str, float]] = {}
+        for size, group in sorted(groups.items()):
+            items = sum(batch.total_items for batch in group)
+            successes = sum(batch.successful_items for batch in group)
+            seconds = sum(batch.processing_time for batch in group)
+            by_size[size] = {
+                "batches": len(group),
+                "items": items,
+                "average_seconds": seconds / len(group),
+                "seconds_per_successful_item": seconds / successes if successes else math.inf,
+                "high_confidence_rate": sum(batch.high_count for batch in group) / items,
+                "success_rate": successes / items,
+                "whole_failures": sum(batch.is_whole_failure for batch in group),
+            }
+        eligible = {
+            size: row
+            for size, row in by_size.items()
+            if row["high_confidence_rate"] >= self.config.high_confidence_threshold
+            and row["average_seconds"] <= self.config.processing_time_threshold
+            and row["whole_failures"] == 0
+        }
+        best = min(eligible, key=lambda s: eligible[s]["seconds_per_successful_item"]) if eligible else None
+        fit = self._fit([batch for batch in performance_data if not batch.is_whole_failure])
+        return {
+            "by_size": by_size,
+            "most_efficient_batch_size": best,
+            "cost_model": (
+                {"fixed_seconds": fit.fixed, "seconds_per_item": fit.per_item, "quadratic": fit.quadratic}
+                if fit is not None
+                else None
+            ),
+        }
+
+    def predict_processing_time(self, batch_size: int, recent_performance: Sequence[BatchResult]) -> float:
+        """Expected seconds for a batch of `batch_size` items.
+
+        From the fitted cost model when the recent batches determine it, else by scaling the
+        recent mean seconds per item; 0.0 when there is nothing to go on.
+        """
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        usable = [b for b in recent_performance if b.total_items > 0 and not b.is_whole_failure]
+        fit = self._fit(usable)
+        if fit is not None:
+            return max(fit.seconds(batch_size), 0.0)
+        items = sum(batch.total_items for batch in usable)
+        if items == 0:
+            return 0.0
+        return batch_size * sum(batch.processing_time for batch in usable) / items
+
+    def get_comprehensive_scaling_recommendation(
+        self,
+        current_performance: PerformanceSnapshot | Mapping[str, Any],
+        historical_data: Sequence[BatchResult],
+    ) -> dict[str, Any]:
+        """The decision on `historical_data` next to the predictions, and one combined answer.
+
+        Returns `scaling_decision`, `prediction_analysis` (`optimal_batch_size`,
+        `predicted_processing_time`, `efficiency_analysis`) and `combined_recommendation`
+        (`recommended_action`, `recommended_batch_size`, `confidence_score`). The decision
+        leads; `confidence_score` (0 to 1) grows with the evidence and with the agreement of
+        the prediction's direction.
+        """
+        decision = self.evaluate_scaling(historical_data)
+        optimal = self.predict_optimal_batch_size(
+            current_performance,
+            target_confidence_rate=self.config.high_confidence_threshold,
+            target_processing_time=self.config.processing_time_threshold,
+        )
+        base = historical_data[-1].asked_size if historical_data else self._current_batch_size
+        predicted_direction = (optimal > base) - (optimal < base)
+        decided_direction = (decision.new_batch_size > base) - (decision.new_batch_size < base)
+        evidence = min(1.0, len(historical_data) / max(self.config.min_batches_for_scaling * 3, 1))
+        agreement = 1.0 if predicted_direction == decided_direction else 0.5
+        return {
+            "scaling_decision": decision.model_dump(mode="json"),
+            "prediction_analysis": {
+                "optimal_batch_size": optimal,
+                "predicted_processing_time": self.predict_processing_time(
+                    decision.new_batch_size, historical_data[-self.QUALITY_WINDOW :]
+                ),
+                "efficiency_analysis": self.analyze_batch_size_efficiency(historical_data[-self.QUALITY_WINDOW :]),
+            },
+            "combined_recommendation": {
+                "recommended_action": decision.action.value,
+                "recommended_batch_size": decision.new_batch_size,
+                "confidence_score": round(evidence * agreement, 3),
+                "reason": decision.reason,
+            },
+        }
+
+    # -- evidence --------------------------------------------------------------------------------
+
+    def _fit(self, batches: Sequence[BatchResult]) -> CostFit | None:
+        usable = [b for b in batches if b.total_items > 0]
+        return fit_costs(
+            [b.total_items for b in usable],
+            [b.processing_time for b in usable],
+            min_spread=self.FIT_SPREAD,
+        )
+
+    def _gather(self, history: Sequence[BatchResult], base: int) -> _Evidence:
+        config = self.config
+        evidence = _Evidence(base=base)
+        window = [b for b in history[-self.QUALITY_WINDOW :] if b.total_items > 0]
+        successes = [b for b in window if not b.is_whole_failure]
+        limits = evidence.limits
+        limits.append(_Limit("max", config.max_batch_size, f"the maximum size {config.max_batch_size}"))
+
+        costed = [b for b in history[-self.COST_WINDOW :] if b.total_items > 0 and not b.is_whole_failure]
+        timed, evidence.fit = self._cost_evidence(costed)
+        self._time_limits(evidence, timed, base)
+        quality_window = window[self._quality_change_point(window) :]
+        self._quality_limit(evidence, quality_window, base)
+        self._failure_limit(evidence, history)
+
+        growth_reach = base * config.scaling_factor
+        evidence.near_limit = any(
+            limit.name != "max" and limit.size < growth_reach * self.NEIGHBOURHOOD for limit in limits
+        ) or (
+            evidence.quality_at_base is not None
+            and evidence.quality_at_base < config.high_confidence_threshold + self.QUALITY_HEADROOM
+        )
+        evidence.metrics.update(
+            {
+                "batches_considered": float(len(window)),
+                "current_batch_size": float(base),
+                "recent_high_share": _pooled_high_share(window[-3:]),
+                "recent_success_rate": _pooled_success_rate(window[-3:]),
+                "recent_seconds": sum(b.processing_time for b in window[-3:]) / max(len(window[-3:]), 1),
+            }
+        )
+        return evidence
+
+    def _cost_evidence(self, successes: Sequence[BatchResult]) -> tuple[list[BatchResult], CostFit | None]:
+        """The batches the cost fit should use and the fit itself.
+
+        When the last `CHANGE_BATCHES` batches all sit on one side of the fit, far out, the
+        cost of the work changed under us: the older batches are forgotten.
+        """
+        fit = self._fit(successes)
+        recent = successes[-self.CHANGE_BATCHES :]
+        if fit is None or len(recent) < self.CHANGE_BATCHES or fit.residual_scale <= 0:
+            return list(successes), fit
+        residuals = [b.processing_time - fit.seconds(b.total_items) for b in recent]
+        if all(r > 0 for r in residuals) or all(r < 0 for r in residuals):
+            shift = min(abs(r) for r in residuals) / fit.residual_scale
+            relative = min(
+                abs(r) / max(fit.seconds(b.total_items), 1e-9) for r, b in zip(residuals, recent, strict=True)
+            )
+            if shift > self.CHANGE_Z and relative > 0.15:
+                return list(recent), self._fit(recent)
+        return list(successes), fit
+
+    def _quality_change_point(self, window: Sequence[BatchResult]) -> int:
+        """Index from which the quality evidence is current.
+
+        Quality does not rise with size, so the recent batches are compared only with older
+        batches that should be no better (larger sizes) for a fall, or no worse (smaller
+        sizes) for a rise: the size effect can hide a shift but never fake one. A
+        two-proportion z beyond `CHANGE_Z` forgets the older evidence.
+        """
+        recent = window[-self.CHANGE_BATCHES :]
+        older = window[: -self.CHANGE_BATCHES]
+        if len(recent) < self.CHANGE_BATCHES or not older:
+            return 0
+        recent_high = sum(b.high_count for b in recent)
+        recent_items = sum(b.total_items for b in recent)
+        largest = max(b.asked_size for b in recent)
+        smallest = min(b.asked_size for b in recent)
+        larger = [b for b in older if b.asked_size >= largest]
+        smaller = [b for b in older if b.asked_size <= smallest]
+        fell = _two_proportion_z(recent_high, recent_items, larger) < -self.CHANGE_Z
+        rose = _two_proportion_z(recent_high, recent_items, smaller) > self.CHANGE_Z
+        return len(window) - self.CHANGE_BATCHES if fell or rose else 0
+
+    def _time_limits(self, evidence: _Evidence, timed: Sequence[BatchResult], base: int) -> None:
+        config = self.config
+        budget = config.processing_time_threshold * self.TIME_MARGIN
+        fit = evidence.fit
+        metrics = evidence.metrics
+        if fit is not None:
+            within = fit.largest_size_within(budget)
+            metrics.update(
+                {
+                    "fixed_seconds": fit.fixed,
+                    "seconds_per_item": fit.per_item,
+                    "quadratic_seconds": fit.quadratic,
+                    "fit_points": float(fit.points),
+                    "predicted_seconds_at_current": fit.seconds(base),
+                    "size_within_time_limit": min(within, 1e9),
+                }
+            )
+            evidence.limits.append(
+                _Limit(
+                    "time",
+                    within,
+                    f"the time limit: fitted {fit.fixed:.3f} s + {fit.per_item * 1000:.2f} ms/item"
+                    + (f" + {fit.quadratic * 1e6:.3f} us/item^2" if fit.quadratic else "")
+                    + f" reaches {config.processing_time_threshold:g} s at {within:.0f} items",
+                )
+            )
+            optimum = fit.throughput_optimum()
+            if math.isfinite(optimum):
+                metrics["throughput_optimum"] = optimum
+                largest_seen = max(b.total_items for b in timed)
+                # An optimum beyond every size seen is an extrapolation of a curvature fitted
+                # on smaller sizes: approach it slowly instead of trusting it.
+                reach = optimum if optimum <= largest_seen else max(optimum, largest_seen * self.NEAR_LIMIT_GROWTH)
+                evidence.limits.append(
+                    _Limit(
+                        "throughput",
+                        reach,
+                        f"the throughput optimum sqrt(fixed/quadratic) = {optimum:.0f} items",
+                    )
+                )
+        recent = [b for b in timed[-2:] if b.processing_time > 0]
+        if recent:
+            # Seconds proportional to size over-estimates the growth of a batch with a fixed
+            # cost: a safe bound while (or where) the fit is not determined.
+            per_item = sum(b.processing_time for b in recent) / sum(b.total_items for b in recent)
+            direct = budget / per_item if per_item > 0 else math.inf
+            observed = sum(b.processing_time for b in recent) / len(recent)
+            metrics["recent_seconds_per_item"] = per_item
+            if fit is None or observed > config.processing_time_threshold:
+                evidence.limits.append(
+                    _Limit(
+                        "time",
+                        direct,
+                        f"the time limit: recent batches took {observed:.2f} s "
+                        f"({per_item * 1000:.2f} ms/item) against {config.processing_time_threshold:g} s",
+                    )
+                )
+
+    def _quality_limit(self, evidence: _Evidence, window: Sequence[BatchResult], base: int) -> None:
+        config = self.config
+        target = config.high_confidence_threshold
+        observations = [(float(b.asked_size), b.high_count, b.total_items) for b in window]
+        if not observations:
+            return
+        pool = QualityPool.of(observations)
+        sizes = sorted({size for size, _, _ in observations})
+        high, items = pool.between(base / self.NEIGHBOURHOOD, base * self.NEIGHBOURHOOD)
+        if items:
+            evidence.quality_at_base = high / items
+            lower, upper = wilson_bounds(high, items, self.QUALITY_Z)
+            evidence.metrics.update(
+                {"high_share_near_current": high / items, "high_share_lower_bound": lower, "high_share_upper_bound": upper}
+            )
+        # Two tiers: strong evidence (z = QUALITY_Z) is remembered over the whole window;
+        # weaker evidence (z = SOFT_QUALITY_Z) over the last SOFT_QUALITY_WINDOW batches only,
+        # so that one unlucky batch cannot hold the size down for long.
+        recent = observations[-self.SOFT_QUALITY_WINDOW :]
+        candidates = [
+            found
+            for found in (
+                self._quality_ceiling(pool, sizes, target, self.QUALITY_Z),
+                self._quality_ceiling(
+                    QualityPool.of(recent), sorted({o[0] for o in recent}), target, self.SOFT_QUALITY_Z
+                ),
+            )
+            if found is not None
+        ]
+        if not candidates:
+            return
+        ceiling, ceiling_share, z = min(candidates)
+        evidence.metrics["quality_ceiling"] = ceiling
+        # The floor is the largest size below the ceiling whose own batches met the target:
+        # a size merely not yet proven bad is no place to settle.
+        below = [
+            size
+            for size in sizes
+            if size < ceiling and _share_of(pool.between(size / self.SAME_SIZE, size * self.SAME_SIZE)) >= target
+        ]
+        if not below:
+            limit = ceiling / 2
+            how = f"no smaller size met the target, halving to {limit:.0f}"
+        else:
+            floor = below[-1]
+            if ceiling / floor > self.BISECT_RESOLUTION:
+                limit = (floor + ceiling) / 2
+                how = f"probing between {floor:.0f} (good) and it"
+            else:
+                limit = floor
+                how = f"staying at {floor:.0f}, the largest size below it"
+        evidence.limits.append(
+            _Limit(
+                "quality",
+                limit,
+                f"the quality limit: High share {ceiling_share:.2f} near {ceiling:.0f} items is under "
+                f"the target {target:.2f} (upper bound, z={z:g}); {how}",
+            )
+        )
+
+    def _quality_ceiling(
+        self, pool: QualityPool, sizes: Sequence[float], target: float, z: float
+    ) -> tuple[float, float, float] | None:
+        """(smallest size whose upper bound is under `target`, its High share, z), if any."""
+        for size in sizes:
+            high, items = pool.between(size / self.SAME_SIZE, size)
+            _, upper = wilson_bounds(high, items, z)
+            if upper < target:
+                return size, high / items, z
+        return None
+
+    def _failure_limit(self, evidence: _Evidence, history: Sequence[BatchResult]) -> None:
+        ceiling, failures, success_floor = self._failure_bounds(history)
+        if not math.isfinite(ceiling):
+            return
+        evidence.failure_ceiling = ceiling
+        evidence.metrics["failure_ceiling"] = ceiling
+        if success_floor is None:
+            limit, how = ceiling / 2, "no success below it, halving"
+        elif failures < self.FAILURE_PROBES and ceiling / success_floor > self.NEIGHBOURHOOD:
+            limit, how = (success_floor + ceiling) / 2, f"bisecting from {success_floor} (succeeded)"
+        else:
+            limit, how = success_floor, f"staying at {success_floor}, the largest size that succeeded"
+        evidence.limits.append(
+            _Limit(
+                "failures",
+                min(limit, ceiling - 1),
+                f"the failure ceiling: {failures} whole-batch failure(s), the smallest at "
+                f"{ceiling:.0f} items; {how}",
+            )
+        )
+
+    def _failure_bounds(self, history: Sequence[BatchResult]) -> tuple[float, int, int | None]:
+        """(smallest failing size, failures counted, largest success below it).
+
+        A failure counts unless a later batch of at least its size succeeded (then it was
+        transient, not a size the processor cannot take).
+        """
+        ceiling = math.inf
+        failures = 0
+        largest_success_after = 0
+        for batch in reversed(history):
+            if batch.is_whole_failure:
+                if batch.asked_size > largest_success_after:
+                    failures += 1
+                    ceiling = min(ceiling, batch.asked_size)
+            elif batch.total_items > 0:
+                largest_success_after = max(largest_success_after, batch.total_items)
+        if not math.isfinite(ceiling):
+            return ceiling, 0, None
+        below = [
+            b.total_items
+            for b in history
+            if not b.is_whole_failure and 0 < b.total_items < ceiling
+        ]
+        return ceiling, failures, max(below) if below else None
+
+    def _after_failure(
+        self, history: Sequence[BatchResult], base: int, last: BatchResult, metrics: dict[str, float]
+    ) -> ScalingDecision:
+        ceiling, failures, floor = self._failure_bounds(history)
+        failed_size = last.asked_size
+        if floor is not None and floor < failed_size:
+            new = floor
+            how = f"back to {floor}, the largest recent size that succeeded"
+        else:
+            new = failed_size / 2
+            how = "no smaller success on record: halving"
+        new_size = min(base, self.config.clamp(new))
+        if new_size >= base and base > self.config.min_batch_size:
+            new_size = self.config.clamp(base - 1)
+        detail = f" ({last.error})" if last.error else ""
+        metrics = {**metrics, "failure_ceiling": float(min(ceiling, failed_size)), "whole_failures": float(failures)}
+        return self._decision(
+            base,
+            new_size,
+            f"batch {last.batch_id} of {failed_size} items failed whole{detail}; {how}",
+            metrics,
+        )
+
+    def _needs_dither(self, history: Sequence[BatchResult], evidence: _Evidence) -> bool:
+        sizes = [b.total_items for b in history[-self.QUALITY_WINDOW :] if b.total_items > 0 and not b.is_whole_failure]
+        return len(sizes) >= 2 and max(sizes) < self.FIT_SPREAD * min(sizes)
+
+    def _decision(self, base: int, new_size: int, reason: str, metrics: dict[str, float]) -> ScalingDecision:
+        new_size = self.config.clamp(new_size)
+        action = (
+            ScalingAction.INCREASE
+            if new_size > base
+            else ScalingAction.DECREASE
+            if new_size < base
+            else ScalingAction.MAINTAIN
+        )
+        finite = {key: float(value) for key, value in metrics.items() if math.isfinite(value)}
+        return ScalingDecision(
+            action=action,
+            new_batch_size=new_size,
+            reason=reason,
+            confidence_threshold=self.config.high_confidence_threshold,
+            performance_metrics=finite,
+        )
+
+
+def _high_rate(point: PerformanceSnapshot | Mapping[str, Any] | BatchResult) -> float:
+    if isinstance(point, BatchResult):
+        return point.high_share
+    return PerformanceSnapshot.model_validate(point).high_confidence_rate
+
+
+def _two_proportion_z(high: int, items: int, others: Sequence[BatchResult]) -> float:
+    """z of (High share of `high/items`) minus (pooled High share of `others`); 0 without data."""
+    other_items = sum(b.total_items for b in others)
+    if items == 0 or other_items == 0:
+        return 0.0
+    other_high = sum(b.high_count for b in others)
+    pooled = (high + other_high) / (items + other_items)
+    spread = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / items + 1 / other_items))
+    return (high / items - other_high / other_items) / spread
+
+
+def _share_of(counts: tuple[float, float]) -> float:
+    high, items = counts
+    return high / items if items else 0.0
+
+
+def _pooled_high_share(batches: Sequence[BatchResult]) -> float:
+    items = sum(b.total_items for b in batches)
+    return sum(b.high_count for b in batches) / items if items else 0.0
+
+
+def _pooled_success_rate(batches: Sequence[BatchResult]) -> float:
+    items = sum(b.total_items for b in batches)
+    return sum(b.successful_items for b in batches) / items if items else 0.0

@@ -1,0 +1,127 @@
+"""Domain types that the manager reasons about: item and batch results, scaling decisions.
+
+These are plain pydantic models, kept apart from the SQLModel tables in `scaling_core.store`.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ConfidenceLevel(enum.StrEnum):
+    """Quality bucket of one item."""
+
+    HIGH = "High"
+    MEDIUM = "Medium"
+    LOW = "Low"
+
+
+class ItemResult(BaseModel):
+    """What a processor returns for one item.
+
+    A processor may return this model or a plain dict with the same keys, so that it needs
+    no import of this package. `level` is derived from `confidence` by the thresholds in
+    `ScalingConfig` when it is not given; a failed item is always Low.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    item_id: str = Field(min_length=1)
+    success: bool = True
+    confidence: float = Field(default=0.0, ge=0.0, le=1.0)
+    output: Any = None
+    error: str | None = None
+    level: ConfidenceLevel | None = None
+
+
+class BatchResult(BaseModel):
+    """Outcome of one batch, as the manager sees it.
+
+    `batch_size` is the size that was asked for; `total_items` may be smaller at the end of
+    a dataset. Failed items count as Low in `confidence_distribution`. A batch that failed
+    as a whole (timeout, processor exception) has `failed_whole=True`.
+
+    Example:
+        >>> BatchResult(batch_id="b1", batch_size=50, total_items=50, successful_items=49,
+        ...             failed_items=1, processing_time=2.5,
+        ...             confidence_distribution={"High": 45, "Medium": 4, "Low": 1})
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_id: str
+    batch_size: int | None = Field(default=None, gt=0)
+    total_items: int = Field(ge=0)
+    successful_items: int = Field(ge=0)
+    failed_items: int = Field(default=0, ge=0)
+    processing_time: float = Field(ge=0.0)
+    confidence_distribution: dict[ConfidenceLevel, int] = Field(default_factory=dict)
+    failed_whole: bool = False
+    error: str | None = None
+    item_results: list[ItemResult] | None = None
+
+    @model_validator(mode="after")
+    def _check_counts(self) -> Self:
+        if self.successful_items + self.failed_items != self.total_items:
+            raise ValueError(
+                f"successful_items ({self.successful_items}) + failed_items ({self.failed_items}) "
+                f"must equal total_items ({self.total_items})"
+            )
+        if any(count < 0 for count in self.confidence_distribution.values()):
+            raise ValueError("confidence_distribution counts must not be negative")
+        counted = sum(self.confidence_distribution.values())
+        if counted not in (0, self.total_items):
+            raise ValueError(
+                f"confidence_distribution counts {counted} items but total_items is {self.total_items}"
+            )
+        return self
+
+    @property
+    def asked_size(self) -> int:
+        """The size that was asked for, or the item count when it was not recorded."""
+        return self.batch_size if self.batch_size is not None else self.total_items
+
+    @property
+    def high_count(self) -> int:
+        return self.confidence_distribution.get(ConfidenceLevel.HIGH, 0)
+
+    @property
+    def high_share(self) -> float:
+        """High items / items in the batch (0.0 for an empty batch)."""
+        return self.high_count / self.total_items if self.total_items else 0.0
+
+    @property
+    def success_rate(self) -> float:
+        return self.successful_items / self.total_items if self.total_items else 0.0
+
+    @property
+    def is_whole_failure(self) -> bool:
+        """True when no item of a non-empty batch came back successful."""
+        return self.failed_whole or (self.total_items > 0 and self.successful_items == 0)
+
+
+class ScalingAction(enum.StrEnum):
+    INCREASE = "increase"
+    DECREASE = "decrease"
+    MAINTAIN = "maintain"
+
+
+class ScalingDecision(BaseModel):
+    """One answer of the manager: the next batch size and why.
+
+    `performance_metrics` carries the model's estimates (fitted costs, quality bounds,
+    limits) so that a reader can check the `reason`.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    action: ScalingAction
+    new_batch_size: int = Field(gt=0)
+    reason: str
+    confidence_threshold: float = Field(ge=0.0, le=1.0)
+    performance_metrics: dict[str, float] = Field(default_factory=dict)
+    timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -1,0 +1,646 @@
+"""SQLModel persistence: pipeline runs, the item ledger, batches and scaling decisions.
+
+Every function takes a `Session` (or an `Engine` where it manages its own transactions);
+no engine is built at import time. Table models live here and nowhere else; the manager
+reasons about the domain types of `scaling_core.results`, converted at this boundary.
+
+Concurrency: claiming items is one `UPDATE ... WHERE item_id IN (SELECT ... FOR UPDATE
+SKIP LOCKED)` statement, so on PostgreSQL several stages (of one run or of several
+processes) never claim the same item. SQLite has a single writer: its statements are
+serialised by the database lock, which is safe but lets only one process write at a time.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import JSON, Column, Engine, Index, event, func, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from scaling_core.results import (
+    BatchResult,
+    ConfidenceLevel,
+    ItemResult,
+    ScalingDecision,
+)
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class RunStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class ItemStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class BatchStatus(enum.StrEnum):
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED_WHOLE = "failed_whole"
+    ABANDONED = "abandoned"
+    """The process running the batch died; its items went back to pending."""
+
+
+class PipelineRun(SQLModel, table=True):
+    """One run of a named pipeline over one source."""
+
+    __tablename__ = "pipeline_run"
+
+    run_id: str = Field(primary_key=True, max_length=64)
+    pipeline: str = Field(index=True, max_length=200)
+    status: RunStatus = Field(default=RunStatus.RUNNING, max_length=20)
+    source: str = Field(default="", max_length=2000)
+    processor: str = Field(default="", max_length=500)
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    items_loaded: bool = False
+    """True once the whole source is in the ledger (the load is resumable until then)."""
+    item_count: int = 0
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class LedgerItem(SQLModel, table=True):
+    """One item of a run and where it stands."""
+
+    __tablename__ = "ledger_item"
+    __table_args__ = (Index("ix_ledger_item_claim", "run_id", "status", "seq"),)
+
+    run_id: str = Field(primary_key=True, foreign_key="pipeline_run.run_id", max_length=64)
+    item_id: str = Field(primary_key=True, max_length=500)
+    seq: int
+    """Position in the source; pending items are claimed in this order."""
+    status: ItemStatus = Field(default=ItemStatus.PENDING, max_length=20)
+    attempts: int = 0
+    """Item-level failed attempts so far."""
+    payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    output: Any | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    confidence: float | None = None
+    level: str | None = Field(default=None, max_length=10)
+    error: str | None = None
+    batch_id: int | None = None
+    claimed_by: str | None = Field(default=None, max_length=64)
+    claimed_at: datetime | None = None
+
+
+class BatchRecord(SQLModel, table=True):
+    """One stage's batch: what was asked, what came back, how long it took."""
+
+    __tablename__ = "batch_record"
+    __table_args__ = (Index("ix_batch_record_pipeline_id", "pipeline", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="pipeline_run.run_id", index=True, max_length=64)
+    pipeline: str = Field(max_length=200)
+    stage: int
+    batch_size: int
+    total_items: int = 0
+    successful_items: int = 0
+    failed_items: int = 0
+    high: int = 0
+    medium: int = 0
+    low: int = 0
+    seconds: float = 0.0
+    status: BatchStatus = Field(default=BatchStatus.PROCESSING, max_length=20)
+    error: str | None = None
+    worker: str | None = Field(default=None, max_length=64)
+    started_at: datetime = Field(default_factory=_now)
+    finished_at: datetime | None = None
+
+
+class DecisionRecord(SQLModel, table=True):
+    """One scaling decision taken after a batch."""
+
+    __tablename__ = "scaling_decision"
+    __table_args__ = (Index("ix_scaling_decision_pipeline_id", "pipeline", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="pipeline_run.run_id", index=True, max_length=64)
+    pipeline: str = Field(max_length=200)
+    batch_id: int | None = None
+    action: str = Field(max_length=20)
+    old_size: int
+    new_size: int
+    reason: str
+    metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=_now)
+
+
+# -- engines --------------------------------------------------------------------------------
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Build an engine for `url`: a SQLite file (parent folders created) or PostgreSQL.
+
+    `sqlite://` (no path) gives one shared in-memory database, handy in tests.
+    PostgreSQL URLs use psycopg 3: `postgresql+psycopg://user@host:5432/db`.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return create_engine(
+                url, echo=echo, connect_args={"check_same_thread": False}, poolclass=StaticPool
+            )
+        from pathlib import Path
+
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, echo=echo, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (report, the UI's scaling task) run while a stage writes;
+    # NORMAL sync is durable across process crashes (not power loss), which is the
+    # failure this ledger is built to survive.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, safe for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: show no part of it that could hold a secret
+        return "<unparsable database URL>"
+
+
+def open_session(engine: Engine) -> Session:
+    """A session whose objects stay readable after commit (they are handed back to callers)."""
+    return Session(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables and indexes that do not exist yet (idempotent)."""
+    SQLModel.metadata.create_all(engine)
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def start_run(
+    session: Session,
+    *,
+    pipeline: str,
+    source: str,
+    processor: str,
+    config: dict[str, Any],
+    run_id: str | None = None,
+) -> PipelineRun:
+    """Register a run, or return the existing one with `run_id` (resume)."""
+    if run_id is not None:
+        existing = session.get(PipelineRun, run_id)
+        if existing is not None:
+            if existing.pipeline != pipeline:
+                raise ValueError(
+                    f"run {run_id!r} belongs to pipeline {existing.pipeline!r}, not {pipeline!r}"
+                )
+            existing.status = RunStatus.RUNNING
+            existing.updated_at = _now()
+            session.add(existing)
+            session.commit()
+            session.refresh(existing)
+            return existing
+    run = PipelineRun(
+        run_id=run_id or new_run_id(),
+        pipeline=pipeline,
+        source=source,
+        processor=processor,
+        config=config,
+    )
+    session.add(run)
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def get_run(session: Session, run_id: str) -> PipelineRun | None:
+    return session.get(PipelineRun, run_id)
+
+
+def latest_run(session: Session, pipeline: str | None = None) -> PipelineRun | None:
+    """The most recently created run (of `pipeline` when given)."""
+    query = select(PipelineRun)
+    if pipeline is not None:
+        query = query.where(PipelineRun.pipeline == pipeline)
+    return session.exec(query.order_by(col(PipelineRun.created_at).desc()).limit(1)).first()
+
+
+def latest_unfinished_run(session: Session, pipeline: str) -> PipelineRun | None:
+    query = (
+        select(PipelineRun)
+        .where(PipelineRun.pipeline == pipeline, PipelineRun.status != RunStatus.COMPLETED)
+        .order_by(col(PipelineRun.created_at).desc())
+        .limit(1)
+    )
+    return session.exec(query).first()
+
+
+def finish_run(session: Session, run_id: str, status: RunStatus) -> None:
+    session.execute(
+        update(PipelineRun)
+        .where(col(PipelineRun.run_id) == run_id)
+        .values(status=status, updated_at=_now())
+    )
+    session.commit()
+
+
+# -- the ledger -----------------------------------------------------------------------------
+
+
+def load_items(
+    session: Session, run_id: str, rows: Iterable[tuple[int, str, dict[str, Any]]]
+) -> int:
+    """Insert `(seq, item_id, payload)` rows into the ledger in one bulk statement.
+
+    Rows already present (a load resumed after a crash) are left as they are.
+    Returns the number of rows handed in. The caller commits.
+    """
+    values = [
+        {
+            "run_id": run_id,
+            "item_id": item_id,
+            "seq": seq,
+            "status": ItemStatus.PENDING,
+            "attempts": 0,
+            "payload": payload,
+        }
+        for seq, item_id, payload in rows
+    ]
+    if not values:
+        return 0
+    session.execute(_insert_ignoring_conflicts(session, LedgerItem).values(), values)
+    return len(values)
+
+
+def _insert_ignoring_conflicts(session: Session, table: type[SQLModel]) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
+
+
+def mark_loaded(session: Session, run_id: str) -> int:
+    """Flag the run's ledger as complete and return its item count."""
+    count = session.exec(
+        select(func.count()).select_from(LedgerItem).where(LedgerItem.run_id == run_id)
+    ).one()
+    session.execute(
+        update(PipelineRun)
+        .where(col(PipelineRun.run_id) == run_id)
+        .values(items_loaded=True, item_count=count, updated_at=_now())
+    )
+    session.commit()
+    return int(count)
+
+
+def claim_items(
+    session: Session, run_id: str, limit: int, *, batch_id: int, worker: str
+) -> list[LedgerItem]:
+    """Move up to `limit` pending items (in source order) to processing, for `batch_id`.
+
+    One statement: on PostgreSQL the inner select locks rows with SKIP LOCKED, so
+    concurrent claimers get disjoint items. The caller commits.
+    """
+    if limit <= 0:
+        return []
+    # A materialised CTE, not `IN (subquery)`: PostgreSQL may run an IN-subquery once per
+    # outer row, and with LIMIT + SKIP LOCKED each run picks other rows, so the update
+    # would claim far more than `limit` items.
+    candidates = (
+        select(LedgerItem.item_id)
+        .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PENDING)
+        .order_by(col(LedgerItem.seq))
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("claimable")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
+    )
+    statement = (
+        update(LedgerItem)
+        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id) == candidates.c.item_id)
+        .values(
+            status=ItemStatus.PROCESSING,
+            batch_id=batch_id,
+            claimed_by=worker,
+            claimed_at=_now(),
+        )
+        .returning(LedgerItem.item_id, LedgerItem.seq, LedgerItem.payload, LedgerItem.attempts)
+    )
+    rows = session.execute(statement, execution_options={"synchronize_session": False}).all()
+    items = [
+        LedgerItem(run_id=run_id, item_id=row[0], seq=row[1], payload=row[2], attempts=row[3])
+        for row in rows
+    ]
+    items.sort(key=lambda item: item.seq)
+    return items
+
+
+def record_item_results(
+    session: Session,
+    run_id: str,
+    results: Sequence[ItemResult],
+    *,
+    attempts_before: dict[str, int],
+    max_attempts: int,
+) -> None:
+    """Write every item's outcome in one bulk UPDATE by primary key. The caller commits.
+
+    A failed item goes back to pending while it has attempts left, else it is failed for good.
+    """
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for result in results:
+        attempts = attempts_before.get(result.item_id, 0) + (0 if result.success else 1)
+        row = {
+            "run_id": run_id,
+            "item_id": result.item_id,
+            "output": result.output,
+            "confidence": result.confidence,
+            "level": (result.level or ConfidenceLevel.LOW).value,
+            "error": result.error,
+            "attempts": attempts,
+            "claimed_by": None,
+        }
+        if result.success:
+            row["status"] = ItemStatus.DONE
+            done.append(row)
+        else:
+            row["status"] = ItemStatus.PENDING if attempts < max_attempts else ItemStatus.FAILED
+            failed.append(row)
+    for rows in (done, failed):
+        if rows:
+            session.execute(update(LedgerItem), rows)
+
+
+def release_items(session: Session, run_id: str, item_ids: Sequence[str]) -> None:
+    """Return claimed items to pending (their batch failed whole). The caller commits."""
+    if not item_ids:
+        return
+    session.execute(
+        update(LedgerItem)
+        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id).in_(list(item_ids)))
+        .where(col(LedgerItem.status) == ItemStatus.PROCESSING)
+        .values(status=ItemStatus.PENDING, claimed_by=None, claimed_at=None),
+        execution_options={"synchronize_session": False},
+    )
+
+
+def recover_abandoned(
+    session: Session, run_id: str, *, older_than: timedelta | None = None
+) -> int:
+    """Send items left in processing by a dead stage back to pending; returns how many.
+
+    With `older_than`, only claims older than that are taken back (several live
+    processes share the run on PostgreSQL); without it every claim is taken back (SQLite's
+    single-writer rule: no other process is working on the run).
+    """
+    item_filter = [col(LedgerItem.run_id) == run_id, col(LedgerItem.status) == ItemStatus.PROCESSING]
+    batch_filter = [col(BatchRecord.run_id) == run_id, col(BatchRecord.status) == BatchStatus.PROCESSING]
+    if older_than is not None:
+        cutoff = _now() - older_than
+        item_filter.append(col(LedgerItem.claimed_at) < cutoff)
+        batch_filter.append(col(BatchRecord.started_at) < cutoff)
+    recovered = session.execute(
+        update(LedgerItem)
+        .where(*item_filter)
+        .values(status=ItemStatus.PENDING, claimed_by=None, claimed_at=None),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    session.execute(
+        update(BatchRecord)
+        .where(*batch_filter)
+        .values(status=BatchStatus.ABANDONED, finished_at=_now()),
+        execution_options={"synchronize_session": False},
+    )
+    session.commit()
+    session.expire_all()
+    return int(recovered or 0)
+
+
+def count_items(session: Session, run_id: str) -> dict[ItemStatus, int]:
+    """Items of the run by status (every status present, zero when none)."""
+    rows = session.exec(
+        select(LedgerItem.status, func.count())
+        .where(LedgerItem.run_id == run_id)
+        .group_by(LedgerItem.status)
+    ).all()
+    counts = {status: 0 for status in ItemStatus}
+    for status, count in rows:
+        counts[ItemStatus(status)] = int(count)
+    return counts
+
+
+def has_pending(session: Session, run_id: str) -> bool:
+    row = session.exec(
+        select(LedgerItem.item_id)
+        .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PENDING)
+        .limit(1)
+    ).first()
+    return row is not None
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+def open_batch(
+    session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str
+) -> BatchRecord:
+    """Create the record of a starting batch, numbered as the run's next stage. Commits."""
+    stage = session.exec(
+        select(func.count()).select_from(BatchRecord).where(BatchRecord.run_id == run_id)
+    ).one()
+    record = BatchRecord(
+        run_id=run_id, pipeline=pipeline, stage=int(stage) + 1, batch_size=batch_size, worker=worker
+    )
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> BatchRecord:
+    """Fill a batch record from its result. The caller commits (with the item results)."""
+    record.total_items = result.total_items
+    record.successful_items = result.successful_items
+    record.failed_items = result.failed_items
+    record.high = result.confidence_distribution.get(ConfidenceLevel.HIGH, 0)
+    record.medium = result.confidence_distribution.get(ConfidenceLevel.MEDIUM, 0)
+    record.low = result.confidence_distribution.get(ConfidenceLevel.LOW, 0)
+    record.seconds = result.processing_time
+    record.status = BatchStatus.FAILED_WHOLE if result.failed_whole else BatchStatus.COMPLETED
+    record.error = result.error
+    record.finished_at = _now()
+    session.add(record)
+    return record
+
+
+def to_batch_result(record: BatchRecord) -> BatchResult:
+    """The manager's view of a stored batch."""
+    failed_whole = record.status == BatchStatus.FAILED_WHOLE
+    distribution = {
+        ConfidenceLevel.HIGH: record.high,
+        ConfidenceLevel.MEDIUM: record.medium,
+        ConfidenceLevel.LOW: record.low,
+    }
+    if failed_whole and sum(distribution.values()) == 0:
+        distribution = {ConfidenceLevel.LOW: record.total_items}
+    return BatchResult(
+        batch_id=str(record.id),
+        batch_size=record.batch_size,
+        total_items=record.total_items,
+        successful_items=record.successful_items,
+        failed_items=record.failed_items,
+        processing_time=record.seconds,
+        confidence_distribution=distribution,
+        failed_whole=failed_whole,
+        error=record.error,
+    )
+
+
+def recent_batches(session: Session, pipeline: str, limit: int) -> list[BatchResult]:
+    """The last `limit` finished batches of `pipeline` across its runs, oldest first.
+
+    A bounded, indexed read (pipeline, id): its cost does not grow with the history.
+    """
+    records = session.exec(
+        select(BatchRecord)
+        .where(
+            BatchRecord.pipeline == pipeline,
+            col(BatchRecord.status).in_([BatchStatus.COMPLETED, BatchStatus.FAILED_WHOLE]),
+        )
+        .order_by(col(BatchRecord.id).desc())
+        .limit(limit)
+    ).all()
+    return [to_batch_result(record) for record in reversed(records)]
+
+
+def run_batches(session: Session, run_id: str) -> list[BatchRecord]:
+    """Every batch record of a run, in stage order."""
+    return list(
+        session.exec(
+            select(BatchRecord).where(BatchRecord.run_id == run_id).order_by(col(BatchRecord.id))
+        ).all()
+    )
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+def record_decision(
+    session: Session,
+    *,
+    run_id: str,
+    pipeline: str,
+    batch_id: int | None,
+    old_size: int,
+    decision: ScalingDecision,
+) -> DecisionRecord:
+    """Persist one decision. Commits."""
+    record = DecisionRecord(
+        run_id=run_id,
+        pipeline=pipeline,
+        batch_id=batch_id,
+        action=decision.action.value,
+        old_size=old_size,
+        new_size=decision.new_batch_size,
+        reason=decision.reason,
+        metrics=dict(decision.performance_metrics),
+        created_at=decision.timestamp,
+    )
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def last_decided_size(session: Session, pipeline: str) -> int | None:
+    """The size the latest decision of `pipeline` chose (warm start for a new run)."""
+    size = session.exec(
+        select(DecisionRecord.new_size)
+        .where(DecisionRecord.pipeline == pipeline)
+        .order_by(col(DecisionRecord.id).desc())
+        .limit(1)
+    ).first()
+    return int(size) if size is not None else None
+
+
+def run_decisions(session: Session, run_id: str) -> list[DecisionRecord]:
+    return list(
+        session.exec(
+            select(DecisionRecord)
+            .where(DecisionRecord.run_id == run_id)
+            .order_by(col(DecisionRecord.id))
+        ).all()
+    )
+
+
+# -- a store bound to one run -------------------------------------------------------------------
+
+
+class PipelineStore:
+    """The manager's and the controller's view of the store: one pipeline run on one engine.
+
+    It opens a short session per call, so it can be handed to code that runs between
+    stages without holding a connection.
+    """
+
+    def __init__(self, engine: Engine, *, pipeline: str, run_id: str) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.run_id = run_id
+
+    def recent_batches(self, limit: int) -> list[BatchResult]:
+        with open_session(self.engine) as session:
+            return recent_batches(session, self.pipeline, limit)
+
+    def record_decision(self, old_size: int, decision: ScalingDecision) -> None:
+        with open_session(self.engine) as session:
+            last_batch = session.exec(
+                select(func.max(BatchRecord.id)).where(BatchRecord.run_id == self.run_id)
+            ).one()
+            record_decision(
+                session,
+                run_id=self.run_id,
+                pipeline=self.pipeline,
+                batch_id=last_batch,
+                old_size=old_size,
+                decision=decision,
+            )
