@@ -1,0 +1,580 @@
+"""Workload simulator for the batch-size benchmark.
+
+A `Workload` is a synthetic job of `total_items` items, split into `Phase`s by the number of
+successful items delivered so far (a later phase models drift). Each phase holds the TRUE
+curves of the job; with `n` the number of items in a batch:
+
+* Batch time. The curve is ``C(n) = fixed_s + per_item_s*n + quad_s*n**2`` seconds. A sampled
+  time is ``C(n) * exp(sigma*Z - sigma**2/2)``, Z ~ N(0, 1), times ``outlier_factor`` with
+  probability ``outlier_prob``. The ``-sigma**2/2`` makes the lognormal factor's mean exactly 1,
+  so the expected batch time is ``E[T(n)] = C(n) * (1 + outlier_prob*(outlier_factor - 1))``.
+* Quality. ``q(n) = max(q_floor, q0 - slope*max(0, n - knee))`` is the expected share of High
+  items over ALL ``n`` items of the batch (failed items count as Low), which is the share the
+  objective speaks of.
+* Item failures. ``successful ~ Binomial(n, 1 - p)``; High among the successful items is
+  ``Binomial(successful, q(n)/(1 - p))``, so that ``E[High]/n = q(n)`` exactly (hence every
+  phase needs ``q0 <= 1 - p``). Of the remaining successful items a fixed share
+  `MEDIUM_SHARE` is Medium; the rest, and every failed item, is Low. Failed items go back to
+  the pool, so a run goes on until `total_items` items have succeeded.
+* Failure cliff. A batch with ``n >= cliff`` fails whole: no item succeeds, every item counts
+  as Low, and it costs ``failure_cost_s`` seconds (a timeout) or, when that is None, its
+  sampled time.
+
+The best batch size of a phase (`find_oracle`) is searched over every integer in
+``[min_batch_size, max_batch_size]`` on these true curves: feasible when ``q(n) >= target``,
+``E[T(n)] <= processing_time_threshold`` and ``n < cliff``; best when
+``E[T(n)] / (n*(1 - p))``, the expected time per successful item, is lowest. The oracle time
+of a run is the sum over phases of (successful items the phase needs) x (its best time per
+successful item). When no size is feasible in a phase, the oracle drops the quality target,
+then also the time limit (never the cliff) and says so in `PhaseOptimum.relaxed`; none of the
+bench's own workloads needs that. A batch belongs to the phase of the successful items
+delivered before it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import statistics
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Protocol, runtime_checkable
+
+from scaling_core.config import ScalingConfig
+from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
+
+__all__ = [
+    "BatchRecord",
+    "Oracle",
+    "Phase",
+    "PhaseOptimum",
+    "Policy",
+    "RunMetrics",
+    "RunOutcome",
+    "SampledBatch",
+    "Workload",
+    "binomial",
+    "find_oracle",
+    "sample_batch",
+    "simulate",
+    "stable_seed",
+]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """What the simulator drives: the protocol of `scaling_core.manager.ScalingManager`.
+
+    Per batch the simulator reads `get_current_batch_size()`, runs a batch of that size,
+    appends its `BatchResult` to the history (oldest first), calls
+    `evaluate_scaling(history)` once with the whole history and passes the decision to
+    `apply_scaling_decision`.
+    """
+
+    def get_current_batch_size(self) -> int:
+        """Size of the next batch, in items."""
+        ...
+
+    def evaluate_scaling(self, history: list[BatchResult]) -> ScalingDecision:
+        """Decide the next size from the whole ordered history (oldest first)."""
+        ...
+
+    def apply_scaling_decision(self, decision: ScalingDecision) -> object:
+        """Adopt `decision.new_batch_size` as the next size."""
+        ...
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from `parts` that is the same in every process and Python version.
+
+    The built-in `hash` of a str changes per process, so it cannot seed reproducible runs.
+    """
+    digest = hashlib.blake2b("|".join(str(part) for part in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def binomial(rng: random.Random, n: int, p: float) -> int:
+    """Draw from Binomial(n, p) using only `rng.random()`, identically on every Python version.
+
+    For ``n*min(p, 1-p) < 10`` it counts geometric waiting times between successes (expected
+    O(n*p) draws); above that it uses Hörmann's BTRS transformed rejection with squeeze
+    (W. Hörmann, "The generation of binomial random variates", J. Statist. Comput. Simul. 46,
+    1993), with the ``log(v)`` on the acceptance test that the paper omits.
+    """
+    if n <= 0 or p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    if p > 0.5:
+        # Symmetry: count the failures instead, so that the loops below see p <= 0.5.
+        return n - binomial(rng, n, 1.0 - p)
+    if n * p < 10.0:
+        # Trials until a success are Geometric(p): G = floor(log(U)/log(1-p)) + 1, U in (0, 1].
+        log_q = math.log1p(-p)
+        successes = 0
+        trial = 0
+        while True:
+            trial += int(math.log(1.0 - rng.random()) / log_q) + 1
+            if trial > n:
+                return successes
+            successes += 1
+    spq = math.sqrt(n * p * (1.0 - p))
+    b = 1.15 + 2.53 * spq
+    a = -0.0873 + 0.0248 * b + 0.01 * p
+    c = n * p + 0.5
+    v_r = 0.92 - 4.2 / b
+    alpha = (2.83 + 5.1 / b) * spq
+    log_odds = math.log(p / (1.0 - p))
+    mode = math.floor((n + 1) * p)
+    log_h = math.lgamma(mode + 1) + math.lgamma(n - mode + 1)
+    while True:
+        u = rng.random() - 0.5
+        v = rng.random()
+        us = 0.5 - abs(u)
+        if us <= 0.0:
+            continue
+        k = math.floor((2.0 * a / us + b) * u + c)
+        if k < 0 or k > n:
+            continue
+        if us >= 0.07 and v <= v_r:
+            return k
+        v *= alpha / (a / (us * us) + b)
+        if v <= 0.0:
+            return k
+        if math.log(v) <= log_h - math.lgamma(k + 1) - math.lgamma(n - k + 1) + (k - mode) * log_odds:
+            return k
+
+
+@dataclass(frozen=True, kw_only=True)
+class Phase:
+    """The true curves of a workload from `start_item` successful items on (see module doc)."""
+
+    MEDIUM_SHARE = 0.7
+    """Share of the successful non-High items that are Medium; the rest are Low."""
+
+    start_item: int = 0
+    """Successful items delivered before this phase begins."""
+    fixed_s: float
+    """Fixed cost of one batch (a call's overhead), seconds."""
+    per_item_s: float
+    """Linear cost per item, seconds."""
+    quad_s: float = 0.0
+    """Quadratic cost, seconds per item squared: makes large batches super-linear."""
+    noise_sigma: float = 0.1
+    """Sigma of the multiplicative lognormal timing noise."""
+    outlier_prob: float = 0.0
+    """Probability that a batch is an outlier, `outlier_factor` times slower."""
+    outlier_factor: float = 3.0
+    q0: float = 0.97
+    """Expected High share (over all items) of batches up to `knee` items."""
+    knee: int = 1_000_000_000
+    """Largest batch size whose quality is still q0."""
+    slope: float = 0.0
+    """Loss of expected High share per item beyond the knee."""
+    q_floor: float = 0.0
+    """The High share never falls below this."""
+    cliff: int | None = None
+    """Batches of at least this many items fail whole; None for no cliff."""
+    item_failure_p: float = 0.0
+    """Probability that one item fails on its own (it is then Low and retried later)."""
+    failure_cost_s: float | None = None
+    """Seconds a whole-batch failure costs (a timeout); None charges its sampled time."""
+
+    def __post_init__(self) -> None:
+        if self.start_item < 0:
+            raise ValueError(f"start_item must not be negative, got {self.start_item}")
+        if self.fixed_s < 0.0 or self.per_item_s < 0.0 or self.quad_s < 0.0:
+            raise ValueError("time coefficients must not be negative")
+        if self.fixed_s + self.per_item_s + self.quad_s <= 0.0:
+            raise ValueError("a batch must take some time")
+        if not 0.0 <= self.outlier_prob <= 1.0 or self.outlier_factor < 1.0:
+            raise ValueError("outlier_prob must lie in [0, 1] and outlier_factor be >= 1")
+        if not 0.0 <= self.item_failure_p < 1.0:
+            raise ValueError(f"item_failure_p must lie in [0, 1), got {self.item_failure_p}")
+        if not 0.0 <= self.q_floor <= self.q0 <= 1.0 - self.item_failure_p:
+            # q(n) is a share over ALL items and failed items are Low, so it cannot exceed 1-p.
+            raise ValueError(
+                f"need 0 <= q_floor ({self.q_floor}) <= q0 ({self.q0}) <= 1 - item_failure_p "
+                f"({1.0 - self.item_failure_p})"
+            )
+        if self.cliff is not None and self.cliff < 1:
+            raise ValueError(f"cliff must be positive, got {self.cliff}")
+
+    @property
+    def outlier_mean_factor(self) -> float:
+        """Mean of the outlier multiplier: E[T(n)] = C(n) * this."""
+        return 1.0 + self.outlier_prob * (self.outlier_factor - 1.0)
+
+    def curve_time(self, n: int) -> float:
+        """C(n) = fixed + per_item*n + quad*n^2, the noise-free batch time in seconds."""
+        return self.fixed_s + self.per_item_s * n + self.quad_s * n * n
+
+    def expected_time(self, n: int) -> float:
+        """E[T(n)], the true expected time of a batch of `n` items, outliers included."""
+        return self.curve_time(n) * self.outlier_mean_factor
+
+    def high_share(self, n: int) -> float:
+        """q(n), the true expected High share over all `n` items of a batch that does not fail whole."""
+        return max(self.q_floor, self.q0 - self.slope * max(0, n - self.knee))
+
+    def fails_whole(self, n: int) -> bool:
+        """True when a batch of `n` items fails as a whole."""
+        return self.cliff is not None and n >= self.cliff
+
+    def seconds_per_success(self, n: int) -> float:
+        """E[T(n)] / (n*(1-p)): expected seconds per successful item at a fixed size `n`."""
+        return self.expected_time(n) / (n * (1.0 - self.item_failure_p))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Workload:
+    """A named synthetic job: its own `ScalingConfig`, a size, and one or more phases."""
+
+    BATCH_CAP_FACTOR = 5
+    """A run may take this many times N/((1-p)*min_batch_size) batches (all it needs without whole failures)."""
+    BATCH_CAP_SLACK = 1_000
+
+    name: str
+    description: str
+    config: ScalingConfig
+    total_items: int
+    phases: tuple[Phase, ...]
+
+    def __post_init__(self) -> None:
+        if self.total_items < 1:
+            raise ValueError(f"total_items must be positive, got {self.total_items}")
+        if not self.phases or self.phases[0].start_item != 0:
+            raise ValueError("the first phase must start at item 0")
+        starts = [phase.start_item for phase in self.phases]
+        if starts != sorted(set(starts)) or starts[-1] >= self.total_items:
+            raise ValueError(f"phase starts must increase and lie below total_items, got {starts}")
+        for phase in self.phases:
+            if phase.cliff is not None and phase.cliff <= self.config.min_batch_size:
+                raise ValueError(
+                    f"{self.name}: a cliff at {phase.cliff} leaves no size >= min_batch_size that works"
+                )
+
+    def batch_cap(self) -> int:
+        """Most batches a run may take before it is stopped and marked truncated."""
+        worst_p = max(phase.item_failure_p for phase in self.phases)
+        needed = self.total_items / ((1.0 - worst_p) * self.config.min_batch_size)
+        return self.BATCH_CAP_FACTOR * math.ceil(needed) + self.BATCH_CAP_SLACK
+
+    def phase_index_at(self, delivered: int) -> int:
+        """Index of the phase that a batch starting after `delivered` successful items runs in."""
+        index = 0
+        for i, phase in enumerate(self.phases):
+            if phase.start_item <= delivered:
+                index = i
+        return index
+
+    def phase_items(self, index: int) -> int:
+        """Successful items that phase `index` covers."""
+        end = self.phases[index + 1].start_item if index + 1 < len(self.phases) else self.total_items
+        return end - self.phases[index].start_item
+
+
+@dataclass(frozen=True)
+class PhaseOptimum:
+    """The best fixed batch size of one phase, from the true curves."""
+
+    phase_index: int
+    size: int
+    seconds_per_success: float
+    items: int
+    """Successful items this phase must deliver."""
+    relaxed: tuple[str, ...] = ()
+    """Constraints dropped because no size met them all ("quality", then "time")."""
+
+    @property
+    def time_s(self) -> float:
+        """Oracle seconds spent in this phase."""
+        return self.items * self.seconds_per_success
+
+
+@dataclass(frozen=True)
+class Oracle:
+    """Best fixed size per phase and the oracle time of the whole run."""
+
+    phases: tuple[PhaseOptimum, ...]
+
+    @property
+    def total_time(self) -> float:
+        """Sum over phases of items x best seconds per successful item."""
+        return sum(phase.time_s for phase in self.phases)
+
+
+def _best_size(phase: Phase, config: ScalingConfig, *, quality: bool, time_limit: bool) -> int | None:
+    best: int | None = None
+    best_cost = math.inf
+    for n in range(config.min_batch_size, config.max_batch_size + 1):
+        if phase.fails_whole(n):
+            continue
+        if quality and phase.high_share(n) < config.high_confidence_threshold:
+            continue
+        if time_limit and phase.expected_time(n) > config.processing_time_threshold:
+            continue
+        cost = phase.seconds_per_success(n)
+        if cost < best_cost:  # strict: ties keep the smaller size
+            best, best_cost = n, cost
+    return best
+
+
+@cache
+def find_oracle(workload: Workload) -> Oracle:
+    """Best fixed size of each phase by exhaustive search over [min_batch_size, max_batch_size].
+
+    When no size meets every constraint in a phase, the quality target is dropped first and
+    then the time limit (recorded in `PhaseOptimum.relaxed`); the cliff is never dropped, and
+    `Workload` guarantees that some allowed size lies below it.
+    """
+    optima: list[PhaseOptimum] = []
+    for index, phase in enumerate(workload.phases):
+        relaxed: tuple[str, ...] = ()
+        size = _best_size(phase, workload.config, quality=True, time_limit=True)
+        if size is None:
+            relaxed = ("quality",)
+            size = _best_size(phase, workload.config, quality=False, time_limit=True)
+        if size is None:
+            relaxed = ("quality", "time")
+            size = _best_size(phase, workload.config, quality=False, time_limit=False)
+        assert size is not None  # Workload.__post_init__ keeps min_batch_size below every cliff
+        optima.append(
+            PhaseOptimum(
+                phase_index=index,
+                size=size,
+                seconds_per_success=phase.seconds_per_success(size),
+                items=workload.phase_items(index),
+                relaxed=relaxed,
+            )
+        )
+    return Oracle(phases=tuple(optima))
+
+
+@dataclass(frozen=True)
+class SampledBatch:
+    """One simulated batch: what the policy sees and what only the bench knows."""
+
+    result: BatchResult
+    expected_high_share: float
+    expected_time_s: float
+
+
+def sample_batch(phase: Phase, *, batch_id: str, asked: int, items: int, rng: random.Random) -> SampledBatch:
+    """Simulate one batch of `items` items (the policy asked for `asked`) in `phase`.
+
+    The draws always happen in the same order (noise, outlier, successes, High, Medium), so
+    a run is a pure function of its seed and the sizes the policy chose.
+    """
+    sigma = phase.noise_sigma
+    noise = math.exp(sigma * rng.gauss(0.0, 1.0) - 0.5 * sigma * sigma)
+    if rng.random() < phase.outlier_prob:
+        noise *= phase.outlier_factor
+    elapsed = phase.curve_time(items) * noise
+    expected_time = phase.expected_time(items)
+    if phase.fails_whole(items):
+        cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
+        result = BatchResult(
+            batch_id=batch_id,
+            batch_size=asked,
+            total_items=items,
+            successful_items=0,
+            failed_items=items,
+            processing_time=cost,
+            confidence_distribution={
+                ConfidenceLevel.HIGH: 0,
+                ConfidenceLevel.MEDIUM: 0,
+                ConfidenceLevel.LOW: items,
+            },
+            failed_whole=True,
+            error="simulated whole-batch failure",
+        )
+        return SampledBatch(result=result, expected_high_share=0.0, expected_time_s=expected_time)
+    p = phase.item_failure_p
+    q = phase.high_share(items)
+    successful = binomial(rng, items, 1.0 - p)
+    # High | successful ~ Binomial(successful, q/(1-p)) gives E[High] = n(1-p) * q/(1-p) = n*q.
+    high = binomial(rng, successful, min(1.0, q / (1.0 - p)))
+    medium = binomial(rng, successful - high, Phase.MEDIUM_SHARE)
+    result = BatchResult(
+        batch_id=batch_id,
+        batch_size=asked,
+        total_items=items,
+        successful_items=successful,
+        failed_items=items - successful,
+        processing_time=elapsed,
+        confidence_distribution={
+            ConfidenceLevel.HIGH: high,
+            ConfidenceLevel.MEDIUM: medium,
+            ConfidenceLevel.LOW: items - high - medium,
+        },
+    )
+    return SampledBatch(result=result, expected_high_share=q, expected_time_s=expected_time)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What the bench keeps of one batch of a run."""
+
+    index: int
+    size: int
+    """Size the policy asked for."""
+    items: int
+    """Items actually in the batch (fewer than `size` only at the end of the run)."""
+    successful: int
+    time_s: float
+    """Seconds the batch cost (a timeout for some whole failures)."""
+    expected_high_share: float
+    """True expected High share over all items of the batch."""
+    expected_time_s: float
+    """True expected batch time E[T(items)]."""
+    failed_whole: bool
+    phase: int
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """Small, picklable summary of one run: the numbers the verdict is made of."""
+
+    workload: str
+    policy: str
+    seed: int
+    time_ratio: float
+    low_quality_share: float
+    whole_failures: int
+    slow_share: float
+    late_median_size: float
+    batches: int
+    out_of_bounds: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Everything about one run of one policy on one workload with one seed."""
+
+    QUALITY_TOLERANCE = 0.02
+    """A batch is low quality when its true expected High share is below target minus this."""
+    TIME_TOLERANCE = 0.05
+    """A batch is slow when its true expected time exceeds the time limit by more than this share."""
+
+    workload: Workload
+    policy: str
+    seed: int
+    records: tuple[BatchRecord, ...]
+    total_time: float
+    oracle_time: float
+    delivered: int
+    truncated: bool
+    """True when the batch cap stopped the run before every item succeeded."""
+    history: list[BatchResult] = field(repr=False, compare=False, default_factory=list)
+
+    @property
+    def time_ratio(self) -> float:
+        """Total time of the run / oracle time."""
+        return self.total_time / self.oracle_time
+
+    @property
+    def low_quality_share(self) -> float:
+        """Share of successful items that came from batches whose true High share was below target - tolerance."""
+        limit = self.workload.config.high_confidence_threshold - self.QUALITY_TOLERANCE
+        bad = sum(r.successful for r in self.records if r.expected_high_share < limit)
+        return bad / self.delivered if self.delivered else 0.0
+
+    @property
+    def slow_share(self) -> float:
+        """Share of successful items from batches whose true expected time broke the limit plus tolerance."""
+        limit = self.workload.config.processing_time_threshold * (1.0 + self.TIME_TOLERANCE)
+        bad = sum(r.successful for r in self.records if r.expected_time_s > limit)
+        return bad / self.delivered if self.delivered else 0.0
+
+    @property
+    def whole_failures(self) -> int:
+        """Number of batches that failed whole."""
+        return sum(1 for r in self.records if r.failed_whole)
+
+    @property
+    def late_median_size(self) -> float:
+        """Median asked size over the second half of the run, by batch count."""
+        late = self.records[len(self.records) // 2 :]
+        return float(statistics.median(r.size for r in late)) if late else 0.0
+
+    @property
+    def out_of_bounds(self) -> int:
+        """Batches whose asked size lay outside [min_batch_size, max_batch_size]."""
+        config = self.workload.config
+        return sum(1 for r in self.records if not config.min_batch_size <= r.size <= config.max_batch_size)
+
+    def metrics(self) -> RunMetrics:
+        """The summary that the bench aggregates."""
+        return RunMetrics(
+            workload=self.workload.name,
+            policy=self.policy,
+            seed=self.seed,
+            time_ratio=self.time_ratio,
+            low_quality_share=self.low_quality_share,
+            whole_failures=self.whole_failures,
+            slow_share=self.slow_share,
+            late_median_size=self.late_median_size,
+            batches=len(self.records),
+            out_of_bounds=self.out_of_bounds,
+            truncated=self.truncated,
+        )
+
+
+def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str = "policy") -> RunOutcome:
+    """Drive `policy` through `workload` until `total_items` items have succeeded.
+
+    The environment's randomness depends only on (workload, seed), never on the policy, so
+    two policies with the same seed face the same stream of draws.
+    """
+    rng = random.Random(stable_seed(workload.name, seed, "environment"))
+    cap = workload.batch_cap()
+    history: list[BatchResult] = []
+    records: list[BatchRecord] = []
+    delivered = 0
+    total_time = 0.0
+    while delivered < workload.total_items and len(records) < cap:
+        asked = int(policy.get_current_batch_size())
+        if asked < 1:
+            raise ValueError(f"{policy_name} asked for a batch of {asked} items")
+        items = min(asked, workload.total_items - delivered)
+        phase_index = workload.phase_index_at(delivered)
+        sampled = sample_batch(
+            workload.phases[phase_index],
+            batch_id=f"{workload.name}-{len(records)}",
+            asked=asked,
+            items=items,
+            rng=rng,
+        )
+        result = sampled.result
+        records.append(
+            BatchRecord(
+                index=len(records),
+                size=asked,
+                items=items,
+                successful=result.successful_items,
+                time_s=result.processing_time,
+                expected_high_share=sampled.expected_high_share,
+                expected_time_s=sampled.expected_time_s,
+                failed_whole=result.failed_whole,
+                phase=phase_index,
+            )
+        )
+        delivered += result.successful_items
+        total_time += result.processing_time
+        history.append(result)
+        decision = policy.evaluate_scaling(history)
+        policy.apply_scaling_decision(decision)
+    return RunOutcome(
+        workload=workload,
+        policy=policy_name,
+        seed=seed,
+        records=tuple(records),
+        total_time=total_time,
+        oracle_time=find_oracle(workload).total_time,
+        delivered=delivered,
+        truncated=delivered < workload.total_items,
+        history=history,
+    )

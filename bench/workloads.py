@@ -1,0 +1,215 @@
+"""The benchmark's workloads: synthetic jobs with known true curves (see `bench.simulator`).
+
+Costs are in the range of hosted model calls: 0.5-2 s of fixed cost per call and 5-40 ms per
+item. Each job is sized so that a run at the oracle's sizes takes roughly 150-400 batches,
+long enough for an adaptive policy to pay for its exploration and still come within 10% of
+the oracle.
+
+Where a constraint binds (n = items per batch; q(n) is the expected High share):
+
+========================  ==============================================================
+quality-knee              q(n) crosses the 0.90 target at n = 200; time would allow 416
+throughput-time-limit     quality is flat; E[T(n)] reaches the 8 s limit at n = 300
+failure-cliff             time limit at n = 300, batches of 320+ fail whole (8 s timeout)
+superlinear-cost          quadratic cost term: interior optimum at n = 200, far from limits
+heavy-noise               like superlinear-cost with sigma 0.35 and 2% x3 outliers
+quality-drift-down        target crossed at n = 350, from 50% of items on at n = 200
+quality-drift-up          target crossed at n = 180, from 50% of items on at n = 360
+cold-start                initial = min = 4; the time limit binds at n = 160 (40x)
+item-failures             8% of items fail alone; the 0.85 target binds at n = 250
+knee-and-cliff            q(n) would allow 162, but batches of 140+ fail whole
+time-limit-noise          time limit at n = 212 under sigma 0.30 and 3% x2.5 outliers
+latency-drift             per-item cost rises 2.5x at 40%: time limit moves 500 -> 200
+========================  ==============================================================
+"""
+
+from __future__ import annotations
+
+from bench.simulator import Phase, Workload
+from scaling_core.config import ScalingConfig
+
+__all__ = ["WORKLOADS", "get_workload", "workload_names"]
+
+
+def _config(
+    *,
+    initial: int,
+    min_size: int,
+    max_size: int,
+    time_limit_s: float,
+    high: float = 0.9,
+    low: float = 0.7,
+) -> ScalingConfig:
+    return ScalingConfig(
+        initial_batch_size=initial,
+        min_batch_size=min_size,
+        max_batch_size=max_size,
+        high_confidence_threshold=high,
+        low_confidence_threshold=low,
+        processing_time_threshold=time_limit_s,
+    )
+
+
+WORKLOADS: tuple[Workload, ...] = (
+    Workload(
+        name="quality-knee",
+        description="LLM labelling whose answers degrade past 100 items per prompt; quality binds.",
+        config=_config(initial=50, min_size=10, max_size=500, time_limit_s=6.0),
+        total_items=50_000,
+        phases=(
+            Phase(
+                fixed_s=1.0, per_item_s=0.012, noise_sigma=0.15,
+                q0=0.97, knee=100, slope=0.0007, q_floor=0.3, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="throughput-time-limit",
+        description="Embedding calls with flat quality; the per-batch time limit binds.",
+        config=_config(initial=32, min_size=8, max_size=1000, time_limit_s=8.0),
+        total_items=75_000,
+        phases=(
+            Phase(fixed_s=2.0, per_item_s=0.02, noise_sigma=0.12, q0=0.97, item_failure_p=0.005),
+        ),
+    ),
+    Workload(
+        name="failure-cliff",
+        description="Payload limit just above the time-limited size: 320+ items fail whole after an 8 s timeout.",
+        config=_config(initial=40, min_size=10, max_size=800, time_limit_s=5.0),
+        total_items=75_000,
+        phases=(
+            Phase(
+                fixed_s=0.8, per_item_s=0.014, noise_sigma=0.15,
+                q0=0.96, cliff=320, failure_cost_s=8.0, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="superlinear-cost",
+        description="Per-item cost grows with batch size (quad term): interior optimum at 200, time limit far off.",
+        config=_config(initial=50, min_size=10, max_size=800, time_limit_s=6.0),
+        total_items=50_000,
+        phases=(
+            Phase(fixed_s=0.8, per_item_s=0.004, quad_s=0.00002, noise_sigma=0.1, q0=0.97, item_failure_p=0.01),
+        ),
+    ),
+    Workload(
+        name="heavy-noise",
+        description="Super-linear cost under heavy timing noise (sigma 0.35) and 2% of batches 3x slower.",
+        config=_config(initial=40, min_size=10, max_size=600, time_limit_s=10.0),
+        total_items=50_000,
+        phases=(
+            Phase(
+                fixed_s=1.2, per_item_s=0.008, quad_s=0.00003, noise_sigma=0.35,
+                outlier_prob=0.02, outlier_factor=3.0, q0=0.96, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="quality-drift-down",
+        description="The knee moves from 250 to 100 items halfway: the best size falls from 350 to 200.",
+        config=_config(initial=60, min_size=10, max_size=600, time_limit_s=8.0),
+        total_items=60_000,
+        phases=(
+            Phase(
+                fixed_s=1.5, per_item_s=0.01, noise_sigma=0.15,
+                q0=0.96, knee=250, slope=0.0006, q_floor=0.3, item_failure_p=0.01,
+            ),
+            Phase(
+                start_item=30_000, fixed_s=1.5, per_item_s=0.01, noise_sigma=0.15,
+                q0=0.96, knee=100, slope=0.0006, q_floor=0.3, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="quality-drift-up",
+        description="The knee moves from 80 to 260 items halfway: the best size rises from 180 to 360.",
+        config=_config(initial=40, min_size=10, max_size=600, time_limit_s=6.0),
+        total_items=60_000,
+        phases=(
+            Phase(
+                fixed_s=1.0, per_item_s=0.008, noise_sigma=0.15,
+                q0=0.96, knee=80, slope=0.0006, q_floor=0.3, item_failure_p=0.01,
+            ),
+            Phase(
+                start_item=30_000, fixed_s=1.0, per_item_s=0.008, noise_sigma=0.15,
+                q0=0.96, knee=260, slope=0.0006, q_floor=0.3, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="cold-start",
+        description="Starts at the minimum of 4 items; the time limit allows 160 (40x).",
+        config=_config(initial=4, min_size=4, max_size=1000, time_limit_s=6.0),
+        total_items=40_000,
+        phases=(
+            Phase(
+                fixed_s=1.2, per_item_s=0.03, noise_sigma=0.15,
+                q0=0.95, knee=400, slope=0.0005, q_floor=0.3, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="item-failures",
+        description="8% of items fail on their own and are retried; an 0.85 quality target binds at 250.",
+        config=_config(initial=50, min_size=10, max_size=500, time_limit_s=5.0, high=0.85, low=0.6),
+        total_items=57_500,
+        phases=(
+            Phase(
+                fixed_s=1.0, per_item_s=0.015, noise_sigma=0.15,
+                q0=0.9, knee=150, slope=0.0005, q_floor=0.3, item_failure_p=0.08,
+            ),
+        ),
+    ),
+    Workload(
+        name="knee-and-cliff",
+        description="Quality would allow 162 items, but prompts of 140+ items overflow the context and time out.",
+        config=_config(initial=40, min_size=10, max_size=400, time_limit_s=8.0),
+        total_items=35_000,
+        phases=(
+            Phase(
+                fixed_s=2.0, per_item_s=0.025, noise_sigma=0.15,
+                q0=0.95, knee=100, slope=0.0008, q_floor=0.3,
+                cliff=140, failure_cost_s=8.0, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="time-limit-noise",
+        description="The time limit binds at 212 items under sigma 0.30 noise and 3% of batches 2.5x slower.",
+        config=_config(initial=40, min_size=10, max_size=800, time_limit_s=6.0),
+        total_items=53_000,
+        phases=(
+            Phase(
+                fixed_s=1.5, per_item_s=0.02, noise_sigma=0.3,
+                outlier_prob=0.03, outlier_factor=2.5, q0=0.97, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="latency-drift",
+        description="Per-item cost rises 2.5x after 40% of items (a slower model): the time limit moves 500 -> 200.",
+        config=_config(initial=50, min_size=10, max_size=800, time_limit_s=6.0),
+        total_items=70_000,
+        phases=(
+            Phase(fixed_s=1.0, per_item_s=0.01, noise_sigma=0.15, q0=0.95, item_failure_p=0.03),
+            Phase(
+                start_item=28_000, fixed_s=1.0, per_item_s=0.025, noise_sigma=0.15,
+                q0=0.95, item_failure_p=0.03,
+            ),
+        ),
+    ),
+)
+
+
+def workload_names() -> list[str]:
+    """Names of all workloads, in the order the bench reports them."""
+    return [workload.name for workload in WORKLOADS]
+
+
+def get_workload(name: str) -> Workload:
+    """The workload called `name`; KeyError lists the known names."""
+    for workload in WORKLOADS:
+        if workload.name == name:
+            return workload
+    raise KeyError(f"unknown workload {name!r}; known: {', '.join(workload_names())}")

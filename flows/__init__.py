@@ -1,0 +1,42 @@
+"""Prefect flows over `scaling_core`: batch stages with a scaling task between them.
+
+Names are imported on first use, so that `python -m flows report` does not pay for
+importing prefect, and the command line can set Prefect's settings before it loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flows.models import ExecutionOptions, PipelineSummary, StageSummary
+    from flows.pipeline import batch_pipeline, decide_next_batch_size, process_stage
+
+__all__ = [
+    "ExecutionOptions",
+    "PipelineSummary",
+    "StageSummary",
+    "batch_pipeline",
+    "decide_next_batch_size",
+    "process_stage",
+]
+
+_HOMES = {
+    "ExecutionOptions": "flows.models",
+    "PipelineSummary": "flows.models",
+    "StageSummary": "flows.models",
+    "batch_pipeline": "flows.pipeline",
+    "decide_next_batch_size": "flows.pipeline",
+    "process_stage": "flows.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'flows' has no attribute {name!r}")
+    from flows import _environment
+
+    _environment.apply_defaults()
+    return getattr(importlib.import_module(home), name)

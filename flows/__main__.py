@@ -1,0 +1,161 @@
+"""Command line: `python -m flows demo | run | report`.
+
+    python -m flows demo                      # the sample job on embedded defaults
+    python -m flows run --source items.csv --processor mypkg.mod:process --pipeline nightly
+    python -m flows report --json             # the latest run's stages and decisions
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flows import _environment
+
+DEMO_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(command: argparse.ArgumentParser) -> None:
+        command.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL of the store (default: $BATCHPILOT_DATABASE_URL, else .batchpilot/batchpilot.db)",
+        )
+
+    def running(command: argparse.ArgumentParser) -> None:
+        common(command)
+        command.add_argument("--pipeline", help="name under which runs and learned sizes are kept")
+        command.add_argument("--run-id", help="resume this run")
+        command.add_argument("--limit", type=int, help="process at most this many items")
+        command.add_argument("--initial-batch-size", type=int)
+        command.add_argument("--min-batch-size", type=int)
+        command.add_argument("--max-batch-size", type=int)
+        command.add_argument("--high-confidence-threshold", type=float)
+        command.add_argument("--low-confidence-threshold", type=float)
+        command.add_argument("--processing-time-threshold", type=float, help="seconds per batch")
+        command.add_argument("--parallelism", type=int, help="concurrent chunks per stage")
+        command.add_argument("--max-attempts", type=int, help="attempts per item")
+        command.add_argument("--stage-timeout", type=float, help="seconds before a stage fails whole")
+        command.add_argument("--no-warm-start", action="store_true", help="ignore sizes learned by earlier runs")
+        command.add_argument("--verbose", action="store_true", help="show Prefect's run logs")
+
+    demo = commands.add_parser("demo", help="run the bundled sample job on embedded defaults")
+    running(demo)
+    run = commands.add_parser("run", help="run the pipeline on a source")
+    running(run)
+    run.add_argument("--source", required=True, type=Path, help="a .csv, .jsonl or .ndjson file")
+    run.add_argument("--id-field", default="id", help="id column or key of the source")
+    run.add_argument("--processor", required=True, help="import path package.module:function")
+    report = commands.add_parser("report", help="print a stored run's stages and decisions")
+    common(report)
+    report.add_argument("--run-id", help="the run to show (default: the latest)")
+    report.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+_SCALING_FLAGS = (
+    "initial_batch_size",
+    "min_batch_size",
+    "max_batch_size",
+    "high_confidence_threshold",
+    "low_confidence_threshold",
+    "processing_time_threshold",
+)
+_EXECUTION_FLAGS = {"parallelism": "parallelism", "max_attempts": "max_attempts", "stage_timeout": "stage_timeout_seconds"}
+
+
+def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    from scaling_core import ItemSource, ScalingConfig
+
+    if args.command == "demo":
+        from scaling_core.samples import PRODUCTS_CSV
+
+        source = ItemSource(path=PRODUCTS_CSV)
+        processor = DEMO_PROCESSOR
+        pipeline = args.pipeline or "demo"
+    else:
+        source = ItemSource(path=args.source, id_field=args.id_field)
+        processor = args.processor
+        pipeline = args.pipeline or args.source.stem
+    scaling = ScalingConfig(**{k: getattr(args, k) for k in _SCALING_FLAGS if getattr(args, k) is not None})
+    from flows.models import ExecutionOptions
+
+    execution = ExecutionOptions(
+        **{field: getattr(args, flag) for flag, field in _EXECUTION_FLAGS.items() if getattr(args, flag) is not None}
+    )
+    return {
+        "source": source,
+        "processor": processor,
+        "pipeline": pipeline,
+        "scaling": scaling,
+        "execution": execution,
+        "database_url": args.database_url,
+        "limit": args.limit,
+        "run_id": args.run_id,
+        "warm_start": not args.no_warm_start,
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        _environment.apply_defaults(PREFECT_LOGGING_LEVEL="WARNING")
+    parameters = _pipeline_parameters(args)
+    from flows.pipeline import _engine, _url, batch_pipeline
+    from flows.report import format_stage_table, stage_rows
+
+    summary = asyncio.run(batch_pipeline(**parameters))
+    rows = stage_rows(_engine(_url(parameters["database_url"])), summary.run_id)
+    print(format_stage_table(rows))
+    print()
+    print(
+        f"run {summary.run_id}: {summary.done} of {summary.items} items done, {summary.failed} failed for good, "
+        f"{summary.pending} pending; {summary.stages} stages, sizes {min(summary.sizes_used, default=0)}"
+        f"..{max(summary.sizes_used, default=0)}, High share {summary.high_share:.3f}, {summary.seconds:.1f} s"
+    )
+    return 0 if summary.pending == 0 else 1
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flows.report import format_stage_table, run_report
+    from scaling_core import default_database_url
+    from scaling_core.store import create_schema, make_engine
+
+    engine = make_engine(args.database_url or default_database_url())
+    create_schema(engine)
+    report = run_report(engine, args.run_id)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    run = report["run"]
+    print(
+        f"run {run['run_id']} of {run['pipeline']} ({run['status']}): {run['items']} items, {run['done']} done, "
+        f"{run['failed']} failed, {run['pending']} pending"
+    )
+    print(format_stage_table(report["stages"]))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `python -m flows` and of the `batchpilot` command."""
+    _environment.apply_defaults()
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "report":
+            return _report(args)
+        return _run(args)
+    except (ValueError, LookupError, OSError) as error:
+        # Bad input: one clear line, no traceback (pydantic's ValidationError is a ValueError).
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

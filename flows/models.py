@@ -1,0 +1,153 @@
+"""Typed parameters and results of the flows (what the Prefect UI renders as a form)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import Engine
+
+from scaling_core import BatchResult
+from scaling_core import store
+
+DEFAULT_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm"
+
+ProcessorPath = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+    ),
+    Field(
+        description="Import path of the batch processor, `package.module:function`.",
+        examples=[DEFAULT_PROCESSOR, "scaling_core.samples.enhancer:enhance_products"],
+    ),
+]
+
+
+class ExecutionOptions(BaseModel):
+    """How stages run: parallelism, retries of items, timeouts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    parallelism: int = Field(
+        default=1, ge=1, le=256, description="Chunks of a batch run concurrently on the flow's task runner."
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Attempts per item before it is failed for good."
+    )
+    stage_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="A stage whose processor runs longer fails whole; its items go back."
+    )
+    max_failed_stages_in_a_row: int = Field(
+        default=8, ge=1, description="Stop the run (resumable) after this many whole-stage failures in a row."
+    )
+    claim_lease_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "On PostgreSQL, a resumed run takes back items claimed longer ago than this "
+            "(other workers may still hold younger claims). SQLite takes back every claim."
+        ),
+    )
+
+
+class StageSummary(BaseModel):
+    """What one stage did."""
+
+    stage: int
+    batch_id: int
+    batch_size: int
+    items: int = 0
+    successful: int = 0
+    failed: int = 0
+    high: int = 0
+    seconds: float = 0.0
+    failed_whole: bool = False
+    error: str | None = None
+
+    @classmethod
+    def of(cls, stage: int, batch_id: int, result: BatchResult) -> StageSummary:
+        return cls(
+            stage=stage,
+            batch_id=batch_id,
+            batch_size=result.asked_size,
+            items=result.total_items,
+            successful=result.successful_items,
+            failed=result.failed_items,
+            high=result.high_count,
+            seconds=result.processing_time,
+            failed_whole=result.failed_whole,
+            error=result.error,
+        )
+
+    @property
+    def high_share(self) -> float:
+        return self.high / self.items if self.items else 0.0
+
+
+class PipelineSummary(BaseModel):
+    """The end of a run: items done and failed for good, sizes used, time, quality."""
+
+    run_id: str
+    pipeline: str
+    items: int
+    done: int
+    failed: int
+    pending: int
+    stages: int
+    failed_stages: int
+    sizes_used: list[int]
+    high_share: float = Field(description="High items / finished items.")
+    seconds: float
+
+    @classmethod
+    def of_run(cls, engine: Engine, run_id: str, *, seconds: float) -> PipelineSummary:
+        with store.open_session(engine) as session:
+            run = store.get_run(session, run_id)
+            if run is None:
+                raise ValueError(f"no run {run_id!r} in the store")
+            counts = store.count_items(session, run_id)
+            batches = [b for b in store.run_batches(session, run_id) if b.status != store.BatchStatus.ABANDONED]
+        done = counts[store.ItemStatus.DONE]
+        failed = counts[store.ItemStatus.FAILED]
+        finished_items = sum(b.total_items for b in batches if b.status == store.BatchStatus.COMPLETED)
+        high = sum(b.high for b in batches if b.status == store.BatchStatus.COMPLETED)
+        return cls(
+            run_id=run_id,
+            pipeline=run.pipeline,
+            items=sum(counts.values()),
+            done=done,
+            failed=failed,
+            pending=counts[store.ItemStatus.PENDING] + counts[store.ItemStatus.PROCESSING],
+            stages=len(batches),
+            failed_stages=sum(b.status == store.BatchStatus.FAILED_WHOLE for b in batches),
+            sizes_used=[b.batch_size for b in batches],
+            high_share=high / finished_items if finished_items else 0.0,
+            seconds=seconds,
+        )
+
+    def markdown(self) -> str:
+        sizes = self.sizes_used
+        size_line = f"{sizes[0]} first, {min(sizes)} to {max(sizes)}, {sizes[-1]} last" if sizes else "none"
+        return "\n".join(
+            [
+                f"# Run `{self.run_id}` of `{self.pipeline}`",
+                "",
+                "| items | done | failed for good | pending | stages | failed stages | High share | seconds |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|",
+                f"| {self.items} | {self.done} | {self.failed} | {self.pending} | {self.stages} "
+                f"| {self.failed_stages} | {self.high_share:.3f} | {self.seconds:.1f} |",
+                "",
+                f"Batch sizes: {size_line}.",
+            ]
+        )
+
+
+def artifact_key(pipeline: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    key = re.sub(r"[^a-z0-9-]+", "-", pipeline.lower()).strip("-")
+    return key or "pipeline"
+
+

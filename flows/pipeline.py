@@ -1,0 +1,373 @@
+"""The Prefect pipeline: batch stages with a scaling task between them.
+
+`batch_pipeline` registers a run in the store, loads its source into the item ledger once,
+then loops: a `process_stage` subflow (its `batch_size` parameter shows in the UI) claims that
+many pending items, runs the processor on them and writes every result in bulk; then the
+`decide_next_batch_size` task reads the batch history from the store, asks the unified
+`ScalingManager` for the next size and hands it to the next stage.
+
+Flows and tasks pass ids, sizes and URLs, never sessions or engines. The flows are async:
+a sync flow run waits about a second for its heartbeat thread, which a stage per batch
+cannot afford.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import timedelta
+from functools import lru_cache
+from typing import Any
+
+from flows import _environment
+
+_environment.apply_defaults()
+
+from prefect import flow, get_run_logger, task  # noqa: E402 - after the settings above
+from prefect.artifacts import (
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.futures import PrefectFuture
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from flows.models import (
+    DEFAULT_PROCESSOR,
+    ExecutionOptions,
+    PipelineSummary,
+    ProcessorPath,
+    StageSummary,
+    artifact_key,
+)
+from flows.report import stage_rows
+from scaling_core import (
+    BatchManager,
+    ClaimedBatch,
+    DynamicScalingController,
+    Item,
+    ItemSource,
+    PipelineStore,
+    ProgressTracker,
+    ScalingConfig,
+    default_database_url,
+    load_processor,
+    run_processor,
+    validate_source,
+)
+from scaling_core import store
+from scaling_core.sources import iter_item_batches
+
+LOAD_CHUNK = 5_000
+"""Items inserted into the ledger per transaction while loading a source."""
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
+    # One engine (and connection pool) per URL and process, made on first use.
+    engine = store.make_engine(url)
+    store.create_schema(engine)
+    return engine
+
+
+def _url(database_url: SecretStr | str | None) -> str:
+    if database_url is None:
+        return default_database_url()
+    return database_url.get_secret_value() if isinstance(database_url, SecretStr) else database_url
+
+
+@task(name="process-chunk", task_run_name="process-{size}-items")
+def process_chunk(processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int) -> list[dict[str, Any]]:
+    """Run the processor on one chunk of a batch and return its checked results as dicts."""
+    function = load_processor(processor)
+    results = run_processor(function, [Item(id=i["id"], payload=i["payload"]) for i in items], scaling)
+    return [result.model_dump(mode="json") for result in results]
+
+
+def _chunks(items: list[Item], parts: int) -> list[list[Item]]:
+    size = -(-len(items) // parts)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+async def _run_processor(
+    claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, parallelism: int
+) -> list[dict[str, Any]]:
+    chunks = _chunks(claimed.items, max(1, min(parallelism, len(claimed.items))))
+    futures: list[PrefectFuture[list[dict[str, Any]]]] = [
+        process_chunk.submit(
+            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk)
+        )
+        for chunk in chunks
+    ]
+    # `result()` blocks; wait in threads so the event loop stays free for Prefect's own work.
+    parts = await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
+    return [result for part in parts for result in part]
+
+
+@flow(
+    name="process-stage",
+    flow_run_name="{pipeline}-size-{batch_size}",
+    log_prints=False,
+    validate_parameters=True,
+)
+async def process_stage(
+    run_id: str,
+    pipeline: str,
+    batch_size: int,
+    processor: ProcessorPath,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    database_url: SecretStr | None = None,
+) -> StageSummary:
+    """One batch: claim `batch_size` pending items, process them, write every result in bulk.
+
+    A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
+    batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
+    """
+    from scaling_core import ItemResult
+
+    logger = get_run_logger()
+    engine = _engine(_url(database_url))
+    batches = BatchManager(
+        engine, run_id=run_id, pipeline=pipeline, batch_size=batch_size, max_attempts=execution.max_attempts
+    )
+    claimed = batches.next_batch()
+    if claimed is None:
+        return StageSummary(stage=0, batch_id=0, batch_size=batch_size)
+    started = time.perf_counter()
+    try:
+        raw = await asyncio.wait_for(
+            _run_processor(claimed, processor, scaling, execution.parallelism),
+            timeout=execution.stage_timeout_seconds,
+        )
+    except Exception as error:  # a stage fails whole, whatever the processor raised
+        seconds = time.perf_counter() - started
+        message = (
+            f"stage timed out after {execution.stage_timeout_seconds:g} s"
+            if isinstance(error, TimeoutError)
+            else f"{type(error).__name__}: {error}"
+        )
+        result = batches.fail_batch(claimed, message, seconds)
+        logger.warning(
+            "Stage %s (%s items) failed whole: %s; its items went back to pending",
+            claimed.stage,
+            len(claimed.items),
+            message,
+        )
+        return StageSummary.of(claimed.stage, claimed.batch_id, result)
+    seconds = time.perf_counter() - started
+    result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
+    logger.info(
+        "Stage %s: %s items, %s succeeded, High share %.2f, %.2f s",
+        claimed.stage,
+        result.total_items,
+        result.successful_items,
+        result.high_share,
+        seconds,
+    )
+    return StageSummary.of(claimed.stage, claimed.batch_id, result)
+
+
+@task(name="decide-next-batch-size", task_run_name="decide-after-stage-{stage}")
+def decide_next_batch_size(
+    run_id: str,
+    pipeline: str,
+    scaling: ScalingConfig,
+    current_batch_size: int,
+    stage: int,
+    database_url: SecretStr | None = None,
+) -> int:
+    """Read the pipeline's batch history from the store, decide, persist, return the next size."""
+    engine = _engine(_url(database_url))
+    config = scaling.model_copy(update={"initial_batch_size": scaling.clamp(current_batch_size)})
+    bound = PipelineStore(engine, pipeline=pipeline, run_id=run_id)
+    controller = DynamicScalingController(
+        BatchManager(engine, run_id=run_id, pipeline=pipeline, batch_size=current_batch_size),
+        ProgressTracker(engine, pipeline=pipeline),
+        config,
+        store=bound,
+    )
+    decision = controller.evaluate_and_apply_scaling()
+    get_run_logger().info(
+        "Stage %s: %s %s -> %s: %s",
+        stage,
+        decision.action.value,
+        current_batch_size,
+        decision.new_batch_size,
+        decision.reason,
+    )
+    return decision.new_batch_size
+
+
+def _prepare_run(
+    engine: Engine,
+    *,
+    source: ItemSource,
+    processor: str,
+    pipeline: str,
+    scaling: ScalingConfig,
+    run_id: str | None,
+    limit: int | None,
+    execution: ExecutionOptions,
+) -> tuple[store.PipelineRun, bool]:
+    """Register or resume the run and make sure its ledger holds the whole source.
+
+    Returns the run and whether it was resumed.
+    """
+    with store.open_session(engine) as session:
+        existing = store.get_run(session, run_id) if run_id else store.latest_unfinished_run(session, pipeline)
+        if existing is not None and run_id is None and (
+            existing.source != str(source.path) or existing.processor != processor
+        ):
+            existing = None  # an unfinished run of other work: this is a new run
+        run = store.start_run(
+            session,
+            pipeline=pipeline,
+            source=str(source.path),
+            processor=processor,
+            config={"scaling": scaling.model_dump(mode="json"), "limit": limit},
+            run_id=existing.run_id if existing is not None else run_id,
+        )
+        resumed = existing is not None
+        if resumed:
+            older_than = (
+                timedelta(seconds=execution.claim_lease_seconds) if store.is_postgres(engine) else None
+            )
+            store.recover_abandoned(session, run.run_id, older_than=older_than)
+        if not run.items_loaded:
+            seq = 0
+            for chunk in iter_item_batches(source, chunk_size=LOAD_CHUNK, limit=limit):
+                store.load_items(
+                    session, run.run_id, [(seq + i, item.id, item.payload) for i, item in enumerate(chunk)]
+                )
+                session.commit()
+                seq += len(chunk)
+            run.item_count = store.mark_loaded(session, run.run_id)
+        return run, resumed
+
+
+def _starting_size(engine: Engine, pipeline: str, scaling: ScalingConfig, warm_start: bool) -> tuple[int, str]:
+    if warm_start:
+        with store.open_session(engine) as session:
+            learned = store.last_decided_size(session, pipeline)
+        if learned is not None:
+            return scaling.clamp(learned), f"warm start from the last learned size {learned}"
+    return scaling.initial_batch_size, "initial_batch_size"
+
+
+@flow(name="batch-pipeline", flow_run_name="{pipeline}", validate_parameters=True)
+async def batch_pipeline(
+    source: ItemSource,
+    processor: ProcessorPath = DEFAULT_PROCESSOR,
+    pipeline: str = "default",
+    scaling: ScalingConfig = ScalingConfig(),  # noqa: B008 - a frozen model, safe as a default
+    execution: ExecutionOptions = ExecutionOptions(),  # noqa: B008
+    database_url: SecretStr | None = None,
+    limit: int | None = None,
+    run_id: str | None = None,
+    warm_start: bool = True,
+) -> PipelineSummary:
+    """Process every item of `source` in batch stages sized by the unified `ScalingManager`.
+
+    Args:
+        source: the CSV or JSON Lines file of items.
+        processor: import path `package.module:function` of the batch processor.
+        pipeline: the name under which runs, batches and learned sizes are kept.
+        scaling: the limits the batch size is kept within.
+        execution: parallelism within a stage, attempts per item, stage timeout.
+        database_url: the store; the embedded SQLite file when empty.
+        limit: process at most this many items of the source.
+        run_id: resume this run; by default the last unfinished run of `pipeline` on the
+            same source is resumed.
+        warm_start: start from the size the last run of `pipeline` learned.
+    """
+    logger = get_run_logger()
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive when given, got {limit}")
+    # Everything that can be refused is checked before the store is touched.
+    load_processor(processor)
+    summary = validate_source(source, limit=limit)
+    url = _url(database_url)
+    engine = _engine(url)
+    run, resumed = _prepare_run(
+        engine,
+        source=source,
+        processor=processor,
+        pipeline=pipeline,
+        scaling=scaling,
+        run_id=run_id,
+        limit=limit,
+        execution=execution,
+    )
+    size, why = _starting_size(engine, pipeline, scaling, warm_start)
+    logger.info(
+        "%s run %s of %s items from %s (store %s); first batch size %s (%s)",
+        "Resuming" if resumed else "Starting",
+        run.run_id,
+        run.item_count,
+        summary.path,
+        store.redact_url(url),
+        size,
+        why,
+    )
+    key = artifact_key(pipeline)
+    progress_id = await acreate_progress_artifact(
+        progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
+    )
+    started = time.perf_counter()
+    failures_in_a_row = 0
+    stages = 0
+    while True:
+        with store.open_session(engine) as session:
+            if not store.has_pending(session, run.run_id):
+                break
+        stage = await process_stage(
+            run_id=run.run_id,
+            pipeline=pipeline,
+            batch_size=size,
+            processor=processor,
+            scaling=scaling,
+            execution=execution,
+            database_url=database_url,
+        )
+        if stage.items == 0:
+            continue  # another worker took the last pending items
+        stages += 1
+        failures_in_a_row = failures_in_a_row + 1 if stage.failed_whole else 0
+        if failures_in_a_row >= execution.max_failed_stages_in_a_row:
+            raise RuntimeError(
+                f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
+                f"stopping run {run.run_id}: its items are pending again, rerun to resume"
+            )
+        size = decide_next_batch_size(
+            run_id=run.run_id,
+            pipeline=pipeline,
+            scaling=scaling,
+            current_batch_size=size,
+            stage=stage.stage,
+            database_url=database_url,
+        )
+        with store.open_session(engine) as session:
+            counts = store.count_items(session, run.run_id)
+        finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
+        await aupdate_progress_artifact(progress_id, progress=100.0 * finished / max(run.item_count, 1))
+
+    with store.open_session(engine) as session:
+        store.finish_run(session, run.run_id, store.RunStatus.COMPLETED)
+    result = PipelineSummary.of_run(engine, run.run_id, seconds=time.perf_counter() - started)
+    await aupdate_progress_artifact(progress_id, progress=100.0)
+    rows = stage_rows(engine, run.run_id)
+    await acreate_table_artifact(
+        key=f"{key}-stages", table=rows, description=f"Stages of run {run.run_id}: size, quality, decision"
+    )
+    await acreate_markdown_artifact(key=f"{key}-summary", markdown=result.markdown(), description="Run summary")
+    logger.info(
+        "Run %s finished: %s done, %s failed for good, %s stages in this session",
+        run.run_id,
+        result.done,
+        result.failed,
+        stages,
+    )
+    return result

@@ -1,0 +1,67 @@
+"""Adaptive batch sizing, independent of any workflow engine.
+
+The unified `ScalingManager` decides each next batch size from the batch history; the
+controller, ledger and tracker run it over a SQLModel store. This package never imports
+prefect: the Prefect flows in `flows` are a thin layer over it.
+"""
+
+from scaling_core.config import ScalingConfig
+from scaling_core.controller import (
+    BatchManager,
+    ClaimedBatch,
+    DynamicScalingController,
+    ProgressTracker,
+    Trend,
+)
+from scaling_core.manager import PerformanceSnapshot, ScalingManager
+from scaling_core.processing import (
+    ProcessorContractError,
+    ProcessorError,
+    load_processor,
+    normalize_results,
+    run_processor,
+    summarize_batch,
+)
+from scaling_core.results import (
+    BatchResult,
+    ConfidenceLevel,
+    ItemResult,
+    ScalingAction,
+    ScalingDecision,
+)
+from scaling_core.settings import DATABASE_URL_ENV, default_database_url
+from scaling_core.sources import Item, ItemSource, SourceError, iter_items, validate_source
+from scaling_core.store import PipelineStore, create_schema, make_engine, redact_url
+
+__all__ = [
+    "DATABASE_URL_ENV",
+    "BatchManager",
+    "BatchResult",
+    "ClaimedBatch",
+    "ConfidenceLevel",
+    "DynamicScalingController",
+    "Item",
+    "ItemResult",
+    "ItemSource",
+    "PerformanceSnapshot",
+    "PipelineStore",
+    "ProcessorContractError",
+    "ProcessorError",
+    "ProgressTracker",
+    "ScalingAction",
+    "ScalingConfig",
+    "ScalingDecision",
+    "ScalingManager",
+    "SourceError",
+    "Trend",
+    "create_schema",
+    "default_database_url",
+    "iter_items",
+    "load_processor",
+    "make_engine",
+    "normalize_results",
+    "redact_url",
+    "run_processor",
+    "summarize_batch",
+    "validate_source",
+]
