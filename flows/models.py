@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from sqlalchemy import Engine
 
 from scaling_core import BatchResult
@@ -43,6 +43,16 @@ class ExecutionOptions(BaseModel):
     max_failed_stages_in_a_row: int = Field(
         default=8, ge=1, description="Stop the run (resumable) after this many whole-stage failures in a row."
     )
+    dask_address: str | None = Field(
+        default=None,
+        description="Run stage chunks on the Dask cluster at this scheduler address (tcp://host:8786).",
+    )
+    dask_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Run stage chunks on a local Dask cluster of this many worker processes (0: no Dask).",
+    )
     claim_lease_seconds: float = Field(
         default=3600.0,
         gt=0,
@@ -51,6 +61,17 @@ class ExecutionOptions(BaseModel):
             "(other workers may still hold younger claims). SQLite takes back every claim."
         ),
     )
+
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> ExecutionOptions:
+        if self.dask_address and self.dask_workers:
+            raise ValueError("set dask_address (an existing cluster) or dask_workers (a local one), not both")
+        return self
+
+    @property
+    def uses_dask(self) -> bool:
+        return bool(self.dask_address or self.dask_workers)
 
 
 class StageSummary(BaseModel):

@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
+from uuid import UUID
 
 from flows import _environment
 
 _environment.apply_defaults()
 
-from prefect import flow, get_run_logger, task  # noqa: E402 - after the settings above
+from prefect import flow, get_client, get_run_logger, task  # noqa: E402 - after the settings above
 from prefect.artifacts import (
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
+from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from pydantic import SecretStr
 from sqlalchemy import Engine
@@ -201,6 +205,28 @@ def decide_next_batch_size(
     return decision.new_batch_size
 
 
+async def _settle(task_run_id: UUID | None, *, timeout: float = 2.0) -> None:
+    """Wait until the server has recorded the task run's final state.
+
+    A SQLite-backed Prefect server records task states from events in the background; a
+    subflow created while that write is in flight is refused with 503 ("database is
+    locked") and the client backs off for 2 s. Waiting for the record (a few ms) before
+    the next stage avoids that stall.
+    """
+    if task_run_id is None:
+        return
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while time.monotonic() < deadline:
+            try:
+                task_run = await client.read_task_run(task_run_id)
+            except ObjectNotFound:
+                task_run = None  # its first event has not been recorded yet
+            if task_run is not None and task_run.state is not None and task_run.state.is_final():
+                return
+            await asyncio.sleep(0.01)
+
+
 def _prepare_run(
     engine: Engine,
     *,
@@ -255,6 +281,93 @@ def _starting_size(engine: Engine, pipeline: str, scaling: ScalingConfig, warm_s
         if learned is not None:
             return scaling.clamp(learned), f"warm start from the last learned size {learned}"
     return scaling.initial_batch_size, "initial_batch_size"
+
+
+async def _run_stages(
+    stage_flow: Any,
+    engine: Engine,
+    run: store.PipelineRun,
+    *,
+    pipeline: str,
+    size: int,
+    processor: str,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    database_url: SecretStr | None,
+    progress_id: UUID,
+) -> int:
+    """Stage, scaling task, stage... until no item is pending; returns the stages run."""
+    failures_in_a_row = 0
+    stages = 0
+    while True:
+        with store.open_session(engine) as session:
+            if not store.has_pending(session, run.run_id):
+                break
+        stage = await stage_flow(
+            run_id=run.run_id,
+            pipeline=pipeline,
+            batch_size=size,
+            processor=processor,
+            scaling=scaling,
+            execution=execution,
+            database_url=database_url,
+        )
+        if stage.items == 0:
+            continue  # another worker took the last pending items
+        stages += 1
+        failures_in_a_row = failures_in_a_row + 1 if stage.failed_whole else 0
+        if failures_in_a_row >= execution.max_failed_stages_in_a_row:
+            raise RuntimeError(
+                f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
+                f"stopping run {run.run_id}: its items are pending again, rerun to resume"
+            )
+        decided = decide_next_batch_size(
+            run_id=run.run_id,
+            pipeline=pipeline,
+            scaling=scaling,
+            current_batch_size=size,
+            stage=stage.stage,
+            database_url=database_url,
+            return_state=True,
+        )
+        size = await decided.aresult()
+        await _settle(decided.state_details.task_run_id)
+        with store.open_session(engine) as session:
+            counts = store.count_items(session, run.run_id)
+        finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
+        await aupdate_progress_artifact(progress_id, progress=100.0 * finished / max(run.item_count, 1))
+
+    return stages
+
+
+@asynccontextmanager
+async def _dask_cluster(execution: ExecutionOptions) -> AsyncIterator[str | None]:
+    """The scheduler address stage chunks run on: an existing cluster, a local one, or None."""
+    if execution.dask_address:
+        yield execution.dask_address
+        return
+    if not execution.dask_workers:
+        yield None
+        return
+    try:
+        from distributed import LocalCluster
+    except ImportError as error:
+        raise RuntimeError("dask_workers needs the Dask extra: pip install 'batchpilot[dask]'") from error
+    cluster = await asyncio.to_thread(
+        LocalCluster, n_workers=execution.dask_workers, processes=True, threads_per_worker=1, dashboard_address=":0"
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        await asyncio.to_thread(cluster.close)
+
+
+def _dask_runner(address: str) -> Any:
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as error:
+        raise RuntimeError("Dask execution needs the Dask extra: pip install 'batchpilot[dask]'") from error
+    return DaskTaskRunner(address=address)
 
 
 @flow(name="batch-pipeline", flow_run_name="{pipeline}", validate_parameters=True)
@@ -317,45 +430,19 @@ async def batch_pipeline(
         progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
     )
     started = time.perf_counter()
-    failures_in_a_row = 0
-    stages = 0
-    while True:
-        with store.open_session(engine) as session:
-            if not store.has_pending(session, run.run_id):
-                break
-        stage = await process_stage(
-            run_id=run.run_id,
-            pipeline=pipeline,
-            batch_size=size,
-            processor=processor,
-            scaling=scaling,
-            execution=execution,
-            database_url=database_url,
+    async with _dask_cluster(execution) as address:
+        stage_flow = process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
+        stages = await _run_stages(
+            stage_flow, engine, run, pipeline=pipeline, size=size, processor=processor, scaling=scaling,
+            execution=execution, database_url=database_url, progress_id=progress_id,
         )
-        if stage.items == 0:
-            continue  # another worker took the last pending items
-        stages += 1
-        failures_in_a_row = failures_in_a_row + 1 if stage.failed_whole else 0
-        if failures_in_a_row >= execution.max_failed_stages_in_a_row:
-            raise RuntimeError(
-                f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
-                f"stopping run {run.run_id}: its items are pending again, rerun to resume"
-            )
-        size = decide_next_batch_size(
-            run_id=run.run_id,
-            pipeline=pipeline,
-            scaling=scaling,
-            current_batch_size=size,
-            stage=stage.stage,
-            database_url=database_url,
-        )
-        with store.open_session(engine) as session:
-            counts = store.count_items(session, run.run_id)
-        finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
-        await aupdate_progress_artifact(progress_id, progress=100.0 * finished / max(run.item_count, 1))
 
     with store.open_session(engine) as session:
-        store.finish_run(session, run.run_id, store.RunStatus.COMPLETED)
+        counts = store.count_items(session, run.run_id)
+        if counts[store.ItemStatus.PENDING] + counts[store.ItemStatus.PROCESSING] == 0:
+            store.finish_run(session, run.run_id, store.RunStatus.COMPLETED)
+        else:  # another worker of this run is still processing its last stage
+            logger.info("%s items are still being processed by another worker", counts[store.ItemStatus.PROCESSING])
     result = PipelineSummary.of_run(engine, run.run_id, seconds=time.perf_counter() - started)
     await aupdate_progress_artifact(progress_id, progress=100.0)
     rows = stage_rows(engine, run.run_id)
