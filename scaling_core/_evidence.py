@@ -14,33 +14,60 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class CostFit:
-    """Batch time model: seconds(n) = fixed + per_item*n + quadratic*n^2."""
+    """Batch time model: seconds(n) = fixed + per_item*n + quadratic*n^2, with its uncertainty."""
 
     fixed: float
     per_item: float
     quadratic: float
     points: int
-    residual_scale: float
-    """Robust scale (seconds) of the residuals of the points that were kept."""
+    scale: float = 1.0
+    """Sizes are divided by this before fitting (conditioning)."""
+    covariance: tuple[tuple[float, ...], ...] = ()
+    """Covariance of the coefficients in scaled units: sigma_w^2 (X'WX)^-1 (seconds^2 when
+    the weights are 1/seconds^2, as sigma_w^2 is then a relative variance)."""
 
     def seconds(self, size: float) -> float:
         return self.fixed + self.per_item * size + self.quadratic * size * size
 
-    def seconds_per_item(self, size: float) -> float:
-        return self.seconds(size) / size if size > 0 else math.inf
+    def seconds_upper(self, size: float, z: float) -> float:
+        """`seconds(size)` plus `z` standard errors of that prediction of the mean."""
+        if not self.covariance:
+            return self.seconds(size)
+        x = size / self.scale
+        (c00, c01, c02), (_, c11, c12), (_, _, c22) = self.covariance
+        # x' C x for x = (1, x, x^2), C symmetric.
+        variance = c00 + 2 * c01 * x + (2 * c02 + c11) * x * x + 2 * c12 * x**3 + c22 * x**4
+        return self.seconds(size) + z * math.sqrt(max(variance, 0.0))
 
-    def largest_size_within(self, seconds: float) -> float:
-        """Largest n with seconds(n) <= `seconds` (math.inf when time never reaches it)."""
+    def largest_size_within(self, seconds: float, *, z: float = 0.0, ceiling: float = 1e6) -> float:
+        """Largest n with seconds(n) (+ z standard errors) <= `seconds`; math.inf when never reached."""
         a, b, c = self.fixed - seconds, self.per_item, self.quadratic
         if a >= 0:
             return 0.0
         if c > 0:
             # Positive root of c*n^2 + b*n + a = 0 (a < 0, so there is exactly one).
-            return (-b + math.sqrt(b * b - 4 * c * a)) / (2 * c)
-        if b > 0:
+            mean_root = (-b + math.sqrt(b * b - 4 * c * a)) / (2 * c)
+        elif b > 0:
             # Solution to fixed + per_item*n = target duration.
-            return -a / b
-        return math.inf
+            mean_root = -a / b
+        else:
+            mean_root = math.inf
+        if z <= 0 or not self.covariance:
+            return mean_root
+        # The upper bound grows with n: bisect for where it meets the target.
+        low, high = 0.0, min(mean_root, ceiling)
+        if self.seconds_upper(high, z) <= seconds:
+            return high
+        for _ in range(24):
+            middle = (low + high) / 2
+            if self.seconds_upper(middle, z) <= seconds:
+                low = middle
+            else:
+                high = middle
+        return low
+
+    def seconds_per_item(self, size: float) -> float:
+        return self.seconds(size) / size if size > 0 else math.inf
 
     def throughput_optimum(self) -> float:
         """Size minimising seconds per item: d/dn (a/n + b + c*n) = 0 gives n = sqrt(a/c)."""
@@ -49,59 +76,95 @@ class CostFit:
         return math.inf
 
 
-def _solve(matrix: list[list[float]], vector: list[float]) -> list[float] | None:
-    """Gaussian elimination with partial pivoting; None when singular."""
-    size = len(vector)
-    rows = [row[:] + [value] for row, value in zip(matrix, vector, strict=True)]
-    for column in range(size):
-        pivot = max(range(column, size), key=lambda r: abs(rows[r][column]))
-        if abs(rows[pivot][column]) < 1e-12:
+def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
+    """Inverse of a symmetric 1x1, 2x2 or 3x3 matrix by cofactors; None when singular."""
+    size = len(matrix)
+    if size == 1:
+        return [[1.0 / matrix[0][0]]] if abs(matrix[0][0]) > 1e-300 else None
+    if size == 2:
+        (a, b), (c, d) = matrix
+        determinant = a * d - b * c
+        if abs(determinant) <= 1e-12 * max(abs(a * d), 1e-300):
             return None
-        rows[column], rows[pivot] = rows[pivot], rows[column]
-        for r in range(column + 1, size):
-            factor = rows[r][column] / rows[column][column]
-            for k in range(column, size + 1):
-                rows[r][k] -= factor * rows[column][k]
-    solution = [0.0] * size
-    for r in range(size - 1, -1, -1):
-        total = rows[r][size] - sum(rows[r][k] * solution[k] for k in range(r + 1, size))
-        solution[r] = total / rows[r][r]
-    return solution
-
-
-def _least_squares(
-    sizes: Sequence[float], seconds: Sequence[float], degree: int
-) -> tuple[list[float], list[list[float]]] | None:
-    """Polynomial least squares; returns the coefficients and the columns of (X'X)^-1.
-
-    Sizes are scaled by their maximum so that the normal equations stay well conditioned.
-    The sums are taken in one pass: this runs on every decision.
-    """
-    scale = max(sizes)
-    terms = degree + 1
-    moments = [0.0] * (2 * terms - 1)
-    xty = [0.0] * terms
-    for size, y in zip(sizes, seconds, strict=True):
-        x = size / scale
-        power = 1.0
-        for k in range(2 * terms - 1):
-            moments[k] += power
-            if k < terms:
-                xty[k] += power * y
-            power *= x
-    xtx = [[moments[i + j] for j in range(terms)] for i in range(terms)]
-    scaled = _solve(xtx, xty)
-    if scaled is None:
+        return [[d / determinant, -b / determinant], [-c / determinant, a / determinant]]
+    (a, b, c), (d, e, f), (g, h, i) = matrix
+    cofactors = [
+        [e * i - f * h, c * h - b * i, b * f - c * e],
+        [f * g - d * i, a * i - c * g, c * d - a * f],
+        [d * h - e * g, b * g - a * h, a * e - b * d],
+    ]
+    determinant = a * cofactors[0][0] + b * cofactors[1][0] + c * cofactors[2][0]
+    if abs(determinant) <= 1e-12 * max(abs(a * e * i), 1e-300):
         return None
-    inverse_columns = []
-    for i in range(terms):
-        unit = [1.0 if j == i else 0.0 for j in range(terms)]
-        column = _solve(xtx, unit)
-        if column is None:
+    return [[value / determinant for value in row] for row in cofactors]
+
+
+@dataclass(frozen=True, slots=True)
+class _Moments:
+    """Sums of x^k (k <= 4), x^k*y (k <= 2) and y^2 over points, sizes scaled by `scale`."""
+
+    scale: float
+    count: int
+    xs: tuple[float, ...]
+    xys: tuple[float, ...]
+    yy: float
+
+    @classmethod
+    def of(cls, points: Sequence[tuple[float, float]], weights: Sequence[float] | None = None) -> _Moments:
+        scale = max(n for n, _ in points)
+        xs = [0.0] * 5
+        xys = [0.0] * 3
+        yy = 0.0
+        # One pass: this runs on every decision.
+        for index, (size, y) in enumerate(points):
+            w = weights[index] if weights is not None else 1.0
+            x = size / scale
+            x2 = x * x
+            xs[0] += w
+            xs[1] += w * x
+            xs[2] += w * x2
+            xs[3] += w * x2 * x
+            xs[4] += w * x2 * x2
+            xys[0] += w * y
+            xys[1] += w * x * y
+            xys[2] += w * x2 * y
+            yy += w * y * y
+        return cls(scale=scale, count=len(points), xs=tuple(xs), xys=tuple(xys), yy=yy)
+
+    def solve(self, powers: tuple[int, ...]) -> _Solution | None:
+        """Weighted least squares on the given powers of x (0: fixed, 1: per item, 2: quadratic)."""
+        xtx = [[self.xs[i + j] for j in powers] for i in powers]
+        xty = [self.xys[i] for i in powers]
+        inverse = _inverse(xtx)
+        if inverse is None:
             return None
-        inverse_columns.append(column)
-    coefficients = [value / scale**power for power, value in enumerate(scaled)]
-    return coefficients, inverse_columns
+        coefficients = [sum(row[k] * xty[k] for k in range(len(powers))) for row in inverse]
+        # Residual sum of squares from the sums: y'Wy - b'X'Wy.
+        rss = max(self.yy - sum(c * v for c, v in zip(coefficients, xty, strict=True)), 0.0)
+        return _Solution(powers=powers, coefficients=coefficients, inverse=inverse, rss=rss)
+
+    def best_nonnegative(self, candidates: Sequence[tuple[int, ...]]) -> _Solution | None:
+        """The lowest-RSS solution among `candidates` whose coefficients are all >= 0.
+
+        Costs are sums of non-negative parts (fixed, per item, per item^2): a negative
+        coefficient is the noise talking, and the best model without that term is taken.
+        """
+        best: _Solution | None = None
+        for powers in candidates:
+            solution = self.solve(powers)
+            if solution is None or any(c < 0 for c in solution.coefficients):
+                continue
+            if best is None or solution.rss < best.rss:
+                best = solution
+        return best
+
+
+@dataclass(frozen=True, slots=True)
+class _Solution:
+    powers: tuple[int, ...]
+    coefficients: list[float]
+    inverse: list[list[float]]
+    rss: float
 
 
 def _median(values: Sequence[float]) -> float:
@@ -118,66 +181,95 @@ def fit_costs(
     *,
     min_points: int = 4,
     min_spread: float = 1.15,
-    outlier_cutoff: float = 3.5,
+    outlier_cutoff: float | None = 3.5,
+    curvature_t: float = 3.0,
+    half_life: float | None = None,
+    guide: CostFit | None = None,
 ) -> CostFit | None:
     """Fit batch time against size, dropping outliers; None when the data cannot determine it.
 
     A linear fit (fixed + per-item cost) needs `min_points` batches whose sizes span at least
-    `min_spread` (max/min). The quadratic term is kept only when it is positive and
-    significant (t > 3): it then places an interior throughput optimum, which a noisy,
-    spurious curvature must not do. Points whose residual exceeds `outlier_cutoff` robust
-    standard deviations (1.4826 * MAD) are dropped once and the model refitted, as batches
-    that hit a retry or a cold cache would otherwise drag the fit.
+    `min_spread` (max/min). Timing noise is multiplicative (a batch twice as long varies
+    twice as much), so the fit is weighted by 1/predicted^2 from an unweighted first pass:
+    relative errors count alike, and a slow outlier on a large batch cannot fake a curve.
+    The quadratic term is kept only when it is positive, significant (t > `curvature_t`)
+    over sizes spanning 1.5x, and leaves a non-negative per-item cost: it places an interior
+    throughput optimum, which a spurious curvature must not do. Points whose relative
+    residual exceeds `outlier_cutoff` robust standard deviations (1.4826 * MAD) are dropped
+    once, as batches that hit a retry or a cold cache would otherwise drag the fit; with
+    `outlier_cutoff=None` every point stays (the fit then estimates the mean batch time,
+    outliers included, which is what a limit on expected time is about).
+
+    With `half_life`, a point's weight halves every `half_life` points back from the last
+    one, so the fit follows costs that drift. A `guide` fit (of similar data) supplies the
+    predicted times for the weights and saves the unweighted first pass.
     """
-    points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t >= 0]
+    points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
+    count = len(points)
+    recency = [0.5 ** ((count - 1 - i) / half_life) for i in range(count)] if half_life else [1.0] * count
     if len(points) < min_points:
         return None
     if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
         return None
-    fit = _fit_once(points)
-    if fit is None:
+    first = guide or _fit_once(points, curvature_t, recency if half_life else None)
+    if first is None:
         return None
-    residuals = [t - fit.seconds(n) for n, t in points]
-    scale = 1.4826 * _median([abs(r) for r in residuals])
-    floor = 1e-9 + 0.01 * _median([t for _, t in points])
-    kept = [p for p, r in zip(points, residuals, strict=True) if abs(r) <= outlier_cutoff * max(scale, floor)]
-    if len(kept) < len(points) and len(kept) >= min_points:
-        refit = _fit_once(kept)
+    weights = [r / max(first.seconds(n), 1e-9) ** 2 for r, (n, _) in zip(recency, points, strict=True)]
+    fit = _fit_once(points, curvature_t, weights) or first
+    if outlier_cutoff is None:
+        return fit
+    relative = [(t - fit.seconds(n)) / max(fit.seconds(n), 1e-9) for n, t in points]
+    scale = max(1.4826 * _median([abs(r) for r in relative]), 0.01)
+    kept = [i for i, r in enumerate(relative) if abs(r) <= outlier_cutoff * scale]
+    if min_points <= len(kept) < len(points):
+        refit = _fit_once([points[i] for i in kept], curvature_t, [weights[i] for i in kept])
         if refit is not None:
             return refit
     return fit
 
 
-def _fit_once(points: Sequence[tuple[float, float]]) -> CostFit | None:
+_LINEAR_MODELS = ((0, 1), (1,), (0,))
+_CURVED_MODELS = ((0, 1, 2), (0, 2), (1, 2), (2,))
+
+
+def _fit_once(
+    points: Sequence[tuple[float, float]], curvature_t: float, weights: Sequence[float] | None
+) -> CostFit | None:
+    moments = _Moments.of(points, weights)
+    count = len(points)
+    chosen = moments.best_nonnegative(_LINEAR_MODELS)
     sizes = [n for n, _ in points]
-    seconds = [t for _, t in points]
-    linear = _least_squares(sizes, seconds, 1)
-    if linear is None:
+    if count >= 8 and max(sizes) >= 1.5 * min(sizes) and len({round(n) for n in sizes}) >= 4:
+        curved = moments.best_nonnegative(_CURVED_MODELS)
+        if curved is not None and 2 in curved.powers and count > len(curved.powers):
+            # F test of the curvature: the RSS it removes against the residual variance
+            # (one extra parameter, so F = t^2).
+            variance = curved.rss / (count - len(curved.powers))
+            gain = (chosen.rss - curved.rss) if chosen is not None else math.inf
+            if variance > 0 and gain / variance > curvature_t**2:
+                chosen = curved
+    if chosen is None:
         return None
-    (fixed, per_item), _ = linear
-    quadratic = 0.0
-    distinct = len({round(n) for n in sizes})
-    if distinct >= 4 and max(sizes) >= 1.5 * min(sizes) and len(points) >= 8:
-        curved = _least_squares(sizes, seconds, 2)
-        if curved is not None:
-            (c0, c1, c2), inverse = curved
-            residual = [t - (c0 + c1 * n + c2 * n * n) for n, t in points]
-            dof = len(points) - 3
-            variance = sum(r * r for r in residual) / dof
-            scale = max(sizes)
-            standard_error = math.sqrt(max(variance * inverse[2][2], 0.0)) / scale**2
-            if c2 > 0 and standard_error > 0 and c2 / standard_error > 3.0:
-                fixed, per_item, quadratic = c0, c1, c2
-    if per_item < 0 and quadratic == 0.0:
+    scale = moments.scale
+    values = [0.0, 0.0, 0.0]
+    for power, value in zip(chosen.powers, chosen.coefficients, strict=True):
+        values[power] = value / scale**power
+    fixed, per_item, quadratic = values
+    if per_item <= 0 and quadratic <= 0:
         return None
-    fixed = max(fixed, 0.0)
-    residuals = [t - (fixed + per_item * n + quadratic * n * n) for n, t in points]
+    dof = count - len(chosen.powers)
+    variance = chosen.rss / dof if dof > 0 else 0.0
+    covariance = [[0.0] * 3 for _ in range(3)]
+    for i, row_power in enumerate(chosen.powers):
+        for j, column_power in enumerate(chosen.powers):
+            covariance[row_power][column_power] = variance * chosen.inverse[i][j]
     return CostFit(
         fixed=fixed,
         per_item=per_item,
         quadratic=quadratic,
-        points=len(points),
-        residual_scale=1.4826 * _median([abs(r) for r in residuals]),
+        points=count,
+        scale=scale,
+        covariance=tuple(tuple(row) for row in covariance),
     )
 
 

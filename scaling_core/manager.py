@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaling_core._evidence import CostFit, QualityPool, fit_costs, wilson_bounds
 from scaling_core.config import ScalingConfig
-from scaling_core.results import BatchResult, ScalingAction, ScalingDecision
+from scaling_core.results import BatchResult, BatchView, ScalingAction, ScalingDecision
 
 
 class DecisionStore(Protocol):
@@ -102,11 +102,20 @@ class ScalingManager:
         >>> manager.apply_scaling_decision(manager.evaluate_scaling(history))
     """
 
-    QUALITY_WINDOW = 300
-    """Batches that the quality evidence reads; a shift (see `CHANGE_Z`) forgets sooner."""
-    COST_WINDOW = 300
-    """Batches that the cost fit reads (its curvature needs the sizes of the ramp-up)."""
-    FAILURE_WINDOW = 400
+    EVIDENCE_WINDOW = 200
+    """Batches the quality evidence and the long cost fit read (a shift, see `CHANGE_Z`,
+    forgets sooner); a super-linear cost's curvature needs the wide sizes of the ramp-up."""
+    RECENT_COST_WINDOW = 60
+    """Batches the time limit's cost fit reads."""
+    COST_HALF_LIFE = 12.0
+    """Batches after which a batch's weight in the time limit's fit has halved (drift)."""
+    TIME_Z = 1.0
+    """Standard errors of the fitted batch time kept under the time threshold."""
+    FAR_OVER = 1.25
+    """Two batches in a row this far over the time threshold mean the cost jumped."""
+    COST_AGREEMENT = 0.2
+    """Relative gap at the current size beyond which the long cost fit is not trusted."""
+    FAILURE_WINDOW = 300
     """Batches scanned for whole-batch failures (a cliff is remembered this long)."""
     FAILURE_PROBES = 2
     """Whole-batch failures in the window after which the cliff is no longer probed."""
@@ -131,14 +140,19 @@ class ScalingManager:
     """Aim at this share of `processing_time_threshold`."""
     DEAD_BAND = 0.03
     """Relative moves smaller than this are not made (no jitter)."""
-    DITHER_EVERY = 5
+    DITHER_EVERY = 6
     DITHER_DEPTH = 0.08
+    COST_DITHER_DEPTHS = (0.15, 0.3)
     FIT_SPREAD = 1.15
     """Max/min size ratio the cost fit needs among its batches."""
     CHANGE_BATCHES = 3
     """Recent batches tested against older ones for a shift (drift)."""
-    CHANGE_Z = 3.5
-    """z of a shift in quality or cost that makes the older evidence be forgotten."""
+    CHANGE_Z = 4.0
+    """z of a shift in quality at unchanged sizes that makes the older evidence be forgotten."""
+    CHANGE_MIN_ITEMS = 100
+    CHANGE_MIN_BATCHES = 3
+    """Older batches a size needs before a shift of its cost can be judged."""
+    """Older items a size needs before a shift at that size can be judged."""
     DECISION_LOG = 1000
     """Decisions kept in memory for `get_scaling_summary`."""
 
@@ -147,6 +161,7 @@ class ScalingManager:
         self.store = store
         self._current_batch_size = self.config.initial_batch_size
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
+        self._view_cache: dict[int, tuple[BatchResult, BatchView]] = {}
         self._changes = 0
 
     # -- the decision protocol ---------------------------------------------------------------
@@ -173,11 +188,12 @@ class ScalingManager:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
 
         last = history[-1]
-        evidence = self._gather(history, base)
+        views = self._views(history)
+        evidence = self._gather(views, base)
         metrics = evidence.metrics
 
         if last.is_whole_failure:
-            return self._after_failure(history, base, last, metrics)
+            return self._after_failure(views, base, last, metrics)
 
         if last.total_items > 0:
             _, upper = wilson_bounds(last.high_count, last.total_items, self.LOW_CONFIDENCE_Z)
@@ -203,8 +219,8 @@ class ScalingManager:
         if target < base * (1 - self.DEAD_BAND):
             return self._decision(base, target, binding.reason, metrics)
         if target > base * (1 + self.DEAD_BAND):
-            recent = history[-config.min_batches_for_scaling :]
-            if config.stability_required and any(batch.is_whole_failure for batch in recent):
+            recent = views[-config.min_batches_for_scaling :]
+            if config.stability_required and any(view.failed for view in recent):
                 return self._decision(
                     base, base, "holding: a batch failed whole within the last few batches", metrics
                 )
@@ -213,8 +229,9 @@ class ScalingManager:
             if step > base:
                 pace = "near a limit, growing slowly" if evidence.near_limit else "far from every limit"
                 return self._decision(base, step, f"{pace}: toward {binding.reason}", metrics)
-        if self._needs_dither(history, evidence) and len(history) % self.DITHER_EVERY == 0:
-            dithered = config.clamp(base * (1 - self.DITHER_DEPTH))
+        depth = self._dither_depth(views, binding)
+        if depth and len(history) % self.DITHER_EVERY == 0:
+            dithered = config.clamp(base * (1 - depth))
             if dithered < base:
                 return self._decision(
                     base,
@@ -224,6 +241,25 @@ class ScalingManager:
                     metrics,
                 )
         return self._decision(base, base, f"at the best size: {binding.reason}", metrics)
+
+    def _views(self, history: Sequence[BatchResult]) -> list[BatchView]:
+        """The batches as `BatchView`s, remembered per batch object between calls.
+
+        The protocol hands in the same (immutable) batch objects again and again; reading
+        their numbers once keeps a decision cheap. An entry keeps its batch alive, so its id
+        cannot be reused while it is cached.
+        """
+        cache = self._view_cache
+        views = []
+        for batch in history:
+            entry = cache.get(id(batch))
+            if entry is None or entry[0] is not batch:
+                entry = (batch, batch.view)
+                cache[id(batch)] = entry
+            views.append(entry[1])
+        if len(cache) > 2 * self.FAILURE_WINDOW:
+            self._view_cache = {id(batch): (batch, view) for batch, view in zip(history, views, strict=True)}
+        return views
 
     def apply_scaling_decision(self, decision: ScalingDecision) -> bool:
         """Adopt `decision`'s size (kept within [min, max]); True when the size changed.
@@ -400,9 +436,9 @@ class ScalingManager:
             "prediction_analysis": {
                 "optimal_batch_size": optimal,
                 "predicted_processing_time": self.predict_processing_time(
-                    decision.new_batch_size, historical_data[-self.QUALITY_WINDOW :]
+                    decision.new_batch_size, historical_data[-self.EVIDENCE_WINDOW :]
                 ),
-                "efficiency_analysis": self.analyze_batch_size_efficiency(historical_data[-self.QUALITY_WINDOW :]),
+                "efficiency_analysis": self.analyze_batch_size_efficiency(historical_data[-self.EVIDENCE_WINDOW :]),
             },
             "combined_recommendation": {
                 "recommended_action": decision.action.value,
@@ -422,88 +458,159 @@ class ScalingManager:
             min_spread=self.FIT_SPREAD,
         )
 
-    def _gather(self, history: Sequence[BatchResult], base: int) -> _Evidence:
+    def _gather(self, views: Sequence[BatchView], base: int) -> _Evidence:
         config = self.config
         evidence = _Evidence(base=base)
-        window = [b for b in history[-self.QUALITY_WINDOW :] if b.total_items > 0]
-        successes = [b for b in window if not b.is_whole_failure]
-        limits = evidence.limits
-        limits.append(_Limit("max", config.max_batch_size, f"the maximum size {config.max_batch_size}"))
-
-        costed = [b for b in history[-self.COST_WINDOW :] if b.total_items > 0 and not b.is_whole_failure]
-        timed, evidence.fit = self._cost_evidence(costed)
-        self._time_limits(evidence, timed, base)
-        quality_window = window[self._quality_change_point(window) :]
-        self._quality_limit(evidence, quality_window, base)
-        self._failure_limit(evidence, history)
+        window = [v for v in views[-self.EVIDENCE_WINDOW :] if v.items > 0]
+        evidence.limits.append(_Limit("max", config.max_batch_size, f"the maximum size {config.max_batch_size}"))
+        timings = [(float(v.items), v.seconds) for v in window if not v.failed and v.seconds > 0]
+        cost_change = self._cost_change_point(timings)
+        if cost_change:
+            evidence.metrics["cost_change_batches_ago"] = float(len(timings) - cost_change)
+        self._time_limits(evidence, timings[cost_change:], base)
+        observations = [(float(v.asked), v.high, v.items) for v in window]
+        change = self._quality_change_point(observations)
+        if change:
+            evidence.metrics["quality_change_batches_ago"] = float(len(observations) - change)
+        self._quality_limit(evidence, observations[change:], base)
+        self._failure_limit(evidence, views)
 
         growth_reach = base * config.scaling_factor
         evidence.near_limit = any(
-            limit.name != "max" and limit.size < growth_reach * self.NEIGHBOURHOOD for limit in limits
+            limit.name != "max" and limit.size < growth_reach * self.NEIGHBOURHOOD for limit in evidence.limits
         ) or (
             evidence.quality_at_base is not None
             and evidence.quality_at_base < config.high_confidence_threshold + self.QUALITY_HEADROOM
         )
+        recent = window[-3:]
+        items = sum(v.items for v in recent)
         evidence.metrics.update(
             {
                 "batches_considered": float(len(window)),
                 "current_batch_size": float(base),
-                "recent_high_share": _pooled_high_share(window[-3:]),
-                "recent_success_rate": _pooled_success_rate(window[-3:]),
-                "recent_seconds": sum(b.processing_time for b in window[-3:]) / max(len(window[-3:]), 1),
+                "recent_high_share": sum(v.high for v in recent) / items if items else 0.0,
+                "recent_seconds": sum(v.seconds for v in recent) / max(len(recent), 1),
             }
         )
         return evidence
 
-    def _cost_evidence(self, successes: Sequence[BatchResult]) -> tuple[list[BatchResult], CostFit | None]:
-        """The batches the cost fit should use and the fit itself.
+    def _cost_change_point(self, timings: Sequence[tuple[float, float]]) -> int:
+        """Index from which the cost evidence is current (0 when the cost did not shift).
 
-        When the last `CHANGE_BATCHES` batches all sit on one side of the fit, far out, the
-        cost of the work changed under us: the older batches are forgotten.
+        Like `_quality_change_point`, on log seconds: each batch after a split is compared
+        with the older batches of the same size, in units of the spread that batches of one
+        size show; the most recent split with |z| > `CHANGE_Z` wins.
         """
-        fit = self._fit(successes)
-        recent = successes[-self.CHANGE_BATCHES :]
-        if fit is None or len(recent) < self.CHANGE_BATCHES or fit.residual_scale <= 0:
-            return list(successes), fit
-        residuals = [b.processing_time - fit.seconds(b.total_items) for b in recent]
-        if all(r > 0 for r in residuals) or all(r < 0 for r in residuals):
-            shift = min(abs(r) for r in residuals) / fit.residual_scale
-            relative = min(
-                abs(r) / max(fit.seconds(b.total_items), 1e-9) for r, b in zip(residuals, recent, strict=True)
-            )
-            if shift > self.CHANGE_Z and relative > 0.15:
-                return list(recent), self._fit(recent)
-        return list(successes), fit
-
-    def _quality_change_point(self, window: Sequence[BatchResult]) -> int:
-        """Index from which the quality evidence is current.
-
-        Quality does not rise with size, so the recent batches are compared only with older
-        batches that should be no better (larger sizes) for a fall, or no worse (smaller
-        sizes) for a rise: the size effect can hide a shift but never fake one. A
-        two-proportion z beyond `CHANGE_Z` forgets the older evidence.
-        """
-        recent = window[-self.CHANGE_BATCHES :]
-        older = window[: -self.CHANGE_BATCHES]
-        if len(recent) < self.CHANGE_BATCHES or not older:
+        if len(timings) <= self.CHANGE_BATCHES:
             return 0
-        recent_high = sum(b.high_count for b in recent)
-        recent_items = sum(b.total_items for b in recent)
-        largest = max(b.asked_size for b in recent)
-        smallest = min(b.asked_size for b in recent)
-        larger = [b for b in older if b.asked_size >= largest]
-        smaller = [b for b in older if b.asked_size <= smallest]
-        fell = _two_proportion_z(recent_high, recent_items, larger) < -self.CHANGE_Z
-        rose = _two_proportion_z(recent_high, recent_items, smaller) > self.CHANGE_Z
-        return len(window) - self.CHANGE_BATCHES if fell or rose else 0
+        width = math.log(self.SAME_SIZE)
+        buckets = [int(math.log(n) / width) for n, _ in timings]
+        logs = [math.log(t) for _, t in timings]
+        sums: dict[int, float] = {}
+        squares: dict[int, float] = {}
+        counts: dict[int, int] = {}
+        for bucket, value in zip(buckets, logs, strict=True):
+            sums[bucket] = sums.get(bucket, 0.0) + value
+            squares[bucket] = squares.get(bucket, 0.0) + value * value
+            counts[bucket] = counts.get(bucket, 0) + 1
+        # Spread of log seconds within a size, pooled over sizes (at least 5%: no division
+        # by a spread that a few identical timings make zero).
+        spread_sum = spread_dof = 0.0
+        for bucket, count in counts.items():
+            if count > 1:
+                spread_sum += squares[bucket] - sums[bucket] ** 2 / count
+                spread_dof += count - 1
+        variance = max(spread_sum / spread_dof if spread_dof else 0.0, 0.05**2)
+        after_sums: dict[int, float] = {}
+        after_counts: dict[int, int] = {}
+        checkpoint = self.CHANGE_BATCHES
+        for back in range(1, len(timings)):
+            index = len(timings) - back
+            bucket = buckets[index]
+            after_sums[bucket] = after_sums.get(bucket, 0.0) + logs[index]
+            after_counts[bucket] = after_counts.get(bucket, 0) + 1
+            if back < checkpoint:
+                continue
+            checkpoint = max(checkpoint + 1, int(checkpoint * 1.25))
+            difference = spread = 0.0
+            for key, n_after in after_counts.items():
+                n_before = counts[key] - n_after
+                if n_before < self.CHANGE_MIN_BATCHES:
+                    continue
+                mean_before = (sums[key] - after_sums[key]) / n_before
+                difference += after_sums[key] - n_after * mean_before
+                spread += variance * n_after * (1 + n_after / n_before)
+            if spread > 0 and abs(difference) / math.sqrt(spread) > self.CHANGE_Z:
+                return index
+        return 0
 
-    def _time_limits(self, evidence: _Evidence, timed: Sequence[BatchResult], base: int) -> None:
+    def _quality_change_point(self, observations: Sequence[tuple[float, int, int]]) -> int:
+        """Index from which the quality evidence is current (0 when nothing shifted).
+
+        Each candidate split compares the batches after it with the batches before it at the
+        same size (buckets `SAME_SIZE` wide): observed High counts against those the older
+        share at that size predicts, summed into one z. The most recent split with
+        |z| > `CHANGE_Z` wins, so a shift found once stays found while its evidence lasts.
+        Splits are tried at geometric distances from the end, so the cost stays small.
+        """
+        if len(observations) <= self.CHANGE_BATCHES:
+            return 0
+        width = math.log(self.SAME_SIZE)
+        buckets = [int(math.log(size) / width) for size, _, _ in observations]
+        total_high: dict[int, float] = {}
+        total_items: dict[int, float] = {}
+        for bucket, (_, high, items) in zip(buckets, observations, strict=True):
+            total_high[bucket] = total_high.get(bucket, 0.0) + high
+            total_items[bucket] = total_items.get(bucket, 0.0) + items
+        after_high: dict[int, float] = {}
+        after_items: dict[int, float] = {}
+        checkpoint = self.CHANGE_BATCHES
+        for back in range(1, len(observations)):
+            index = len(observations) - back
+            bucket = buckets[index]
+            _, high, items = observations[index]
+            after_high[bucket] = after_high.get(bucket, 0.0) + high
+            after_items[bucket] = after_items.get(bucket, 0.0) + items
+            if back < checkpoint:
+                continue
+            checkpoint = max(checkpoint + 1, int(checkpoint * 1.25))
+            observed = expected = variance = 0.0
+            for key, n_after in after_items.items():
+                n_before = total_items[key] - n_after
+                if n_before < self.CHANGE_MIN_ITEMS:
+                    continue
+                share = (total_high[key] - after_high[key]) / n_before
+                observed += after_high[key]
+                expected += n_after * share
+                # Binomial spread of the new counts plus the uncertainty of the old share.
+                variance += n_after * share * (1 - share) * (1 + n_after / n_before)
+            if variance > 0 and abs(observed - expected) / math.sqrt(variance) > self.CHANGE_Z:
+                return index
+        return 0
+
+    def _time_limits(self, evidence: _Evidence, timings: Sequence[tuple[float, float]], base: int) -> None:
+        """Limits from batch times: the time threshold and, for super-linear costs, the optimum.
+
+        The time limit comes from a fit over the recent batches only (it follows a drifting
+        cost), read at its upper bound (`TIME_Z` standard errors): the target is on expected
+        batch time, and a noisy fit must not place the size over it. The throughput optimum
+        needs curvature, which only the wide sizes of a longer history determine; that fit is
+        used while it agrees with the recent one.
+        """
         config = self.config
         budget = config.processing_time_threshold * self.TIME_MARGIN
-        fit = evidence.fit
         metrics = evidence.metrics
+        recent = timings[-self.RECENT_COST_WINDOW :]
+        fit = fit_costs(
+            [n for n, _ in recent],
+            [t for _, t in recent],
+            min_spread=self.FIT_SPREAD,
+            half_life=self.COST_HALF_LIFE,
+            outlier_cutoff=None,
+        )
+        evidence.fit = fit
         if fit is not None:
-            within = fit.largest_size_within(budget)
+            within = fit.largest_size_within(budget, z=self.TIME_Z, ceiling=config.max_batch_size * 2.0)
             metrics.update(
                 {
                     "fixed_seconds": fit.fixed,
@@ -520,45 +627,65 @@ class ScalingManager:
                     within,
                     f"the time limit: fitted {fit.fixed:.3f} s + {fit.per_item * 1000:.2f} ms/item"
                     + (f" + {fit.quadratic * 1e6:.3f} us/item^2" if fit.quadratic else "")
-                    + f" reaches {config.processing_time_threshold:g} s at {within:.0f} items",
+                    + f" reaches {config.processing_time_threshold:g} s at {within:.0f} items (upper bound)",
                 )
             )
-            optimum = fit.throughput_optimum()
-            if math.isfinite(optimum):
-                metrics["throughput_optimum"] = optimum
-                largest_seen = max(b.total_items for b in timed)
-                # An optimum beyond every size seen is an extrapolation of a curvature fitted
-                # on smaller sizes: approach it slowly instead of trusting it.
-                reach = optimum if optimum <= largest_seen else max(optimum, largest_seen * self.NEAR_LIMIT_GROWTH)
-                evidence.limits.append(
-                    _Limit(
-                        "throughput",
-                        reach,
-                        f"the throughput optimum sqrt(fixed/quadratic) = {optimum:.0f} items",
-                    )
-                )
-        recent = [b for b in timed[-2:] if b.processing_time > 0]
-        if recent:
-            # Seconds proportional to size over-estimates the growth of a batch with a fixed
-            # cost: a safe bound while (or where) the fit is not determined.
-            per_item = sum(b.processing_time for b in recent) / sum(b.total_items for b in recent)
-            direct = budget / per_item if per_item > 0 else math.inf
-            observed = sum(b.processing_time for b in recent) / len(recent)
+        self._throughput_limit(evidence, timings, fit, base)
+        last = [(n, t) for n, t in timings[-self.CHANGE_BATCHES :] if t > 0]
+        if last:
+            # Seconds proportional to size over-estimate the growth of a batch with a fixed
+            # cost: a safe bound while (or where) the fit is not determined. With a fit, it
+            # only steps in when the last three batches broke the threshold, or the last two
+            # broke it by `FAR_OVER` (the cost jumped; one slow batch is noise).
+            per_item = sum(t for _, t in last) / sum(n for n, _ in last)
+            observed = sum(t for _, t in last) / len(last)
             metrics["recent_seconds_per_item"] = per_item
-            if fit is None or observed > config.processing_time_threshold:
+            threshold = config.processing_time_threshold
+            all_slow = len(last) == self.CHANGE_BATCHES and all(t > threshold for _, t in last)
+            far_over = len(last) >= 2 and all(t > self.FAR_OVER * threshold for _, t in last[-2:])
+            if fit is None or all_slow or far_over:
                 evidence.limits.append(
                     _Limit(
                         "time",
-                        direct,
+                        budget / per_item if per_item > 0 else math.inf,
                         f"the time limit: recent batches took {observed:.2f} s "
                         f"({per_item * 1000:.2f} ms/item) against {config.processing_time_threshold:g} s",
                     )
                 )
 
-    def _quality_limit(self, evidence: _Evidence, window: Sequence[BatchResult], base: int) -> None:
+    def _throughput_limit(
+        self, evidence: _Evidence, timings: Sequence[tuple[float, float]], recent: CostFit | None, base: int
+    ) -> None:
+        if len(timings) > self.RECENT_COST_WINDOW:
+            fit = fit_costs(
+                [n for n, _ in timings], [t for _, t in timings], min_spread=self.FIT_SPREAD, guide=recent
+            )
+            if fit is not None and recent is not None:
+                expected = recent.seconds(base)
+                if expected > 0 and abs(fit.seconds(base) - expected) > self.COST_AGREEMENT * expected:
+                    fit = recent  # the costs moved: only the recent batches speak for them
+        else:
+            fit = recent
+        if fit is None:
+            return
+        optimum = fit.throughput_optimum()
+        if not math.isfinite(optimum):
+            return
+        evidence.metrics["throughput_optimum"] = optimum
+        largest_seen = max(n for n, _ in timings)
+        # An optimum beyond every size seen is an extrapolation of a curvature fitted on
+        # smaller sizes: approach it slowly instead of trusting it.
+        reach = optimum if optimum <= largest_seen else max(optimum, largest_seen * self.NEAR_LIMIT_GROWTH)
+        evidence.limits.append(
+            _Limit("throughput", reach, f"the throughput optimum sqrt(fixed/quadratic) = {optimum:.0f} items")
+        )
+
+    def _quality_limit(
+        self, evidence: _Evidence, observations: Sequence[tuple[float, int, int]], base: int
+    ) -> None:
+        """The quality limit from `(size, High, items)` observations of the current regime."""
         config = self.config
         target = config.high_confidence_threshold
-        observations = [(float(b.asked_size), b.high_count, b.total_items) for b in window]
         if not observations:
             return
         pool = QualityPool.of(observations)
@@ -626,8 +753,8 @@ class ScalingManager:
                 return size, high / items, z
         return None
 
-    def _failure_limit(self, evidence: _Evidence, history: Sequence[BatchResult]) -> None:
-        ceiling, failures, success_floor = self._failure_bounds(history)
+    def _failure_limit(self, evidence: _Evidence, views: Sequence[BatchView]) -> None:
+        ceiling, failures, success_floor = self._failure_bounds(views)
         if not math.isfinite(ceiling):
             return
         evidence.failure_ceiling = ceiling
@@ -647,7 +774,7 @@ class ScalingManager:
             )
         )
 
-    def _failure_bounds(self, history: Sequence[BatchResult]) -> tuple[float, int, int | None]:
+    def _failure_bounds(self, views: Sequence[BatchView]) -> tuple[float, int, int | None]:
         """(smallest failing size, failures counted, largest success below it).
 
         A failure counts unless a later batch of at least its size succeeded (then it was
@@ -656,26 +783,22 @@ class ScalingManager:
         ceiling = math.inf
         failures = 0
         largest_success_after = 0
-        for batch in reversed(history):
-            if batch.is_whole_failure:
-                if batch.asked_size > largest_success_after:
+        for view in reversed(views):
+            if view.failed:
+                if view.asked > largest_success_after:
                     failures += 1
-                    ceiling = min(ceiling, batch.asked_size)
-            elif batch.total_items > 0:
-                largest_success_after = max(largest_success_after, batch.total_items)
+                    ceiling = min(ceiling, view.asked)
+            elif view.items > largest_success_after:
+                largest_success_after = view.items
         if not math.isfinite(ceiling):
             return ceiling, 0, None
-        below = [
-            b.total_items
-            for b in history
-            if not b.is_whole_failure and 0 < b.total_items < ceiling
-        ]
+        below = [v.items for v in views if not v.failed and 0 < v.items < ceiling]
         return ceiling, failures, max(below) if below else None
 
     def _after_failure(
-        self, history: Sequence[BatchResult], base: int, last: BatchResult, metrics: dict[str, float]
+        self, views: Sequence[BatchView], base: int, last: BatchResult, metrics: dict[str, float]
     ) -> ScalingDecision:
-        ceiling, failures, floor = self._failure_bounds(history)
+        ceiling, failures, floor = self._failure_bounds(views)
         failed_size = last.asked_size
         if floor is not None and floor < failed_size:
             new = floor
@@ -695,9 +818,21 @@ class ScalingManager:
             metrics,
         )
 
-    def _needs_dither(self, history: Sequence[BatchResult], evidence: _Evidence) -> bool:
-        sizes = [b.total_items for b in history[-self.QUALITY_WINDOW :] if b.total_items > 0 and not b.is_whole_failure]
-        return len(sizes) >= 2 and max(sizes) < self.FIT_SPREAD * min(sizes)
+    def _dither_depth(self, views: Sequence[BatchView], binding: _Limit) -> float:
+        """How much smaller the occasional probe below the current size is (0: no probe).
+
+        Where cost sets the size (time limit, throughput optimum, maximum), the curvature
+        that places an interior optimum is only seen across a spread of sizes, so probes go
+        `COST_DITHER_DEPTHS` below in turn. Elsewhere a shallow probe keeps the fit
+        determined when the recent sizes are too alike.
+        """
+        if binding.name in ("time", "throughput", "max"):
+            depths = self.COST_DITHER_DEPTHS
+            return depths[(len(views) // self.DITHER_EVERY) % len(depths)]
+        sizes = [v.items for v in views[-self.RECENT_COST_WINDOW :] if v.items > 0 and not v.failed]
+        if len(sizes) >= 2 and max(sizes) < self.FIT_SPREAD * min(sizes):
+            return self.DITHER_DEPTH
+        return 0.0
 
     def _decision(self, base: int, new_size: int, reason: str, metrics: dict[str, float]) -> ScalingDecision:
         new_size = self.config.clamp(new_size)

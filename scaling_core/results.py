@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,17 @@ class ItemResult(BaseModel):
     output: Any = None
     error: str | None = None
     level: ConfidenceLevel | None = None
+
+
+class BatchView(NamedTuple):
+    """The numbers of a batch that decisions read, as plain values (cheap to read in loops)."""
+
+    asked: int
+    items: int
+    high: int
+    seconds: float
+    failed: bool
+    """True when the batch failed whole (no item came back successful)."""
 
 
 class BatchResult(BaseModel):
@@ -102,6 +113,17 @@ class BatchResult(BaseModel):
     def is_whole_failure(self) -> bool:
         """True when no item of a non-empty batch came back successful."""
         return self.failed_whole or (self.total_items > 0 and self.successful_items == 0)
+
+    @property
+    def view(self) -> BatchView:
+        """The batch as a `BatchView`."""
+        return BatchView(
+            asked=self.asked_size,
+            items=self.total_items,
+            high=self.high_count,
+            seconds=self.processing_time,
+            failed=self.is_whole_failure,
+        )
 
 
 class ScalingAction(enum.StrEnum):
