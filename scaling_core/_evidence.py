@@ -214,11 +214,15 @@ def fit_costs(
     first = guide or _fit_once(points, curvature_t, recency if half_life else None)
     if first is None:
         return None
-    weights = [r / max(first.seconds(n), 1e-9) ** 2 for r, (n, _) in zip(recency, points, strict=True)]
+    predicted = [first.seconds(n) for n, _ in points]
+    weights = [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted, strict=True)]
     fit = _fit_once(points, curvature_t, weights) or first
     if outlier_cutoff is None:
         return fit
-    relative = [(t - fit.seconds(n)) / max(fit.seconds(n), 1e-9) for n, t in points]
+    relative = []
+    for n, t in points:
+        expected = fit.seconds(n)
+        relative.append((t - expected) / expected if expected > 1e-9 else 0.0)
     scale = max(1.4826 * _median([abs(r) for r in relative]), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= outlier_cutoff * scale]
     if min_points <= len(kept) < len(points):

@@ -36,6 +36,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -105,17 +106,19 @@ class ScalingManager:
     EVIDENCE_WINDOW = 200
     """Batches the quality evidence and the long cost fit read (a shift, see `CHANGE_Z`,
     forgets sooner); a super-linear cost's curvature needs the wide sizes of the ramp-up."""
-    RECENT_COST_WINDOW = 60
+    RECENT_COST_WINDOW = 120
     """Batches the time limit's cost fit reads."""
-    COST_HALF_LIFE = 12.0
+    COST_HALF_LIFE = 40.0
     """Batches after which a batch's weight in the time limit's fit has halved (drift)."""
     TIME_Z = 1.0
     """Standard errors of the fitted batch time kept under the time threshold."""
+    DIRECT_FLOOR = 0.5
+    """The fitted time limit is never put below this share of the proportional estimate."""
     FAR_OVER = 1.25
     """Two batches in a row this far over the time threshold mean the cost jumped."""
     COST_AGREEMENT = 0.2
     """Relative gap at the current size beyond which the long cost fit is not trusted."""
-    FAILURE_WINDOW = 300
+    FAILURE_WINDOW = 400
     """Batches scanned for whole-batch failures (a cliff is remembered this long)."""
     FAILURE_PROBES = 2
     """Whole-batch failures in the window after which the cliff is no longer probed."""
@@ -128,6 +131,8 @@ class ScalingManager:
     """z of the upper bound of the last batch's High share for the hard cut."""
     NEIGHBOURHOOD = 1.10
     """Batches within this size ratio pool their quality evidence."""
+    QUALITY_PROBE_STEP = 0.35
+    """Where between the good size and the bad one a quality probe goes (below halfway: quality falls with size, so a probe near the good side is cheaper when it fails)."""
     SAME_SIZE = 1.03
     """Batches within this size ratio count as the same size."""
     BISECT_RESOLUTION = 1.08
@@ -150,7 +155,7 @@ class ScalingManager:
     CHANGE_Z = 4.0
     """z of a shift in quality at unchanged sizes that makes the older evidence be forgotten."""
     CHANGE_MIN_ITEMS = 100
-    CHANGE_MIN_BATCHES = 3
+    CHANGE_MIN_BATCHES = 2
     """Older batches a size needs before a shift of its cost can be judged."""
     """Older items a size needs before a shift at that size can be judged."""
     DECISION_LOG = 1000
@@ -257,6 +262,7 @@ class ScalingManager:
                 entry = (batch, batch.view)
                 cache[id(batch)] = entry
             views.append(entry[1])
+
         if len(cache) > 2 * self.FAILURE_WINDOW:
             self._view_cache = {id(batch): (batch, view) for batch, view in zip(history, views, strict=True)}
         return views
@@ -498,13 +504,13 @@ class ScalingManager:
         """Index from which the cost evidence is current (0 when the cost did not shift).
 
         Like `_quality_change_point`, on log seconds: each batch after a split is compared
-        with the older batches of the same size, in units of the spread that batches of one
-        size show; the most recent split with |z| > `CHANGE_Z` wins.
+        with the older batches of about its size (buckets `NEIGHBOURHOOD` wide: timing noise
+        dwarfs the size effect within them), in units of the spread that batches of one size
+        show; the most recent split with |z| > `CHANGE_Z` wins.
         """
         if len(timings) <= self.CHANGE_BATCHES:
             return 0
-        width = math.log(self.SAME_SIZE)
-        buckets = [int(math.log(n) / width) for n, _ in timings]
+        buckets = [_bucket(n, self.NEIGHBOURHOOD) for n, _ in timings]
         logs = [math.log(t) for _, t in timings]
         sums: dict[int, float] = {}
         squares: dict[int, float] = {}
@@ -555,8 +561,7 @@ class ScalingManager:
         """
         if len(observations) <= self.CHANGE_BATCHES:
             return 0
-        width = math.log(self.SAME_SIZE)
-        buckets = [int(math.log(size) / width) for size, _, _ in observations]
+        buckets = [_bucket(size, self.SAME_SIZE) for size, _, _ in observations]
         total_high: dict[int, float] = {}
         total_items: dict[int, float] = {}
         for bucket, (_, high, items) in zip(buckets, observations, strict=True):
@@ -609,8 +614,14 @@ class ScalingManager:
             outlier_cutoff=None,
         )
         evidence.fit = fit
+        last = [(n, t) for n, t in timings[-self.CHANGE_BATCHES :] if t > 0]
+        per_item = sum(t for _, t in last) / sum(n for n, _ in last) if last else 0.0
+        direct = budget / per_item if per_item > 0 else math.inf
         if fit is not None:
             within = fit.largest_size_within(budget, z=self.TIME_Z, ceiling=config.max_batch_size * 2.0)
+            # Recent batches at the proportional size show what is possible: a fit that
+            # places the limit far below it is bent by data of mixed regimes.
+            within = max(within, self.DIRECT_FLOOR * direct)
             metrics.update(
                 {
                     "fixed_seconds": fit.fixed,
@@ -631,13 +642,11 @@ class ScalingManager:
                 )
             )
         self._throughput_limit(evidence, timings, fit, base)
-        last = [(n, t) for n, t in timings[-self.CHANGE_BATCHES :] if t > 0]
         if last:
             # Seconds proportional to size over-estimate the growth of a batch with a fixed
             # cost: a safe bound while (or where) the fit is not determined. With a fit, it
             # only steps in when the last three batches broke the threshold, or the last two
             # broke it by `FAR_OVER` (the cost jumped; one slow batch is noise).
-            per_item = sum(t for _, t in last) / sum(n for n, _ in last)
             observed = sum(t for _, t in last) / len(last)
             metrics["recent_seconds_per_item"] = per_item
             threshold = config.processing_time_threshold
@@ -647,7 +656,7 @@ class ScalingManager:
                 evidence.limits.append(
                     _Limit(
                         "time",
-                        budget / per_item if per_item > 0 else math.inf,
+                        direct,
                         f"the time limit: recent batches took {observed:.2f} s "
                         f"({per_item * 1000:.2f} ms/item) against {config.processing_time_threshold:g} s",
                     )
@@ -728,7 +737,7 @@ class ScalingManager:
         else:
             floor = below[-1]
             if ceiling / floor > self.BISECT_RESOLUTION:
-                limit = (floor + ceiling) / 2
+                limit = floor + (ceiling - floor) * self.QUALITY_PROBE_STEP
                 how = f"probing between {floor:.0f} (good) and it"
             else:
                 limit = floor
@@ -857,6 +866,12 @@ def _high_rate(point: PerformanceSnapshot | Mapping[str, Any] | BatchResult) -> 
     if isinstance(point, BatchResult):
         return point.high_share
     return PerformanceSnapshot.model_validate(point).high_confidence_rate
+
+
+@lru_cache(maxsize=65536)
+def _bucket(size: float, ratio: float) -> int:
+    """Index of the geometric size bucket (`ratio` wide) that `size` falls in."""
+    return int(math.log(size) / math.log(ratio))
 
 
 def _two_proportion_z(high: int, items: int, others: Sequence[BatchResult]) -> float:
