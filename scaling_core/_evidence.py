@@ -111,13 +111,22 @@ class _Moments:
 
     @classmethod
     def of(cls, points: Sequence[tuple[float, float]], weights: Sequence[float] | None = None) -> _Moments:
-        scale = max(n for n, _ in points)
+        # Batches repeat sizes a lot: sum per size first, then one polynomial term per size.
+        by_size: dict[float, list[float]] = {}
+        for index, (size, y) in enumerate(points):
+            w = weights[index] if weights is not None else 1.0
+            sums = by_size.get(size)
+            if sums is None:
+                by_size[size] = [w, w * y, w * y * y]
+            else:
+                sums[0] += w
+                sums[1] += w * y
+                sums[2] += w * y * y
+        scale = max(by_size)
         xs = [0.0] * 5
         xys = [0.0] * 3
         yy = 0.0
-        # One pass: this runs on every decision.
-        for index, (size, y) in enumerate(points):
-            w = weights[index] if weights is not None else 1.0
+        for size, (w, wy, wyy) in by_size.items():
             x = size / scale
             x2 = x * x
             xs[0] += w
@@ -125,10 +134,10 @@ class _Moments:
             xs[2] += w * x2
             xs[3] += w * x2 * x
             xs[4] += w * x2 * x2
-            xys[0] += w * y
-            xys[1] += w * x * y
-            xys[2] += w * x2 * y
-            yy += w * y * y
+            xys[0] += wy
+            xys[1] += x * wy
+            xys[2] += x2 * wy
+            yy += wyy
         return cls(scale=scale, count=len(points), xs=tuple(xs), xys=tuple(xys), yy=yy)
 
     def solve(self, powers: tuple[int, ...]) -> _Solution | None:

@@ -106,7 +106,7 @@ class ScalingManager:
     EVIDENCE_WINDOW = 200
     """Batches the quality evidence and the long cost fit read (a shift, see `CHANGE_Z`,
     forgets sooner); a super-linear cost's curvature needs the wide sizes of the ramp-up."""
-    RECENT_COST_WINDOW = 120
+    RECENT_COST_WINDOW = 80
     """Batches the time limit's cost fit reads."""
     COST_HALF_LIFE = 40.0
     """Batches after which a batch's weight in the time limit's fit has halved (drift)."""
@@ -116,6 +116,8 @@ class ScalingManager:
     """The fitted time limit is never put below this share of the proportional estimate."""
     FAR_OVER = 1.25
     """Two batches in a row this far over the time threshold mean the cost jumped."""
+    FAR_OVER_ONCE = 1.8
+    """One batch this far over the time threshold means the cost jumped."""
     COST_AGREEMENT = 0.2
     """Relative gap at the current size beyond which the long cost fit is not trusted."""
     FAILURE_WINDOW = 400
@@ -154,8 +156,11 @@ class ScalingManager:
     """Recent batches tested against older ones for a shift (drift)."""
     CHANGE_Z = 4.0
     """z of a shift in quality at unchanged sizes that makes the older evidence be forgotten."""
+    CHANGE_CHECKPOINT_GROWTH = 1.5
+    """Splits are tried this much further back each time (geometric: cheap, and fine
+    enough, as a shift found at one split stays visible from the next)."""
     CHANGE_MIN_ITEMS = 100
-    CHANGE_MIN_BATCHES = 2
+    CHANGE_MIN_BATCHES = 1
     """Older batches a size needs before a shift of its cost can be judged."""
     """Older items a size needs before a shift at that size can be judged."""
     DECISION_LOG = 1000
@@ -166,7 +171,7 @@ class ScalingManager:
         self.store = store
         self._current_batch_size = self.config.initial_batch_size
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
-        self._view_cache: dict[int, tuple[BatchResult, BatchView]] = {}
+        self._last_history: tuple[list[BatchResult], list[BatchView]] = ([], [])
         self._changes = 0
 
     # -- the decision protocol ---------------------------------------------------------------
@@ -247,24 +252,22 @@ class ScalingManager:
                 )
         return self._decision(base, base, f"at the best size: {binding.reason}", metrics)
 
-    def _views(self, history: Sequence[BatchResult]) -> list[BatchView]:
-        """The batches as `BatchView`s, remembered per batch object between calls.
+    def _views(self, history: list[BatchResult]) -> list[BatchView]:
+        """The batches as `BatchView`s, reusing the previous call's when the history only grew.
 
-        The protocol hands in the same (immutable) batch objects again and again; reading
-        their numbers once keeps a decision cheap. An entry keeps its batch alive, so its id
-        cannot be reused while it is cached.
+        The protocol hands in the same (immutable) batch objects again, grown or slid by one
+        batch; reading their numbers once keeps a decision cheap.
         """
-        cache = self._view_cache
-        views = []
-        for batch in history:
-            entry = cache.get(id(batch))
-            if entry is None or entry[0] is not batch:
-                entry = (batch, batch.view)
-                cache[id(batch)] = entry
-            views.append(entry[1])
-
-        if len(cache) > 2 * self.FAILURE_WINDOW:
-            self._view_cache = {id(batch): (batch, view) for batch, view in zip(history, views, strict=True)}
+        previous, previous_views = self._last_history
+        views: list[BatchView] | None = None
+        if previous and history:
+            if len(history) == len(previous) + 1 and all(a is b for a, b in zip(history, previous)):
+                views = [*previous_views, history[-1].view]
+            elif len(history) == len(previous) and all(a is b for a, b in zip(history, previous[1:])):
+                views = [*previous_views[1:], history[-1].view]
+        if views is None:
+            views = [batch.view for batch in history]
+        self._last_history = (history, views)
         return views
 
     def apply_scaling_decision(self, decision: ScalingDecision) -> bool:
@@ -510,43 +513,44 @@ class ScalingManager:
         """
         if len(timings) <= self.CHANGE_BATCHES:
             return 0
-        buckets = [_bucket(n, self.NEIGHBOURHOOD) for n, _ in timings]
+        ids, width = _dense([_bucket(n, self.NEIGHBOURHOOD) for n, _ in timings])
         logs = [math.log(t) for _, t in timings]
-        sums: dict[int, float] = {}
-        squares: dict[int, float] = {}
-        counts: dict[int, int] = {}
-        for bucket, value in zip(buckets, logs, strict=True):
-            sums[bucket] = sums.get(bucket, 0.0) + value
-            squares[bucket] = squares.get(bucket, 0.0) + value * value
-            counts[bucket] = counts.get(bucket, 0) + 1
+        sums, squares, counts = [0.0] * width, [0.0] * width, [0] * width
+        for key, value in zip(ids, logs, strict=True):
+            sums[key] += value
+            squares[key] += value * value
+            counts[key] += 1
         # Spread of log seconds within a size, pooled over sizes (at least 5%: no division
         # by a spread that a few identical timings make zero).
         spread_sum = spread_dof = 0.0
-        for bucket, count in counts.items():
-            if count > 1:
-                spread_sum += squares[bucket] - sums[bucket] ** 2 / count
-                spread_dof += count - 1
+        for key in range(width):
+            if counts[key] > 1:
+                spread_sum += squares[key] - sums[key] ** 2 / counts[key]
+                spread_dof += counts[key] - 1
         variance = max(spread_sum / spread_dof if spread_dof else 0.0, 0.05**2)
-        after_sums: dict[int, float] = {}
-        after_counts: dict[int, int] = {}
+        after_sums, after_counts = [0.0] * width, [0] * width
+        touched: list[int] = []
         checkpoint = self.CHANGE_BATCHES
+        minimum = self.CHANGE_MIN_BATCHES
         for back in range(1, len(timings)):
             index = len(timings) - back
-            bucket = buckets[index]
-            after_sums[bucket] = after_sums.get(bucket, 0.0) + logs[index]
-            after_counts[bucket] = after_counts.get(bucket, 0) + 1
+            key = ids[index]
+            if not after_counts[key]:
+                touched.append(key)
+            after_sums[key] += logs[index]
+            after_counts[key] += 1
             if back < checkpoint:
                 continue
-            checkpoint = max(checkpoint + 1, int(checkpoint * 1.25))
+            checkpoint = max(checkpoint + 1, int(checkpoint * self.CHANGE_CHECKPOINT_GROWTH))
             difference = spread = 0.0
-            for key, n_after in after_counts.items():
+            for key in touched:
+                n_after = after_counts[key]
                 n_before = counts[key] - n_after
-                if n_before < self.CHANGE_MIN_BATCHES:
+                if n_before < minimum:
                     continue
-                mean_before = (sums[key] - after_sums[key]) / n_before
-                difference += after_sums[key] - n_after * mean_before
-                spread += variance * n_after * (1 + n_after / n_before)
-            if spread > 0 and abs(difference) / math.sqrt(spread) > self.CHANGE_Z:
+                difference += after_sums[key] - n_after * (sums[key] - after_sums[key]) / n_before
+                spread += n_after * (1 + n_after / n_before)
+            if spread > 0 and abs(difference) / math.sqrt(variance * spread) > self.CHANGE_Z:
                 return index
         return 0
 
@@ -561,28 +565,31 @@ class ScalingManager:
         """
         if len(observations) <= self.CHANGE_BATCHES:
             return 0
-        buckets = [_bucket(size, self.SAME_SIZE) for size, _, _ in observations]
-        total_high: dict[int, float] = {}
-        total_items: dict[int, float] = {}
-        for bucket, (_, high, items) in zip(buckets, observations, strict=True):
-            total_high[bucket] = total_high.get(bucket, 0.0) + high
-            total_items[bucket] = total_items.get(bucket, 0.0) + items
-        after_high: dict[int, float] = {}
-        after_items: dict[int, float] = {}
+        ids, width = _dense([_bucket(size, self.SAME_SIZE) for size, _, _ in observations])
+        total_high, total_items = [0.0] * width, [0.0] * width
+        for key, (_, high, items) in zip(ids, observations, strict=True):
+            total_high[key] += high
+            total_items[key] += items
+        after_high, after_items = [0.0] * width, [0.0] * width
+        touched: list[int] = []
         checkpoint = self.CHANGE_BATCHES
+        minimum = self.CHANGE_MIN_ITEMS
         for back in range(1, len(observations)):
             index = len(observations) - back
-            bucket = buckets[index]
+            key = ids[index]
             _, high, items = observations[index]
-            after_high[bucket] = after_high.get(bucket, 0.0) + high
-            after_items[bucket] = after_items.get(bucket, 0.0) + items
+            if not after_items[key]:
+                touched.append(key)
+            after_high[key] += high
+            after_items[key] += items
             if back < checkpoint:
                 continue
-            checkpoint = max(checkpoint + 1, int(checkpoint * 1.25))
+            checkpoint = max(checkpoint + 1, int(checkpoint * self.CHANGE_CHECKPOINT_GROWTH))
             observed = expected = variance = 0.0
-            for key, n_after in after_items.items():
+            for key in touched:
+                n_after = after_items[key]
                 n_before = total_items[key] - n_after
-                if n_before < self.CHANGE_MIN_ITEMS:
+                if n_before < minimum:
                     continue
                 share = (total_high[key] - after_high[key]) / n_before
                 observed += after_high[key]
@@ -645,13 +652,16 @@ class ScalingManager:
         if last:
             # Seconds proportional to size over-estimate the growth of a batch with a fixed
             # cost: a safe bound while (or where) the fit is not determined. With a fit, it
-            # only steps in when the last three batches broke the threshold, or the last two
-            # broke it by `FAR_OVER` (the cost jumped; one slow batch is noise).
+            # only steps in when the last three batches broke the threshold, the last two
+            # broke it by `FAR_OVER`, or the last by `FAR_OVER_ONCE` (the cost jumped; one
+            # batch a little slow is noise, and a false alarm costs one smaller batch).
             observed = sum(t for _, t in last) / len(last)
             metrics["recent_seconds_per_item"] = per_item
             threshold = config.processing_time_threshold
             all_slow = len(last) == self.CHANGE_BATCHES and all(t > threshold for _, t in last)
-            far_over = len(last) >= 2 and all(t > self.FAR_OVER * threshold for _, t in last[-2:])
+            far_over = (len(last) >= 2 and all(t > self.FAR_OVER * threshold for _, t in last[-2:])) or (
+                last[-1][1] > self.FAR_OVER_ONCE * threshold
+            )
             if fit is None or all_slow or far_over:
                 evidence.limits.append(
                     _Limit(
@@ -726,16 +736,19 @@ class ScalingManager:
         evidence.metrics["quality_ceiling"] = ceiling
         # The floor is the largest size below the ceiling whose own batches met the target:
         # a size merely not yet proven bad is no place to settle.
-        below = [
-            size
-            for size in sizes
-            if size < ceiling and _share_of(pool.between(size / self.SAME_SIZE, size * self.SAME_SIZE)) >= target
-        ]
-        if not below:
+        floor = next(
+            (
+                size
+                for size in reversed(sizes)
+                if size < ceiling
+                and _share_of(pool.between(size / self.SAME_SIZE, size * self.SAME_SIZE)) >= target
+            ),
+            None,
+        )
+        if floor is None:
             limit = ceiling / 2
             how = f"no smaller size met the target, halving to {limit:.0f}"
         else:
-            floor = below[-1]
             if ceiling / floor > self.BISECT_RESOLUTION:
                 limit = floor + (ceiling - floor) * self.QUALITY_PROBE_STEP
                 how = f"probing between {floor:.0f} (good) and it"
@@ -757,6 +770,8 @@ class ScalingManager:
         """(smallest size whose upper bound is under `target`, its High share, z), if any."""
         for size in sizes:
             high, items = pool.between(size / self.SAME_SIZE, size)
+            if items == 0 or high >= target * items:
+                continue  # its own share meets the target: its bound does too
             _, upper = wilson_bounds(high, items, z)
             if upper < target:
                 return size, high / items, z
@@ -866,6 +881,12 @@ def _high_rate(point: PerformanceSnapshot | Mapping[str, Any] | BatchResult) -> 
     if isinstance(point, BatchResult):
         return point.high_share
     return PerformanceSnapshot.model_validate(point).high_confidence_rate
+
+
+def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
+    """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
+    numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+    return [numbers[key] for key in keys], len(numbers)
 
 
 @lru_cache(maxsize=65536)
