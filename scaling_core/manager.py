@@ -110,14 +110,18 @@ class ScalingManager:
     """Batches the time limit's cost fit reads."""
     COST_HALF_LIFE = 40.0
     """Batches after which a batch's weight in the time limit's fit has halved (drift)."""
-    TIME_Z = 1.0
-    """Standard errors of the fitted batch time kept under the time threshold."""
+    TIME_Z = 2.0
+    """Standard errors of the fitted batch time kept under the time threshold. The size is
+    chosen where the fit looks cheapest, so a 1-sigma bound would sit over the limit half the
+    time the noise flatters it (the winner's curse); 2 sigma keeps it under."""
     DIRECT_FLOOR = 0.5
     """The fitted time limit is never put below this share of the proportional estimate."""
     FAR_OVER = 1.25
     """Two batches in a row this far over the time threshold mean the cost jumped."""
     FAR_OVER_ONCE = 1.8
     """One batch this far over the time threshold means the cost jumped."""
+    CURVATURE_T = 2.0
+    """t of the quadratic cost term (in the long fit) needed to place an interior optimum."""
     COST_AGREEMENT = 0.2
     """Relative gap at the current size beyond which the long cost fit is not trusted."""
     FAILURE_WINDOW = 400
@@ -226,7 +230,10 @@ class ScalingManager:
 
         binding = min(evidence.limits, key=lambda limit: limit.size)
         target = config.clamp(min(binding.size, config.max_batch_size))
-        if target < base * (1 - self.DEAD_BAND):
+        # The dead band damps noisy cost estimates; quality and failure limits rest on
+        # evidence that the current size itself is too large, so they always apply.
+        hard = binding.name in ("quality", "failures")
+        if target < base and (hard or target < base * (1 - self.DEAD_BAND)):
             return self._decision(base, target, binding.reason, metrics)
         if target > base * (1 + self.DEAD_BAND):
             recent = views[-config.min_batches_for_scaling :]
@@ -677,7 +684,11 @@ class ScalingManager:
     ) -> None:
         if len(timings) > self.RECENT_COST_WINDOW:
             fit = fit_costs(
-                [n for n, _ in timings], [t for _, t in timings], min_spread=self.FIT_SPREAD, guide=recent
+                [n for n, _ in timings],
+                [t for _, t in timings],
+                min_spread=self.FIT_SPREAD,
+                guide=recent,
+                curvature_t=self.CURVATURE_T,
             )
             if fit is not None and recent is not None:
                 expected = recent.seconds(base)
