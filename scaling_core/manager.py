@@ -108,6 +108,8 @@ class ScalingManager:
     forgets sooner); a super-linear cost's curvature needs the wide sizes of the ramp-up."""
     RECENT_COST_WINDOW = 80
     """Batches the time limit's cost fit reads."""
+    LONG_COST_WINDOW = 150
+    """Batches the throughput optimum's cost fit reads (the curvature needs a spread of sizes)."""
     COST_HALF_LIFE = 40.0
     """Batches after which a batch's weight in the time limit's fit has halved (drift)."""
     TIME_Z = 2.0
@@ -683,6 +685,7 @@ class ScalingManager:
         self, evidence: _Evidence, timings: Sequence[tuple[float, float]], recent: CostFit | None, base: int
     ) -> None:
         if len(timings) > self.RECENT_COST_WINDOW:
+            timings = timings[-self.LONG_COST_WINDOW :]
             fit = fit_costs(
                 [n for n, _ in timings],
                 [t for _, t in timings],
