@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from functools import lru_cache
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from flows import _environment
 
@@ -37,6 +37,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from pydantic import SecretStr
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from flows.models import (
     DEFAULT_PROCESSOR,
@@ -66,6 +67,10 @@ from scaling_core.sources import iter_item_batches
 
 LOAD_CHUNK = 5_000
 """Items inserted into the ledger per transaction while loading a source."""
+STAGE_RETRIES = 2
+"""Retries of a stage whose store failed (a processor failure is not retried this way)."""
+STAGE_RETRY_DELAY = 5
+"""Seconds before a retry: a database that restarts takes a few seconds."""
 
 
 @lru_cache(maxsize=8)
@@ -115,6 +120,10 @@ async def _run_processor(
     flow_run_name="{pipeline}-size-{batch_size}",
     log_prints=False,
     validate_parameters=True,
+    # Only infrastructure errors (the store) escape a stage; a processor failure is
+    # recorded as a failed batch. A store that went away may be back after a pause.
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=STAGE_RETRY_DELAY,
 )
 async def process_stage(
     run_id: str,
@@ -124,18 +133,42 @@ async def process_stage(
     scaling: ScalingConfig,
     execution: ExecutionOptions,
     database_url: SecretStr | None = None,
+    worker: str | None = None,
 ) -> StageSummary:
     """One batch: claim `batch_size` pending items, process them, write every result in bulk.
 
     A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
     batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
+    A store error fails the stage with a `StoreError` naming the database; Prefect retries it.
     """
+    url = _url(database_url)
+    try:
+        return await _process_stage(run_id, pipeline, batch_size, processor, scaling, execution, url, worker)
+    except SQLAlchemyError as error:
+        raise store.StoreError.wrap(url, error) from error
+
+
+async def _process_stage(
+    run_id: str,
+    pipeline: str,
+    batch_size: int,
+    processor: str,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    url: str,
+    worker: str | None,
+) -> StageSummary:
     from scaling_core import ItemResult
 
     logger = get_run_logger()
-    engine = _engine(_url(database_url))
+    engine = _engine(url)
     batches = BatchManager(
-        engine, run_id=run_id, pipeline=pipeline, batch_size=batch_size, max_attempts=execution.max_attempts
+        engine,
+        run_id=run_id,
+        pipeline=pipeline,
+        batch_size=batch_size,
+        max_attempts=execution.max_attempts,
+        worker=worker,
     )
     claimed = batches.next_batch()
     if claimed is None:
@@ -295,6 +328,7 @@ async def _run_stages(
     execution: ExecutionOptions,
     database_url: SecretStr | None,
     progress_id: UUID,
+    worker: str,
 ) -> int:
     """Stage, scaling task, stage... until no item is pending; returns the stages run."""
     failures_in_a_row = 0
@@ -302,7 +336,12 @@ async def _run_stages(
     while True:
         with store.open_session(engine) as session:
             if not store.has_pending(session, run.run_id):
-                break
+                # Claims of this run's own stages that a failed stage left behind go back to
+                # pending; those of other workers are theirs to finish.
+                if not store.recover_abandoned(session, run.run_id, worker=worker):
+                    break
+                get_run_logger().warning("Took back items a failed stage of this run had claimed")
+                continue
         stage = await stage_flow(
             run_id=run.run_id,
             pipeline=pipeline,
@@ -311,6 +350,7 @@ async def _run_stages(
             scaling=scaling,
             execution=execution,
             database_url=database_url,
+            worker=worker,
         )
         if stage.items == 0:
             continue  # another worker took the last pending items
@@ -430,11 +470,12 @@ async def batch_pipeline(
         progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
     )
     started = time.perf_counter()
+    worker = uuid4().hex[:16]
     async with _dask_cluster(execution) as address:
         stage_flow = process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
         stages = await _run_stages(
             stage_flow, engine, run, pipeline=pipeline, size=size, processor=processor, scaling=scaling,
-            execution=execution, database_url=database_url, progress_id=progress_id,
+            execution=execution, database_url=database_url, progress_id=progress_id, worker=worker,
         )
 
     with store.open_session(engine) as session:

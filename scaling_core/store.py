@@ -145,6 +145,15 @@ class DecisionRecord(SQLModel, table=True):
 # -- engines --------------------------------------------------------------------------------
 
 
+class StoreError(RuntimeError):
+    """The store could not be read or written; the message names the database (no password)."""
+
+    @classmethod
+    def wrap(cls, url: str, error: Exception) -> StoreError:
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        return cls(f"the store at {redact_url(url)} failed: {type(error).__name__}: {detail}")
+
+
 def make_engine(url: str, *, echo: bool = False) -> Engine:
     """Build an engine for `url`: a SQLite file (parent folders created) or PostgreSQL.
 
@@ -424,16 +433,20 @@ def release_items(session: Session, run_id: str, item_ids: Sequence[str]) -> Non
 
 
 def recover_abandoned(
-    session: Session, run_id: str, *, older_than: timedelta | None = None
+    session: Session, run_id: str, *, older_than: timedelta | None = None, worker: str | None = None
 ) -> int:
     """Send items left in processing by a dead stage back to pending; returns how many.
 
     With `older_than`, only claims older than that are taken back (several live
     processes share the run on PostgreSQL); without it every claim is taken back (SQLite's
-    single-writer rule: no other process is working on the run).
+    single-writer rule: no other process is working on the run). With `worker`, only that
+    worker's claims are taken back (its stage failed before it could release them).
     """
     item_filter = [col(LedgerItem.run_id) == run_id, col(LedgerItem.status) == ItemStatus.PROCESSING]
     batch_filter = [col(BatchRecord.run_id) == run_id, col(BatchRecord.status) == BatchStatus.PROCESSING]
+    if worker is not None:
+        item_filter.append(col(LedgerItem.claimed_by) == worker)
+        batch_filter.append(col(BatchRecord.worker) == worker)
     if older_than is not None:
         cutoff = _now() - older_than
         item_filter.append(col(LedgerItem.claimed_at) < cutoff)
