@@ -108,8 +108,20 @@ def _run(args: argparse.Namespace) -> int:
     if not args.verbose:
         _environment.apply_defaults(PREFECT_LOGGING_LEVEL="WARNING")
     parameters = _pipeline_parameters(args)
-    from flows.pipeline import _engine, _url, batch_pipeline
+    from pydantic import TypeAdapter
+
+    from flows.models import ProcessorPath
+    from flows.pipeline import _engine, _url, batch_pipeline, check_inputs
     from flows.report import format_stage_table, stage_rows
+
+    # Refuse bad input here, in a fraction of a second, before a flow run starts.
+    try:
+        TypeAdapter(ProcessorPath).validate_python(parameters["processor"])
+    except ValueError:
+        raise ValueError(
+            f"processor {parameters['processor']!r} is not an import path package.module:function"
+        ) from None
+    check_inputs(parameters["source"], parameters["processor"], parameters["limit"])
 
     summary = asyncio.run(batch_pipeline(**parameters))
     rows = stage_rows(_engine(_url(parameters["database_url"])), summary.run_id)
@@ -124,13 +136,24 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
     from flows.report import format_stage_table, run_report
     from scaling_core import default_database_url
-    from scaling_core.store import create_schema, make_engine
+    from scaling_core.store import make_engine, redact_url
 
-    engine = make_engine(args.database_url or default_database_url())
-    create_schema(engine)
-    report = run_report(engine, args.run_id)
+    url = args.database_url or default_database_url()
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        raise LookupError(f"no store at {redact_url(url)}: the SQLite file does not exist")
+    engine = make_engine(url)
+    try:
+        if not inspect(engine).has_table("pipeline_run"):
+            raise LookupError(f"the store at {redact_url(url)} holds no run yet")
+        report = run_report(engine, args.run_id)
+    finally:
+        engine.dispose()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -151,10 +174,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         return _run(args)
-    except (ValueError, LookupError, OSError) as error:
-        # Bad input: one clear line, no traceback (pydantic's ValidationError is a ValueError).
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, LookupError, OSError, TypeError) as error:
+        # Bad input: one clear message, no traceback.
+        print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
+
+
+def _one_line(error: BaseException) -> str:
+    """A pydantic error as one line per problem, without the documentation links."""
+    from pydantic import ValidationError
+
+    if isinstance(error, ValidationError):
+        problems = [
+            (f"{'.'.join(str(part) for part in problem['loc'])}: " if problem["loc"] else "") + problem["msg"]
+            for problem in error.errors()
+        ]
+        return f"{error.title}: " + "; ".join(problems)
+    return str(error)
 
 
 if __name__ == "__main__":

@@ -53,15 +53,6 @@ class ExecutionOptions(BaseModel):
         le=64,
         description="Run stage chunks on a local Dask cluster of this many worker processes (0: no Dask).",
     )
-    claim_lease_seconds: float = Field(
-        default=3600.0,
-        gt=0,
-        description=(
-            "On PostgreSQL, a resumed run takes back items claimed longer ago than this "
-            "(other workers may still hold younger claims). SQLite takes back every claim."
-        ),
-    )
-
 
     @model_validator(mode="after")
     def _one_cluster(self) -> ExecutionOptions:

@@ -14,11 +14,12 @@ cannot afford.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
-from functools import lru_cache
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -63,7 +64,7 @@ from scaling_core import (
     validate_source,
 )
 from scaling_core import store
-from scaling_core.sources import iter_item_batches
+from scaling_core.sources import SourceSummary, iter_item_batches
 
 LOAD_CHUNK = 5_000
 """Items inserted into the ledger per transaction while loading a source."""
@@ -73,12 +74,29 @@ STAGE_RETRY_DELAY = 5
 """Seconds before a retry: a database that restarts takes a few seconds."""
 
 
-@lru_cache(maxsize=8)
+_ENGINES: dict[str, Engine] = {}
+
+
 def _engine(url: str) -> Engine:
-    # One engine (and connection pool) per URL and process, made on first use.
-    engine = store.make_engine(url)
-    store.create_schema(engine)
+    """One engine (and connection pool) per URL and process, made on first use and kept."""
+    engine = _ENGINES.get(url)
+    if engine is None:
+        engine = store.make_engine(url)
+        store.create_schema(engine)
+        _ENGINES[url] = engine
     return engine
+
+
+def check_inputs(source: ItemSource, processor: str, limit: int | None) -> SourceSummary:
+    """Everything about a run's input that can be refused before any work: raises ValueError.
+
+    The processor must import and be callable; the source must exist and hold valid,
+    unique ids (every rejected row is named with its line number).
+    """
+    if limit is not None and limit <= 0:
+        raise ValueError(f"limit must be positive when given, got {limit}")
+    load_processor(processor)
+    return validate_source(source, limit=limit)
 
 
 def _url(database_url: SecretStr | str | None) -> str:
@@ -88,11 +106,35 @@ def _url(database_url: SecretStr | str | None) -> str:
 
 
 @task(name="process-chunk", task_run_name="process-{size}-items")
-def process_chunk(processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int) -> list[dict[str, Any]]:
-    """Run the processor on one chunk of a batch and return its checked results as dicts."""
+def process_chunk(
+    processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
+) -> list[dict[str, Any]]:
+    """Run the processor on one chunk of a batch and return its checked results as dicts.
+
+    The call runs in a daemon thread that the task stops waiting for after `timeout`
+    seconds: a hung processor cannot be killed from Python, but it must not hold the task
+    runner (which waits for its threads when the stage ends) nor the process's exit.
+    """
     function = load_processor(processor)
-    results = run_processor(function, [Item(id=i["id"], payload=i["payload"]) for i in items], scaling)
+    batch = [Item(id=i["id"], payload=i["payload"]) for i in items]
+    results = _call_with_timeout(lambda: run_processor(function, batch, scaling), timeout)
     return [result.model_dump(mode="json") for result in results]
+
+
+def _call_with_timeout(call: Any, timeout: float) -> Any:
+    done: Future[Any] = Future()
+
+    def target() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as error:  # handed to the waiting task as it is
+            done.set_exception(error)
+
+    threading.Thread(target=target, name="batchpilot-processor", daemon=True).start()
+    try:
+        return done.result(timeout=timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"the processor did not answer within {timeout:g} s") from None
 
 
 def _chunks(items: list[Item], parts: int) -> list[list[Item]]:
@@ -101,12 +143,12 @@ def _chunks(items: list[Item], parts: int) -> list[list[Item]]:
 
 
 async def _run_processor(
-    claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, parallelism: int
+    claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, parallelism: int, timeout: float
 ) -> list[dict[str, Any]]:
     chunks = _chunks(claimed.items, max(1, min(parallelism, len(claimed.items))))
     futures: list[PrefectFuture[list[dict[str, Any]]]] = [
         process_chunk.submit(
-            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk)
+            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk), timeout
         )
         for chunk in chunks
     ]
@@ -176,7 +218,7 @@ async def _process_stage(
     started = time.perf_counter()
     try:
         raw = await asyncio.wait_for(
-            _run_processor(claimed, processor, scaling, execution.parallelism),
+            _run_processor(claimed, processor, scaling, execution.parallelism, execution.stage_timeout_seconds),
             timeout=execution.stage_timeout_seconds,
         )
     except Exception as error:  # a stage fails whole, whatever the processor raised
@@ -269,7 +311,6 @@ def _prepare_run(
     scaling: ScalingConfig,
     run_id: str | None,
     limit: int | None,
-    execution: ExecutionOptions,
 ) -> tuple[store.PipelineRun, bool]:
     """Register or resume the run and make sure its ledger holds the whole source.
 
@@ -277,9 +318,12 @@ def _prepare_run(
     """
     with store.open_session(engine) as session:
         existing = store.get_run(session, run_id) if run_id else store.latest_unfinished_run(session, pipeline)
-        if existing is not None and run_id is None and (
-            existing.source != str(source.path) or existing.processor != processor
-        ):
+        if existing is not None and (existing.source != str(source.path) or existing.processor != processor):
+            if run_id is not None:
+                raise ValueError(
+                    f"run {run_id!r} processes {existing.source} with {existing.processor}, not "
+                    f"{source.path} with {processor}: resume it with the same source and processor"
+                )
             existing = None  # an unfinished run of other work: this is a new run
         run = store.start_run(
             session,
@@ -291,10 +335,7 @@ def _prepare_run(
         )
         resumed = existing is not None
         if resumed:
-            older_than = (
-                timedelta(seconds=execution.claim_lease_seconds) if store.is_postgres(engine) else None
-            )
-            store.recover_abandoned(session, run.run_id, older_than=older_than)
+            store.recover_dead_claims(session, run.run_id)
         if not run.items_loaded:
             seq = 0
             for chunk in iter_item_batches(source, chunk_size=LOAD_CHUNK, limit=limit):
@@ -360,6 +401,8 @@ async def _run_stages(
         stages += 1
         failures_in_a_row = failures_in_a_row + 1 if stage.failed_whole else 0
         if failures_in_a_row >= execution.max_failed_stages_in_a_row:
+            with store.open_session(engine) as session:
+                store.finish_run(session, run.run_id, store.RunStatus.FAILED)
             raise RuntimeError(
                 f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
                 f"stopping run {run.run_id}: its items are pending again, rerun to resume"
@@ -440,46 +483,59 @@ async def batch_pipeline(
         warm_start: start from the size the last run of `pipeline` learned.
     """
     logger = get_run_logger()
-    if limit is not None and limit <= 0:
-        raise ValueError(f"limit must be positive when given, got {limit}")
     # Everything that can be refused is checked before the store is touched.
-    load_processor(processor)
-    summary = validate_source(source, limit=limit)
+    summary = check_inputs(source, processor, limit)
     url = _url(database_url)
     engine = _engine(url)
-    run, resumed = _prepare_run(
-        engine,
-        source=source,
-        processor=processor,
-        pipeline=pipeline,
-        scaling=scaling,
-        run_id=run_id,
-        limit=limit,
-        execution=execution,
-    )
-    size, why = _starting_size(engine, pipeline, scaling, warm_start)
-    logger.info(
-        "%s run %s of %s items from %s (store %s); first batch size %s (%s)",
-        "Resuming" if resumed else "Starting",
-        run.run_id,
-        run.item_count,
-        summary.path,
-        store.redact_url(url),
-        size,
-        why,
-    )
-    key = artifact_key(pipeline)
-    progress_id = await acreate_progress_artifact(
-        progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
-    )
-    started = time.perf_counter()
     worker = uuid4().hex[:16]
-    async with _dask_cluster(execution) as address:
-        stage_flow = process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
-        stages = await _run_stages(
-            stage_flow, engine, run, pipeline=pipeline, size=size, processor=processor, scaling=scaling,
-            execution=execution, database_url=database_url, progress_id=progress_id, worker=worker,
+    # While this flow runs, its claims are known to be alive (PostgreSQL advisory lock).
+    alive = store.hold_worker_lock(engine, worker)
+    try:
+        run, resumed = _prepare_run(
+            engine,
+            source=source,
+            processor=processor,
+            pipeline=pipeline,
+            scaling=scaling,
+            run_id=run_id,
+            limit=limit,
         )
+        size, why = _starting_size(engine, pipeline, scaling, warm_start)
+        logger.info(
+            "%s run %s of %s items from %s (store %s); first batch size %s (%s)",
+            "Resuming" if resumed else "Starting",
+            run.run_id,
+            run.item_count,
+            summary.path,
+            store.redact_url(url),
+            size,
+            why,
+        )
+        key = artifact_key(pipeline)
+        progress_id = await acreate_progress_artifact(
+            progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
+        )
+        started = time.perf_counter()
+        async with _dask_cluster(execution) as address:
+            stage_flow = (
+                process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
+            )
+            stages = await _run_stages(
+                stage_flow,
+                engine,
+                run,
+                pipeline=pipeline,
+                size=size,
+                processor=processor,
+                scaling=scaling,
+                execution=execution,
+                database_url=database_url,
+                progress_id=progress_id,
+                worker=worker,
+            )
+    finally:
+        if alive is not None:
+            alive.close()
 
     with store.open_session(engine) as session:
         counts = store.count_items(session, run.run_id)

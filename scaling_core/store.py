@@ -13,12 +13,13 @@ serialised by the database lock, which is safe but lets only one process write a
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Engine, Index, event, func, update
+from sqlalchemy import JSON, Column, Connection, Engine, Index, event, func, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -466,6 +467,56 @@ def recover_abandoned(
     session.commit()
     session.expire_all()
     return int(recovered or 0)
+
+
+def _worker_lock_key(worker: str) -> int:
+    # pg_advisory_lock takes a signed 64-bit key: a stable hash of the worker's name.
+    digest = hashlib.blake2b(f"batchpilot-worker:{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def hold_worker_lock(engine: Engine, worker: str) -> Connection | None:
+    """On PostgreSQL, take a session advisory lock that says `worker` is alive.
+
+    The lock lives as long as the returned connection (close it when the worker stops) and
+    vanishes with a dead process's connection, so `recover_dead_claims` can tell a crashed
+    worker's claims from a live one's. SQLite needs none (single writer): returns None.
+    """
+    if not is_postgres(engine):
+        return None
+    connection = engine.connect()
+    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _worker_lock_key(worker)})
+    connection.commit()
+    return connection
+
+
+def recover_dead_claims(session: Session, run_id: str) -> int:
+    """Send items claimed by workers that are no longer alive back to pending; returns how many.
+
+    On SQLite every claim is taken back (single-writer rule: no other process works on the
+    run). On PostgreSQL a claim is taken back when its worker's advisory lock can be taken,
+    i.e. no live connection holds it (see `hold_worker_lock`).
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return recover_abandoned(session, run_id)
+    owners = session.exec(
+        select(LedgerItem.claimed_by)
+        .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PROCESSING)
+        .distinct()
+    ).all()
+    recovered = 0
+    for owner in owners:
+        if owner is None:
+            continue
+        key = _worker_lock_key(owner)
+        got = session.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+        if got:
+            try:
+                recovered += recover_abandoned(session, run_id, worker=owner)
+            finally:
+                session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                session.commit()
+    return recovered
 
 
 def count_items(session: Session, run_id: str) -> dict[ItemStatus, int]:

@@ -1,0 +1,188 @@
+"""Helpers of the flow tests: sources on disk, pipeline runs, and reads of the store and server."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.settings import PREFECT_API_URL
+from sqlalchemy import func, inspect
+from sqlmodel import col, select
+
+from flows import pipeline as pipeline_module
+from flows.models import PipelineSummary
+from flows.pipeline import batch_pipeline
+from flows.report import stage_rows
+from scaling_core import ItemSource, make_engine
+from scaling_core import store
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+FAST_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm_fast"
+
+
+def write_csv(path: Path, count: int, *, start: int = 0) -> ItemSource:
+    """A CSV source of `count` items with ids `i<start>`, `i<start + 1>`, ..."""
+    lines = ["id,name"] + [f"i{n},item {n}" for n in range(start, start + count)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ItemSource(path=path)
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> ItemSource:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return ItemSource(path=path)
+
+
+@contextmanager
+def tolerating_prefect_socket_leak() -> Iterator[None]:
+    """Run flows without failing on the sockets Prefect 3.9.1 leaves open to its API.
+
+    `prefect.results._read_server_default_result_storage_block_id` calls
+    `get_client(sync_client=True)` outside a `with` block at the start of every flow run, so
+    the client's connection to the API is never closed and a `ResourceWarning: unclosed
+    <socket.socket ...>` fires whenever the garbage collector frees it, often during a later
+    test. Only unclosed sockets to the Prefect API are ignored, and they are collected here
+    so that none is left for another test.
+    """
+    port = re.escape(str(PREFECT_API_URL.value()).rsplit(":", 1)[-1].split("/", 1)[0])
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=rf"unclosed <socket\.socket .*raddr=\('127\.0\.0\.1', {port}\)>",
+            category=ResourceWarning,
+        )
+        try:
+            yield
+        finally:
+            gc.collect()
+
+
+def call_pipeline(**parameters: Any) -> Any:
+    """Call `batch_pipeline` as a caller would; its exceptions propagate."""
+    with tolerating_prefect_socket_leak():
+        return asyncio.run(batch_pipeline(**parameters))
+
+
+def run_pipeline(**parameters: Any) -> tuple[PipelineSummary, UUID]:
+    """Run `batch_pipeline` to the end; returns its summary and the id of its flow run."""
+    with tolerating_prefect_socket_leak():
+        state = asyncio.run(batch_pipeline(**parameters, return_state=True))
+    summary = state.result()
+    assert isinstance(summary, PipelineSummary), summary
+    flow_run_id = state.state_details.flow_run_id
+    assert flow_run_id is not None
+    return summary, flow_run_id
+
+
+def postgres_store(request: pytest.FixtureRequest) -> str:
+    """The session's PostgreSQL database with the store's tables (skips without PostgreSQL)."""
+    url: str = request.getfixturevalue("postgres_url")
+    # Another test package may have dropped the tables of the shared database.
+    engine = make_engine(url)
+    store.create_schema(engine)
+    engine.dispose()
+    return url
+
+
+def close_flow_connections(url: str) -> None:
+    """Close the pooled connections that the flows keep open to `url` in this process.
+
+    The flows keep one engine per URL in a small cache; an engine dropped from it with
+    PostgreSQL connections still open makes psycopg warn when they are collected.
+    """
+    pipeline_module._engine(url).dispose()
+
+
+def child_flow_runs(parent_id: UUID) -> list[FlowRun]:
+    """The subflow runs of a flow run, oldest first."""
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id])),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
+        )
+
+
+def stages(url: str, run_id: str) -> list[dict[str, Any]]:
+    engine = make_engine(url)
+    try:
+        return stage_rows(engine, run_id)
+    finally:
+        engine.dispose()
+
+
+def ledger(url: str, run_id: str) -> list[store.LedgerItem]:
+    engine = make_engine(url)
+    try:
+        with store.open_session(engine) as session:
+            return list(
+                session.exec(
+                    select(store.LedgerItem)
+                    .where(store.LedgerItem.run_id == run_id)
+                    .order_by(col(store.LedgerItem.seq))
+                ).all()
+            )
+    finally:
+        engine.dispose()
+
+
+def batches(url: str, run_id: str) -> list[store.BatchRecord]:
+    engine = make_engine(url)
+    try:
+        with store.open_session(engine) as session:
+            return store.run_batches(session, run_id)
+    finally:
+        engine.dispose()
+
+
+def runs(url: str, pipeline: str | None = None) -> list[store.PipelineRun]:
+    engine = make_engine(url)
+    try:
+        with store.open_session(engine) as session:
+            query = select(store.PipelineRun)
+            if pipeline is not None:
+                query = query.where(store.PipelineRun.pipeline == pipeline)
+            return list(session.exec(query).all())
+    finally:
+        engine.dispose()
+
+
+def stored_rows(sqlite_file: Path) -> dict[str, int]:
+    """Rows per table of a SQLite store; {} when the file or its tables do not exist."""
+    if not sqlite_file.exists():
+        return {}
+    engine = make_engine(f"sqlite:///{sqlite_file}")
+    try:
+        tables = set(inspect(engine).get_table_names())
+        counts = {}
+        with store.open_session(engine) as session:
+            for table in (store.PipelineRun, store.LedgerItem, store.BatchRecord, store.DecisionRecord):
+                name = table.__tablename__
+                if name in tables:
+                    counts[str(name)] = session.exec(select(func.count()).select_from(table)).one()
+        return counts
+    finally:
+        engine.dispose()
+
+
+def cli_environment(api_url: str, prefect_home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a `python -m flows` process: its own Prefect home, this session's server."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BATCHPILOT_TEST_")}
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    env["PREFECT_HOME"] = str(prefect_home)
+    env["PREFECT_API_URL"] = api_url
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
+    env.update(extra)
+    return env

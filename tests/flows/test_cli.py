@@ -1,0 +1,87 @@
+"""The command line, run as a user runs it: `python -m flows ...` in a process of its own."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.flows.support import FAST_PROCESSOR, REPOSITORY, cli_environment, stored_rows, write_csv
+
+Run = Callable[[str], subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def run_cli(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Run:
+    """Runs `python -m flows run` on one of the bad inputs below, once per input."""
+    folder = tmp_path_factory.mktemp("cli")
+    write_csv(folder / "items.csv", 10)
+    arguments = {
+        "missing source": ["--source", str(folder / "missing.csv"), "--processor", FAST_PROCESSOR],
+        "processor path syntax": ["--source", str(folder / "items.csv"), "--processor", "not a path"],
+        "min above max": [
+            "--source", str(folder / "items.csv"), "--processor", FAST_PROCESSOR,
+            "--min-batch-size", "300", "--max-batch-size", "100",
+        ],
+    }
+    done: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def run(case: str) -> subprocess.CompletedProcess[str]:
+        if case not in done:
+            store_file = folder / f"{case.replace(' ', '-')}.db"
+            done[case] = subprocess.run(
+                [sys.executable, "-m", "flows", "run", *arguments[case], "--database-url", f"sqlite:///{store_file}"],
+                cwd=REPOSITORY, env=cli_environment(prefect_api_url, folder / "prefect-home"),
+                capture_output=True, text=True, timeout=120,
+            )
+            assert not any(stored_rows(store_file).values()), f"{case}: the store was written"
+        return done[case]
+
+    return run
+
+
+def test_run_with_a_missing_source_exits_2_naming_the_file(run_cli: Run) -> None:
+    completed = run_cli("missing source")
+    assert completed.returncode == 2, completed.stderr
+    assert completed.stdout == ""
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last.endswith("missing.csv: file not found"), completed.stderr
+
+
+@pytest.mark.parametrize(
+    ("case", "named"),
+    [("missing source", "missing.csv"), ("processor path syntax", "processor"), ("min above max", "min_batch_size")],
+)
+def test_bad_input_gives_one_error_line_and_exit_status_2(run_cli: Run, case: str, named: str) -> None:
+    completed = run_cli(case)
+    lines = completed.stderr.strip().splitlines()
+    assert (completed.returncode, len(lines)) == (2, 1), f"exit status {completed.returncode}:\n{completed.stderr}"
+    assert lines[0].startswith("error: ") and named in lines[0]
+
+
+def test_report_names_a_missing_store_and_an_empty_one(tmp_path: Path, prefect_api_url: str) -> None:
+    database = tmp_path / "store.db"
+
+    def report() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "flows", "report", "--database-url", f"sqlite:///{database}"],
+            cwd=REPOSITORY, capture_output=True, text=True, timeout=60,
+            env=cli_environment(prefect_api_url, tmp_path / "prefect-home"),
+        )
+
+    missing = report()
+    assert (missing.returncode, missing.stderr.strip()) == (
+        2,
+        f"error: no store at sqlite:///{database}: the SQLite file does not exist",
+    )
+    assert not database.exists(), "a read-only command must not create the store"
+    sqlite3.connect(database).close()
+    empty = report()
+    assert (empty.returncode, empty.stderr.strip()) == (
+        2,
+        f"error: the store at sqlite:///{database} holds no run yet",
+    )
