@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flows.models import ExecutionOptions, PipelineSummary, StageSummary
     from flows.pipeline import batch_pipeline, decide_next_batch_size, process_stage
+    from flows.triggering import trigger
 
 __all__ = [
     "ExecutionOptions",
@@ -20,6 +21,7 @@ __all__ = [
     "batch_pipeline",
     "decide_next_batch_size",
     "process_stage",
+    "trigger",
 ]
 
 _HOMES = {
@@ -29,6 +31,7 @@ _HOMES = {
     "batch_pipeline": "flows.pipeline",
     "decide_next_batch_size": "flows.pipeline",
     "process_stage": "flows.pipeline",
+    "trigger": "flows.triggering",
 }
 
 

@@ -14,6 +14,7 @@ cannot afford.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from concurrent.futures import Future
@@ -130,7 +131,10 @@ def _call_with_timeout(call: Any, timeout: float) -> Any:
         except BaseException as error:  # handed to the waiting task as it is
             done.set_exception(error)
 
-    threading.Thread(target=target, name="batchpilot-processor", daemon=True).start()
+    # The thread runs in a copy of this context: processors that read context variables
+    # (Prefect's run context, Dask's current worker) see what the task sees.
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(target,), name="batchpilot-processor", daemon=True).start()
     try:
         return done.result(timeout=timeout)
     except FutureTimeout:

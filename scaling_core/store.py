@@ -204,8 +204,15 @@ def open_session(engine: Engine) -> Session:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the tables and indexes that do not exist yet (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+    """Create the tables and indexes that do not exist yet (idempotent).
+
+    On PostgreSQL a transaction-scoped advisory lock serialises processes that create the
+    schema at the same moment (their CREATE TYPE / CREATE TABLE would otherwise collide).
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('batchpilot.create_schema'))"))
+        SQLModel.metadata.create_all(connection)
 
 
 def is_postgres(engine: Engine) -> bool:
@@ -228,30 +235,38 @@ def start_run(
     config: dict[str, Any],
     run_id: str | None = None,
 ) -> PipelineRun:
-    """Register a run, or return the existing one with `run_id` (resume)."""
-    if run_id is not None:
-        existing = session.get(PipelineRun, run_id)
-        if existing is not None:
-            if existing.pipeline != pipeline:
-                raise ValueError(
-                    f"run {run_id!r} belongs to pipeline {existing.pipeline!r}, not {pipeline!r}"
-                )
-            existing.status = RunStatus.RUNNING
-            existing.updated_at = _now()
-            session.add(existing)
-            session.commit()
-            session.refresh(existing)
-            return existing
-    run = PipelineRun(
-        run_id=run_id or new_run_id(),
-        pipeline=pipeline,
-        source=source,
-        processor=processor,
-        config=config,
-    )
-    session.add(run)
+    """Register a run, or mark the existing one with `run_id` running again (resume).
+
+    Safe when several processes start the same run at once: the row is inserted with
+    ON CONFLICT DO NOTHING and then read back.
+    """
+    run_id = run_id or new_run_id()
+    now = _now()
+    inserted = session.execute(
+        _insert_ignoring_conflicts(session, PipelineRun).values(
+            run_id=run_id,
+            pipeline=pipeline,
+            status=RunStatus.RUNNING,
+            source=source,
+            processor=processor,
+            config=config,
+            items_loaded=False,
+            item_count=0,
+            created_at=now,
+            updated_at=now,
+        )
+    ).rowcount
     session.commit()
-    session.refresh(run)
+    run = session.get(PipelineRun, run_id, populate_existing=True)
+    assert run is not None
+    if run.pipeline != pipeline:
+        raise ValueError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}, not {pipeline!r}")
+    if not inserted:
+        run.status = RunStatus.RUNNING
+        run.updated_at = now
+        session.add(run)
+        session.commit()
+        session.refresh(run)
     return run
 
 
