@@ -73,6 +73,8 @@ _EXECUTION_FLAGS = {"parallelism": "parallelism", "max_attempts": "max_attempts"
 
 
 def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    from pydantic import SecretStr
+
     from scaling_core import ItemSource, ScalingConfig
 
     if args.command == "demo":
@@ -97,7 +99,9 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline": pipeline,
         "scaling": scaling,
         "execution": execution,
-        "database_url": args.database_url,
+        # A SecretStr from the start: Prefect stores a flow run's parameters as they were
+        # passed, before they are validated into the annotated type.
+        "database_url": SecretStr(args.database_url) if args.database_url else None,
         "limit": args.limit,
         "run_id": args.run_id,
         "warm_start": not args.no_warm_start,
@@ -174,8 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         return _run(args)
-    except (ValueError, LookupError, OSError, TypeError) as error:
-        # Bad input: one clear message, no traceback.
+    except (ValueError, LookupError, OSError, TypeError, RuntimeError) as error:
+        # Bad input or an unreachable store (StoreError is a RuntimeError): one clear
+        # message, no traceback.
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return 2
 

@@ -253,7 +253,12 @@ async def _process_stage(
     return StageSummary.of(claimed.stage, claimed.batch_id, result)
 
 
-@task(name="decide-next-batch-size", task_run_name="decide-after-stage-{stage}")
+@task(
+    name="decide-next-batch-size",
+    task_run_name="decide-after-stage-{stage}",
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=STAGE_RETRY_DELAY,
+)
 def decide_next_batch_size(
     run_id: str,
     pipeline: str,
@@ -262,8 +267,19 @@ def decide_next_batch_size(
     stage: int,
     database_url: SecretStr | None = None,
 ) -> int:
-    """Read the pipeline's batch history from the store, decide, persist, return the next size."""
-    engine = _engine(_url(database_url))
+    """Read the pipeline's batch history from the store, decide, persist, return the next size.
+
+    A store error raises a `StoreError` naming the database; Prefect retries the task.
+    """
+    url = _url(database_url)
+    try:
+        return _decide(run_id, pipeline, scaling, current_batch_size, stage, url)
+    except SQLAlchemyError as error:
+        raise store.StoreError.wrap(url, error) from error
+
+
+def _decide(run_id: str, pipeline: str, scaling: ScalingConfig, current_batch_size: int, stage: int, url: str) -> int:
+    engine = _engine(url)
     config = scaling.model_copy(update={"initial_batch_size": scaling.clamp(current_batch_size)})
     bound = PipelineStore(engine, pipeline=pipeline, run_id=run_id)
     controller = DynamicScalingController(
@@ -486,10 +502,42 @@ async def batch_pipeline(
             same source is resumed.
         warm_start: start from the size the last run of `pipeline` learned.
     """
-    logger = get_run_logger()
     # Everything that can be refused is checked before the store is touched.
     summary = check_inputs(source, processor, limit)
     url = _url(database_url)
+    try:
+        return await _pipeline(
+            source=source,
+            processor=processor,
+            pipeline=pipeline,
+            scaling=scaling,
+            execution=execution,
+            database_url=database_url,
+            limit=limit,
+            run_id=run_id,
+            warm_start=warm_start,
+            url=url,
+            summary=summary,
+        )
+    except SQLAlchemyError as error:
+        raise store.StoreError.wrap(url, error) from error
+
+
+async def _pipeline(
+    *,
+    source: ItemSource,
+    processor: str,
+    pipeline: str,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    database_url: SecretStr | None,
+    limit: int | None,
+    run_id: str | None,
+    warm_start: bool,
+    url: str,
+    summary: SourceSummary,
+) -> PipelineSummary:
+    logger = get_run_logger()
     engine = _engine(url)
     worker = uuid4().hex[:16]
     # While this flow runs, its claims are known to be alive (PostgreSQL advisory lock).

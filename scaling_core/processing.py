@@ -239,10 +239,12 @@ def run_processor(
     Example:
         >>> run_processor(load_processor("scaling_core.samples.enhancer:enhance_products"), items, config)
     """
-    batch = list(items)
+    batch = tuple(items)
     if not batch:
         return []
-    return normalize_results(batch, processor(batch), config)
+    # The processor gets its own list: one that edits it in place (drops a row it cannot
+    # use) must not change what its answer is checked against.
+    return normalize_results(batch, processor(list(batch)), config)
 
 
 def summarize_batch(

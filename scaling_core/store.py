@@ -159,24 +159,29 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
     """Build an engine for `url`: a SQLite file (parent folders created) or PostgreSQL.
 
     `sqlite://` (no path) gives one shared in-memory database, handy in tests.
-    PostgreSQL URLs use psycopg 3: `postgresql+psycopg://user@host:5432/db`.
+    PostgreSQL URLs use psycopg 3: `postgresql+psycopg://user@host:5432/db`. Statement
+    parameters (item payloads and outputs) are kept out of error messages and logs.
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database in ("", ":memory:"):
             return create_engine(
-                url, echo=echo, connect_args={"check_same_thread": False}, poolclass=StaticPool
+                url,
+                echo=echo,
+                hide_parameters=True,
+                connect_args={"check_same_thread": False},
+                poolclass=StaticPool,
             )
         from pathlib import Path
 
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60}
+            url, echo=echo, hide_parameters=True, connect_args={"check_same_thread": False, "timeout": 60}
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True)
+    return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -23,7 +23,7 @@ WHOLE_FAILURE_ABOVE = 20
 """`fails_whole_above_20` raises for calls with more items than this."""
 HANG_ABOVE = 5
 """`hangs_above_5` hangs on calls with more items than this."""
-HANG_SECONDS = 3.0
+HANG_SECONDS = 8.0
 SLOW_SECONDS_ENV = "BATCHPILOT_TEST_SLOW_SECONDS"
 """Seconds `slow_after_first_stage` sleeps in every call after its first (0 when unset)."""
 

@@ -90,7 +90,7 @@ class HungRun:
 
 @pytest.fixture(scope="module")
 def hung_run(tmp_path_factory: pytest.TempPathFactory) -> HungRun:
-    """A run whose first call (10 items) hangs for 3 s, longer than the 0.5 s stage timeout."""
+    """A run whose first call (10 items) hangs for 8 s, far longer than the 0.5 s stage timeout."""
     folder = tmp_path_factory.mktemp("hang")
     url = f"sqlite:///{folder / 'store.db'}"
     processors.reset()
@@ -130,9 +130,10 @@ def test_a_stage_timeout_bounds_how_long_the_stage_blocks_the_run(hung_run: Hung
     timed_out, after = batches(hung_run.url, hung_run.summary.run_id)[:2]
     assert timed_out.status == store.BatchStatus.FAILED_WHOLE
     blocked_seconds = (after.started_at - timed_out.started_at).total_seconds()
-    # The timeout is 0.5 s and the hung call lasts 3 s: a stage that honours its timeout
-    # lets the next stage start well before the hung call returns.
-    assert blocked_seconds < 2.0, (
+    # The timeout is 0.5 s and the hung call lasts 8 s: a stage that honours its timeout lets
+    # the next stage start well before the hung call returns (the margin covers the ~2 s
+    # back-off a SQLite-backed Prefect server sometimes imposes between stages).
+    assert blocked_seconds < 6.0, (
         f"the next stage started {blocked_seconds:.1f} s after the stage that timed out after 0.5 s"
     )
 
