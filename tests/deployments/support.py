@@ -4,17 +4,13 @@ worker), started with their own environment and stopped by process id."""
 from __future__ import annotations
 
 import csv
-import gc
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -194,26 +190,3 @@ def final_flow_run(api: httpx.Client, flow_run_id: str, *, timeout: float) -> di
         return run if run["state_type"] in FINAL_STATES else None
 
     return wait_until(read, timeout=timeout, what=f"flow run {flow_run_id} to end", interval=0.25)
-
-
-@contextmanager
-def tolerating_prefect_socket_leak(api_url: str) -> Iterator[None]:
-    """Run flows in this process without failing on the socket Prefect 3.9.1 leaves open.
-
-    At the start of every flow run `prefect.results._read_server_default_result_storage_block_id`
-    makes a `get_client(sync_client=True)` outside a `with` block, so its connection to the
-    API is never closed and `ResourceWarning: unclosed <socket.socket ...>` fires when the
-    garbage collector frees it. Only unclosed sockets to this API's port are ignored, and
-    they are collected here, so that none is left to fail a later test.
-    """
-    port = re.escape(api_url.rsplit(":", 1)[-1].split("/", 1)[0])
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=rf"unclosed <socket\.socket .*raddr=\('127\.0\.0\.1', {port}\)>",
-            category=ResourceWarning,
-        )
-        try:
-            yield
-        finally:
-            gc.collect()

@@ -14,7 +14,8 @@ from sqlmodel import select
 from flows.models import ExecutionOptions, PipelineSummary
 from scaling_core import ItemSource, ScalingConfig
 from scaling_core import store
-from tests.deployments.support import tolerating_prefect_socket_leak, write_items_csv
+from tests.deployments.support import write_items_csv
+from tests.prefect_leaks import tolerating_prefect_socket_leak
 
 pytestmark = pytest.mark.server
 

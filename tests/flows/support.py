@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
-import re
-import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -19,7 +15,6 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.settings import PREFECT_API_URL
 from sqlalchemy import func, inspect
 from sqlmodel import col, select
 
@@ -29,6 +24,7 @@ from flows.pipeline import batch_pipeline
 from flows.report import stage_rows
 from scaling_core import ItemSource, make_engine
 from scaling_core import store
+from tests.prefect_leaks import tolerating_prefect_socket_leak
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 FAST_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm_fast"
@@ -44,30 +40,6 @@ def write_csv(path: Path, count: int, *, start: int = 0) -> ItemSource:
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> ItemSource:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return ItemSource(path=path)
-
-
-@contextmanager
-def tolerating_prefect_socket_leak() -> Iterator[None]:
-    """Run flows without failing on the sockets Prefect 3.9.1 leaves open to its API.
-
-    `prefect.results._read_server_default_result_storage_block_id` calls
-    `get_client(sync_client=True)` outside a `with` block at the start of every flow run, so
-    the client's connection to the API is never closed and a `ResourceWarning: unclosed
-    <socket.socket ...>` fires whenever the garbage collector frees it, often during a later
-    test. Only unclosed sockets to the Prefect API are ignored, and they are collected here
-    so that none is left for another test.
-    """
-    port = re.escape(str(PREFECT_API_URL.value()).rsplit(":", 1)[-1].split("/", 1)[0])
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore",
-            message=rf"unclosed <socket\.socket .*raddr=\('127\.0\.0\.1', {port}\)>",
-            category=ResourceWarning,
-        )
-        try:
-            yield
-        finally:
-            gc.collect()
 
 
 def call_pipeline(**parameters: Any) -> Any:
