@@ -38,7 +38,7 @@ def test_every_figure_is_computed_at_tiny_sizes() -> None:
     # in-process figures run meanwhile.
     with ThreadPoolExecutor(max_workers=1) as pool:
         prefect_figures = pool.submit(
-            performance.measure_overhead_and_memory, 120, 1_000, BRIEF_PROCESSOR, floor_min_cycles=3
+            performance.measure_overhead_and_memory, 120, 500, BRIEF_PROCESSOR, floor_min_cycles=2
         )
         store = performance.measure_store(3_000)
         decision = performance.measure_decision((10, 600), calls=3)
@@ -64,7 +64,7 @@ def test_every_figure_is_computed_at_tiny_sizes() -> None:
     assert _positive(overhead.task_run_own_client) and _positive(overhead.task_run_shared_client)
     assert _positive(overhead.overhead_over_floor) and overhead.items == 120
 
-    assert memory.done == memory.items == 1_000
+    assert memory.done == memory.items == 500
     assert _positive(memory.peak_mb) and memory.peak_mb >= memory.before_mb > 0
 
     for figures in (overhead, store, decision, memory):
