@@ -35,6 +35,7 @@ from prefect.artifacts import (
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
+from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
 from pydantic import SecretStr
@@ -568,23 +569,28 @@ async def _pipeline(
             progress=0.0, key=f"{key}-progress", description=f"Items finished in run {run.run_id}"
         )
         started = time.perf_counter()
-        async with _dask_cluster(execution) as address:
-            stage_flow = (
-                process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
-            )
-            stages = await _run_stages(
-                stage_flow,
-                engine,
-                run,
-                pipeline=pipeline,
-                size=size,
-                processor=processor,
-                scaling=scaling,
-                execution=execution,
-                database_url=database_url,
-                progress_id=progress_id,
-                worker=worker,
-            )
+        # A sync task run (a stage's chunk task, the scaling task) opens an API client of its
+        # own when none is in context: a TLS context and a version check, ~25 ms, twice per
+        # stage. One client serves the whole run; the task runner's threads see it through
+        # their copied context.
+        with SyncClientContext.get_or_create():
+            async with _dask_cluster(execution) as address:
+                stage_flow = (
+                    process_stage if address is None else process_stage.with_options(task_runner=_dask_runner(address))
+                )
+                stages = await _run_stages(
+                    stage_flow,
+                    engine,
+                    run,
+                    pipeline=pipeline,
+                    size=size,
+                    processor=processor,
+                    scaling=scaling,
+                    execution=execution,
+                    database_url=database_url,
+                    progress_id=progress_id,
+                    worker=worker,
+                )
     finally:
         if alive is not None:
             alive.close()

@@ -16,10 +16,11 @@ import enum
 import hashlib
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, Engine, Index, event, func, text, update
+from sqlalchemy import JSON, Column, Connection, Engine, Index, bindparam, event, func, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -141,6 +142,25 @@ class DecisionRecord(SQLModel, table=True):
     reason: str
     metrics: dict[str, float] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=_now)
+
+
+_LEDGER = LedgerItem.__table__  # type: ignore[attr-defined]
+
+# Every item's result, by primary key, as one executemany (bind names must differ from the
+# column names that the SET clause binds).
+_RESULT_UPDATE = (
+    update(_LEDGER)
+    .where(_LEDGER.c.run_id == bindparam("key_run_id"), _LEDGER.c.item_id == bindparam("key_item_id"))
+    .values(
+        output=bindparam("output"),
+        confidence=bindparam("confidence"),
+        level=bindparam("level"),
+        error=bindparam("error"),
+        attempts=bindparam("attempts"),
+        claimed_by=None,
+        status=bindparam("status"),
+    )
+)
 
 
 # -- engines --------------------------------------------------------------------------------
@@ -330,11 +350,13 @@ def load_items(
     ]
     if not values:
         return 0
-    session.execute(_insert_ignoring_conflicts(session, LedgerItem).values(), values)
+    # On the Core table, not the ORM entity: a plain executemany. The ORM's bulk INSERT
+    # collects and re-keys every row's parameters, which halves the rate of a large load.
+    session.execute(_insert_ignoring_conflicts(session, _LEDGER), values)
     return len(values)
 
 
-def _insert_ignoring_conflicts(session: Session, table: type[SQLModel]) -> Any:
+def _insert_ignoring_conflicts(session: Session, table: Any) -> Any:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -361,9 +383,19 @@ def mark_loaded(session: Session, run_id: str) -> int:
     return int(count)
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimedItem:
+    """A ledger row handed to a stage: its id, position, payload and failed attempts so far."""
+
+    item_id: str
+    seq: int
+    payload: dict[str, Any]
+    attempts: int
+
+
 def claim_items(
     session: Session, run_id: str, limit: int, *, batch_id: int, worker: str
-) -> list[LedgerItem]:
+) -> list[ClaimedItem]:
     """Move up to `limit` pending items (in source order) to processing, for `batch_id`.
 
     One statement: on PostgreSQL the inner select locks rows with SKIP LOCKED, so
@@ -395,10 +427,9 @@ def claim_items(
         .returning(LedgerItem.item_id, LedgerItem.seq, LedgerItem.payload, LedgerItem.attempts)
     )
     rows = session.execute(statement, execution_options={"synchronize_session": False}).all()
-    items = [
-        LedgerItem(run_id=run_id, item_id=row[0], seq=row[1], payload=row[2], attempts=row[3])
-        for row in rows
-    ]
+    # Plain rows, not `LedgerItem` table models: building a table model runs defaults and
+    # instrumented setattr for all 13 fields, about nine tenths of a claim's time.
+    items = [ClaimedItem(item_id=row[0], seq=row[1], payload=row[2], attempts=row[3]) for row in rows]
     items.sort(key=lambda item: item.seq)
     return items
 
@@ -415,29 +446,28 @@ def record_item_results(
 
     A failed item goes back to pending while it has attempts left, else it is failed for good.
     """
-    done: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for result in results:
         attempts = attempts_before.get(result.item_id, 0) + (0 if result.success else 1)
-        row = {
-            "run_id": run_id,
-            "item_id": result.item_id,
-            "output": result.output,
-            "confidence": result.confidence,
-            "level": (result.level or ConfidenceLevel.LOW).value,
-            "error": result.error,
-            "attempts": attempts,
-            "claimed_by": None,
-        }
         if result.success:
-            row["status"] = ItemStatus.DONE
-            done.append(row)
+            status = ItemStatus.DONE
         else:
-            row["status"] = ItemStatus.PENDING if attempts < max_attempts else ItemStatus.FAILED
-            failed.append(row)
-    for rows in (done, failed):
-        if rows:
-            session.execute(update(LedgerItem), rows)
+            status = ItemStatus.PENDING if attempts < max_attempts else ItemStatus.FAILED
+        rows.append(
+            {
+                "key_run_id": run_id,
+                "key_item_id": result.item_id,
+                "output": result.output,
+                "confidence": result.confidence,
+                "level": (result.level or ConfidenceLevel.LOW).value,
+                "error": result.error,
+                "attempts": attempts,
+                "status": status,
+            }
+        )
+    if rows:
+        # A Core executemany by primary key: the ORM's bulk UPDATE re-keys every row first.
+        session.execute(_RESULT_UPDATE, rows)
 
 
 def release_items(session: Session, run_id: str, item_ids: Sequence[str]) -> None:
@@ -598,24 +628,48 @@ def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> B
 
 def to_batch_result(record: BatchRecord) -> BatchResult:
     """The manager's view of a stored batch."""
-    failed_whole = record.status == BatchStatus.FAILED_WHOLE
-    distribution = {
-        ConfidenceLevel.HIGH: record.high,
-        ConfidenceLevel.MEDIUM: record.medium,
-        ConfidenceLevel.LOW: record.low,
-    }
-    if failed_whole and sum(distribution.values()) == 0:
-        distribution = {ConfidenceLevel.LOW: record.total_items}
+    return _batch_result(
+        record.id,
+        record.batch_size,
+        record.total_items,
+        record.successful_items,
+        record.failed_items,
+        record.high,
+        record.medium,
+        record.low,
+        record.seconds,
+        record.status,
+        record.error,
+    )
+
+
+def _batch_result(
+    batch_id: int | None,
+    batch_size: int,
+    total_items: int,
+    successful_items: int,
+    failed_items: int,
+    high: int,
+    medium: int,
+    low: int,
+    seconds: float,
+    status: BatchStatus,
+    error: str | None,
+) -> BatchResult:
+    failed_whole = status == BatchStatus.FAILED_WHOLE
+    distribution = {ConfidenceLevel.HIGH: high, ConfidenceLevel.MEDIUM: medium, ConfidenceLevel.LOW: low}
+    if failed_whole and high + medium + low == 0:
+        distribution = {ConfidenceLevel.LOW: total_items}
     return BatchResult(
-        batch_id=str(record.id),
-        batch_size=record.batch_size,
-        total_items=record.total_items,
-        successful_items=record.successful_items,
-        failed_items=record.failed_items,
-        processing_time=record.seconds,
+        batch_id=str(batch_id),
+        batch_size=batch_size,
+        total_items=total_items,
+        successful_items=successful_items,
+        failed_items=failed_items,
+        processing_time=seconds,
         confidence_distribution=distribution,
         failed_whole=failed_whole,
-        error=record.error,
+        error=error,
     )
 
 
@@ -624,8 +678,22 @@ def recent_batches(session: Session, pipeline: str, limit: int) -> list[BatchRes
 
     A bounded, indexed read (pipeline, id): its cost does not grow with the history.
     """
-    records = session.exec(
-        select(BatchRecord)
+    # The columns a `BatchResult` needs, not whole `BatchRecord` entities: loading an entity
+    # builds an instrumented object and parses two timestamps, half the read of the window.
+    rows = session.execute(
+        select(
+            BatchRecord.id,
+            BatchRecord.batch_size,
+            BatchRecord.total_items,
+            BatchRecord.successful_items,
+            BatchRecord.failed_items,
+            BatchRecord.high,
+            BatchRecord.medium,
+            BatchRecord.low,
+            BatchRecord.seconds,
+            BatchRecord.status,
+            BatchRecord.error,
+        )
         .where(
             BatchRecord.pipeline == pipeline,
             col(BatchRecord.status).in_([BatchStatus.COMPLETED, BatchStatus.FAILED_WHOLE]),
@@ -633,7 +701,7 @@ def recent_batches(session: Session, pipeline: str, limit: int) -> list[BatchRes
         .order_by(col(BatchRecord.id).desc())
         .limit(limit)
     ).all()
-    return [to_batch_result(record) for record in reversed(records)]
+    return [_batch_result(*row) for row in reversed(rows)]
 
 
 def run_batches(session: Session, run_id: str) -> list[BatchRecord]:
