@@ -231,9 +231,21 @@ def open_session(engine: Engine) -> Session:
 def create_schema(engine: Engine) -> None:
     """Create the tables and indexes that do not exist yet (idempotent).
 
-    On PostgreSQL a transaction-scoped advisory lock serialises processes that create the
-    schema at the same moment (their CREATE TYPE / CREATE TABLE would otherwise collide).
+    Safe when several processes create the schema at the same moment: on PostgreSQL a
+    transaction-scoped advisory lock serialises them (their CREATE TYPE / CREATE TABLE would
+    otherwise collide); on a SQLite file an exclusive lock on a file beside it does.
     """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        import fcntl
+
+        with open(f"{database}.schema-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                SQLModel.metadata.create_all(engine)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('batchpilot.create_schema'))"))
