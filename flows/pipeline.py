@@ -391,6 +391,7 @@ async def _run_stages(
     database_url: SecretStr | None,
     progress_id: UUID,
     worker: str,
+    alive: store.WorkerLock | None,
 ) -> int:
     """Stage, scaling task, stage... until no item is pending; returns the stages run."""
     failures_in_a_row = 0
@@ -399,6 +400,7 @@ async def _run_stages(
         counts = store.count_items(session, run.run_id)
     finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
     while True:
+        _keep_alive(alive)
         with store.open_session(engine) as session:
             if not store.has_pending(session, run.run_id):
                 # Claims of this run's own stages that a failed stage left behind go back to
@@ -445,6 +447,24 @@ async def _run_stages(
         await aupdate_progress_artifact(progress_id, progress=min(100.0, 100.0 * finished / max(run.item_count, 1)))
 
     return stages
+
+
+def _keep_alive(alive: store.WorkerLock | None) -> None:
+    """Take this worker's liveness lock again if the database dropped it (a restart, a network cut).
+
+    While it is lost, another process resuming the run may take this worker's claims; the
+    store then keeps each item's result from the batch that holds its claim. A database that
+    is still away is left for the next stage to meet (and retry).
+    """
+    if alive is None:
+        return
+    try:
+        retaken = alive.refresh()
+    except SQLAlchemyError as error:
+        get_run_logger().warning("Could not take the worker's liveness lock again yet: %s", type(error).__name__)
+        return
+    if retaken:
+        get_run_logger().warning("The database dropped this worker's liveness lock; it was taken again")
 
 
 @asynccontextmanager
@@ -590,6 +610,7 @@ async def _pipeline(
                     database_url=database_url,
                     progress_id=progress_id,
                     worker=worker,
+                    alive=alive,
                 )
     finally:
         if alive is not None:

@@ -104,6 +104,7 @@ class BatchManager:
                 session,
                 self.run_id,
                 results,
+                batch_id=batch.batch_id,
                 attempts_before=batch.attempts,
                 max_attempts=self.max_attempts,
             )
@@ -127,7 +128,7 @@ class BatchManager:
             error=error,
         )
         with store.open_session(self.engine) as session:
-            store.release_items(session, self.run_id, [item.id for item in batch.items])
+            store.release_items(session, self.run_id, [item.id for item in batch.items], batch_id=batch.batch_id)
             record = session.get(store.BatchRecord, batch.batch_id)
             assert record is not None
             store.close_batch(session, record, summary)

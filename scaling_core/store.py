@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Connection, Engine, Index, bindparam, event, func, text, update
+from sqlalchemy import JSON, Column, Connection, Engine, Index, bindparam, event, func, or_, text, update
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -150,7 +151,15 @@ _LEDGER = LedgerItem.__table__  # type: ignore[attr-defined]
 # column names that the SET clause binds).
 _RESULT_UPDATE = (
     update(_LEDGER)
-    .where(_LEDGER.c.run_id == bindparam("key_run_id"), _LEDGER.c.item_id == bindparam("key_item_id"))
+    .where(
+        _LEDGER.c.run_id == bindparam("key_run_id"),
+        _LEDGER.c.item_id == bindparam("key_item_id"),
+        # Only while the item is still this batch's: a claim taken back (its worker looked
+        # dead) is pending and still names the batch until another batch claims it; then it
+        # belongs to that batch.
+        _LEDGER.c.batch_id == bindparam("key_batch_id"),
+        or_(_LEDGER.c.status == ItemStatus.PROCESSING, _LEDGER.c.status == ItemStatus.PENDING),
+    )
     .values(
         output=bindparam("output"),
         confidence=bindparam("confidence"),
@@ -451,12 +460,15 @@ def record_item_results(
     run_id: str,
     results: Sequence[ItemResult],
     *,
+    batch_id: int,
     attempts_before: dict[str, int],
     max_attempts: int,
 ) -> None:
     """Write every item's outcome in one bulk UPDATE by primary key. The caller commits.
 
     A failed item goes back to pending while it has attempts left, else it is failed for good.
+    Only items still `batch_id`'s are written: an item whose claim was taken back and given
+    to another batch keeps that batch's outcome.
     """
     rows: list[dict[str, Any]] = []
     for result in results:
@@ -469,6 +481,7 @@ def record_item_results(
             {
                 "key_run_id": run_id,
                 "key_item_id": result.item_id,
+                "key_batch_id": batch_id,
                 "output": result.output,
                 "confidence": result.confidence,
                 "level": (result.level or ConfidenceLevel.LOW).value,
@@ -482,14 +495,17 @@ def record_item_results(
         session.execute(_RESULT_UPDATE, rows)
 
 
-def release_items(session: Session, run_id: str, item_ids: Sequence[str]) -> None:
-    """Return claimed items to pending (their batch failed whole). The caller commits."""
+def release_items(session: Session, run_id: str, item_ids: Sequence[str], *, batch_id: int) -> None:
+    """Return `batch_id`'s claimed items to pending (the batch failed whole). The caller commits.
+
+    Items whose claim has since passed to another batch are left to it.
+    """
     if not item_ids:
         return
     session.execute(
         update(LedgerItem)
         .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id).in_(list(item_ids)))
-        .where(col(LedgerItem.status) == ItemStatus.PROCESSING)
+        .where(col(LedgerItem.status) == ItemStatus.PROCESSING, col(LedgerItem.batch_id) == batch_id)
         .values(status=ItemStatus.PENDING, claimed_by=None, claimed_at=None),
         execution_options={"synchronize_session": False},
     )
@@ -537,19 +553,73 @@ def _worker_lock_key(worker: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def hold_worker_lock(engine: Engine, worker: str) -> Connection | None:
-    """On PostgreSQL, take a session advisory lock that says `worker` is alive.
+class WorkerLock:
+    """A PostgreSQL session advisory lock that says `worker` is alive, held on a connection of its own.
 
-    The lock lives as long as the returned connection (close it when the worker stops) and
-    vanishes with a dead process's connection, so `recover_dead_claims` can tell a crashed
-    worker's claims from a live one's. SQLite needs none (single writer): returns None.
+    The lock vanishes with a dead process's connection, so `recover_dead_claims` can tell a
+    crashed worker's claims from a live one's. It also vanishes when the database restarts
+    or the network drops the connection: `refresh` notices and takes it again.
+    """
+
+    def __init__(self, engine: Engine, worker: str) -> None:
+        self.engine = engine
+        self.worker = worker
+        self._key = _worker_lock_key(worker)
+        self._connection: Connection | None = None
+        self._take()
+
+    def _take(self) -> None:
+        connection = self.engine.connect()
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def refresh(self) -> bool:
+        """Make sure the lock is held; returns True when it had been lost and was taken again.
+
+        Raises a SQLAlchemy error when the database cannot be reached to take it again.
+        """
+        if self._connection is not None:
+            try:
+                self._connection.execute(text("SELECT 1"))
+                self._connection.commit()
+                return False
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                self._connection.close()
+                self._connection = None
+        self._take()
+        return True
+
+    def close(self) -> None:
+        """Release the lock (the worker stops)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        # A session lock outlives `close()` on a pooled connection: unlock it, and should
+        # that fail, drop the database connection itself rather than return it to the pool.
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            connection.commit()
+        except DBAPIError:
+            connection.invalidate()
+        finally:
+            connection.close()
+
+
+def hold_worker_lock(engine: Engine, worker: str) -> WorkerLock | None:
+    """On PostgreSQL, take the lock that says `worker` is alive (see `WorkerLock`).
+
+    Close it when the worker stops. SQLite needs none (single writer): returns None.
     """
     if not is_postgres(engine):
         return None
-    connection = engine.connect()
-    connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _worker_lock_key(worker)})
-    connection.commit()
-    return connection
+    return WorkerLock(engine, worker)
 
 
 def recover_dead_claims(session: Session, run_id: str) -> int:

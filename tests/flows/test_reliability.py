@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from flows.pipeline import STAGE_RETRIES
@@ -256,8 +257,27 @@ def test_a_database_outage_during_a_stage_is_retried_and_every_item_is_done_once
         proxy.stop()
         proxy.start_later(OUTAGE_SECONDS)
 
-    # The third stage's processor call takes the database away before its results are written.
+    workers_alive: list[int] = []
+
+    def count_worker_locks() -> None:
+        engine = make_engine(direct)
+        try:
+            with engine.connect() as connection:
+                workers_alive.append(
+                    connection.execute(
+                        text(
+                            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                        )
+                    ).scalar_one()
+                )
+        finally:
+            engine.dispose()
+
+    # The third stage's processor call takes the database away before its results are written;
+    # the outage also ends the session that held the run's liveness lock.
     fault_processors.on_call(3, outage)
+    fault_processors.on_call(5, count_worker_locks)  # the stage after the retried one
     summary, flow_run_id = run_pipeline(
         source=write_csv(tmp_path / "items.csv", OUTAGE_ITEMS),
         processor=ECHO,
@@ -280,6 +300,9 @@ def test_a_database_outage_during_a_stage_is_retried_and_every_item_is_done_once
     logs = [log.message for log in flow_run_logs([flow_run_id, *(child.id for child in stage_runs)])]
     assert [message for message in logs if f"the store at postgresql+psycopg://{_database_named(url)} failed" in message]
     assert not [message for message in logs if PASSWORD in message]
+    # The run took its liveness lock again after the outage: its claims were never up for grabs.
+    assert [message for message in logs if "liveness lock; it was taken again" in message]
+    assert workers_alive == [1]
 
 
 @pytest.mark.postgres

@@ -6,7 +6,7 @@ import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
 from scaling_core import ConfidenceLevel, ItemResult, ScalingAction, ScalingDecision
 from scaling_core import store
@@ -101,7 +101,7 @@ def test_results_are_written_in_bulk_with_retries(engine: Engine) -> None:
             ItemResult(item_id="item-2", success=False, error="bad row"),
         ]
         store.record_item_results(
-            session, run_id, results, attempts_before={"item-1": 0, "item-2": 1}, max_attempts=2
+            session, run_id, results, batch_id=1, attempts_before={"item-1": 0, "item-2": 1}, max_attempts=2
         )
         session.commit()
         assert len(items) == 3
@@ -123,6 +123,64 @@ def test_abandoned_claims_go_back_to_pending(engine: Engine) -> None:
         assert store.recover_abandoned(session, run_id) == 4
         assert store.count_items(session, run_id)[store.ItemStatus.PENDING] == 6
         assert store.run_batches(session, run_id)[0].status == store.BatchStatus.ABANDONED
+
+
+def test_a_late_result_never_overwrites_a_claim_another_batch_holds(engine: Engine) -> None:
+    # Batch 1's worker looked dead: its claims were taken back and batch 2 claimed them again.
+    run_id = _new_run(engine, items=3)
+    done = [ItemResult(item_id=f"item-{i}", success=True, confidence=0.9, output={"by": 1}) for i in range(3)]
+    with store.open_session(engine) as session:
+        store.claim_items(session, run_id, 3, batch_id=1, worker="slow")
+        session.commit()
+        assert store.recover_abandoned(session, run_id) == 3
+        store.claim_items(session, run_id, 2, batch_id=2, worker="resumer")
+        session.commit()
+        # Batch 1 answers late, then fails whole: neither touches batch 2's items.
+        store.record_item_results(session, run_id, done, batch_id=1, attempts_before={}, max_attempts=3)
+        store.release_items(session, run_id, ["item-0", "item-1"], batch_id=1)
+        session.commit()
+        rows = {row.item_id: row for row in session.exec(store.select(store.LedgerItem)).all()}
+    assert [(rows[i].status, rows[i].batch_id, rows[i].output) for i in ("item-0", "item-1")] == [
+        (store.ItemStatus.PROCESSING, 2, None)
+    ] * 2
+    # The item nobody claimed again keeps batch 1's late answer instead of being done twice.
+    assert (rows["item-2"].status, rows["item-2"].output) == (store.ItemStatus.DONE, {"by": 1})
+
+
+@pytest.mark.postgres
+def test_a_worker_lock_the_database_dropped_is_taken_again(postgres_url: str) -> None:
+    engine = store.make_engine(postgres_url)
+    key = store._worker_lock_key("w-1")
+
+    def someone_else_can_take_it() -> bool:
+        with engine.connect() as other:
+            got = bool(other.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+            if got:
+                other.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            return got
+
+    lock = store.hold_worker_lock(engine, "w-1")
+    assert lock is not None
+    try:
+        assert not someone_else_can_take_it()
+        assert lock.refresh() is False
+        # The database ends the lock's session, as a restart or a network cut would.
+        with engine.connect() as admin:
+            admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid, 5000) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted AND database = "
+                    "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
+            admin.commit()
+        assert someone_else_can_take_it()
+        assert lock.refresh() is True
+        assert not someone_else_can_take_it()
+    finally:
+        lock.close()
+        assert someone_else_can_take_it()
+        engine.dispose()
 
 
 def test_batch_history_is_bounded_and_ordered(engine: Engine) -> None:
