@@ -6,7 +6,6 @@ Usage::
     python -m bench.performance                      # full sizes (about 12 minutes on 2 CPUs)
     python -m bench.performance --quick              # 100k items for the store and memory figures
     python -m bench.performance --only overhead,store --json figures.json
-    python -m bench.performance --no-proposals       # the code as it is, without the proposals beside it
 
 Figures and targets:
 
@@ -15,16 +14,13 @@ Figures and targets:
    the processor with the same batch sizes. Target: pipeline wall / loop wall <= 1.10. Also
    the median per-stage overhead (stage cycle minus the processor's own time) against
    Prefect's floor, an empty async stage flow plus an empty sync task called the same way
-   (including the pipeline's `_settle` wait). Target: <= 2x the floor. Beside it: the same
-   run with the proposed changes applied from outside (one sync API client for the run's
-   task runs, the store proposal), and with them and no task run per stage.
+   (including the pipeline's `_settle` wait and its one shared API client). Target: <= 2x
+   the floor.
 2. store: 1,000,000 items loaded into the ledger (`load_items` per 5,000, as `_prepare_run`
    does) and 1,000,000 results written (`claim_items` + `record_item_results` per 5,000),
    against raw `sqlite3` `executemany` on the same table. Target: >= 0.5x raw for both.
-   A proposed change of the store is measured beside them (`_proposal_*`).
 3. decision: the scaling task's time with 100 and with 100,000 batches stored (and 1,000,
-   past the 400-batch window the task reads). Target: < 2x. Beside it: the proposed
-   `recent_batches`.
+   past the 400-batch window the task reads). Target: < 2x.
 4. memory: peak resident memory of a process running 1,000,000 JSON Lines items end to end
    through `batch_pipeline`. Target: < 400 MB.
 
@@ -36,7 +32,6 @@ has started the ephemeral server. The exit code is 0 whether targets are met or 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -52,13 +47,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, insert, update
+from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
-from sqlmodel import col, select
 
 from scaling_core import (
-    BatchResult,
     ConfidenceLevel,
     ItemResult,
     ItemSource,
@@ -266,9 +259,6 @@ class _ClientTrouble:
 
 def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child process
     import asyncio
-    from contextlib import ExitStack
-    from types import SimpleNamespace
-    from unittest import mock
 
     from prefect import flow, task
     from prefect.context import SyncClientContext
@@ -294,101 +284,40 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
     @flow(name="floor-pipeline", validate_parameters=True)
     async def floor_pipeline(cycles: int) -> None:
         # The pipeline's loop without its work: await an async stage subflow, call the sync
-        # scaling task, wait for its record (`_settle`), again.
+        # scaling task, wait for its record (`_settle`), again; with one sync API client for
+        # the whole loop, as `batch_pipeline` has.
         size = 1
-        for stage in range(cycles):
-            await floor_stage(batch_size=size)
-            decided = floor_decide(stage=stage, current_batch_size=size, return_state=True)
-            size = await decided.aresult()
-            await _settle(decided.state_details.task_run_id)
+        with SyncClientContext.get_or_create():
+            for stage in range(cycles):
+                await floor_stage(batch_size=size)
+                decided = floor_decide(stage=stage, current_batch_size=size, return_state=True)
+                size = await decided.aresult()
+                await _settle(decided.state_details.task_run_id)
 
     @flow(name="warm-up")
     async def warm_up() -> int:
         return 1
 
-    @flow(name="task-runs")
-    async def task_runs(calls: int) -> list[float]:
-        seconds = []
-        for stage in range(calls):
-            started = time.perf_counter()
-            floor_decide(stage=stage, current_batch_size=1)
-            seconds.append(time.perf_counter() - started)
-        return seconds
-
-    def task_run_costs(rounds: int = 3, calls: int = 10) -> tuple[list[float], list[float]]:
-        # A sync task run in an async flow, with a client of its own (as now) and with one
-        # shared client, taking turns so that noise falls on both alike.
-        own: list[float] = []
-        shared: list[float] = []
-        for _ in range(rounds):
-            own += asyncio.run(task_runs(calls))
-            with SyncClientContext.get_or_create():
-                shared += asyncio.run(task_runs(calls))
-        return own, shared
-
-    def proposals(variant: str) -> ExitStack:
-        # The proposed changes, applied from outside. "proposal": one sync API client shared
-        # by every task run of the flow call (what entering `SyncClientContext` in
-        # `batch_pipeline` does) and the store functions of the store proposal. "lean": that,
-        # and no Prefect task run per stage: the chunk runs as `process_chunk.fn` in a worker
-        # thread and the decision as `decide_next_batch_size.fn` in the parent flow (so there
-        # is no task record to `_settle` on).
-        import flows.pipeline as pipeline_module
-
-        stack = ExitStack()
-        if variant in ("proposal", "lean"):
-            stack.enter_context(SyncClientContext.get_or_create())
-            stack.enter_context(mock.patch.object(store, "load_items", _proposal_load_items))
-            stack.enter_context(mock.patch.object(store, "claim_items", _proposal_claim_items))
-            stack.enter_context(mock.patch.object(store, "record_item_results", _proposal_record_item_results))
-        if variant == "lean":
-            chunk_fn = pipeline_module.process_chunk.fn
-            decide_fn = pipeline_module.decide_next_batch_size.fn
-
-            class _InThread:
-                def __init__(self, *args: Any) -> None:
-                    self.args = args
-
-                def result(self) -> Any:  # awaited through asyncio.to_thread by the stage
-                    return chunk_fn(*self.args)
-
-            class _Decided:
-                def __init__(self, size: int) -> None:
-                    self.size = size
-                    self.state_details = SimpleNamespace(task_run_id=None)
-
-                async def aresult(self) -> int:
-                    return self.size
-
-            def decide(*, return_state: bool = False, **parameters: Any) -> _Decided:
-                return _Decided(decide_fn(**parameters))
-
-            stack.enter_context(mock.patch.object(pipeline_module, "process_chunk", SimpleNamespace(submit=_InThread)))
-            stack.enter_context(mock.patch.object(pipeline_module, "decide_next_batch_size", decide))
-        return stack
-
-    def floor(cycles: int, *, shared_client: bool = False) -> list[float]:
+    def floor(cycles: int) -> list[float]:
         marks.clear()
-        with SyncClientContext.get_or_create() if shared_client else ExitStack():
-            asyncio.run(floor_pipeline(cycles))
+        asyncio.run(floor_pipeline(cycles))
         return [b - a for a, b in zip(marks, marks[1:])]
 
-    def run(job: dict[str, Any], pipeline: str, *, variant: str = "current") -> dict[str, Any]:
+    def run(job: dict[str, Any]) -> dict[str, Any]:
         url = default_database_url()
         _perf_processors.reset()
         trouble.clear()
         rss_before = _vm_kib("VmRSS")
-        with proposals(variant):
-            t0 = time.perf_counter()
-            summary = asyncio.run(
-                batch_pipeline(
-                    source=ItemSource(path=Path(job["source"])),
-                    processor=job["processor"],
-                    pipeline=pipeline,
-                    scaling=ScalingConfig(**job.get("scaling", {})),
-                )
+        t0 = time.perf_counter()
+        summary = asyncio.run(
+            batch_pipeline(
+                source=ItemSource(path=Path(job["source"])),
+                processor=job["processor"],
+                pipeline=job["pipeline"],
+                scaling=ScalingConfig(**job.get("scaling", {})),
             )
-            wall = time.perf_counter() - t0
+        )
+        wall = time.perf_counter() - t0
         engine = store.make_engine(url)
         try:
             rows = stage_rows(engine, summary.run_id)
@@ -416,19 +345,10 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
     asyncio.run(warm_up())  # starts the ephemeral server: not part of any figure
     results: list[dict[str, Any]] = [{"server_start_seconds": time.perf_counter() - started}]
     for job in spec["jobs"]:
-        result = run(job, job["pipeline"])
+        result = run(job)
         result["kind"] = job["kind"]
         if job["kind"] == "overhead":
-            cycles = max(len(result["stage_items"]), job.get("floor_min_cycles", 10))
-            result["floor_cycles"] = floor(cycles)
-            if job.get("proposal"):
-                result["proposal"] = run(job, job["pipeline"] + "-proposal", variant="proposal")
-                result["floor_shared_cycles"] = floor(cycles, shared_client=True)
-                result["task_run_own_client"], result["task_run_shared_client"] = task_run_costs(
-                    calls=job.get("floor_min_cycles", 10)
-                )
-            if job.get("lean"):
-                result["lean"] = run(job, job["pipeline"] + "-lean", variant="lean")
+            result["floor_cycles"] = floor(max(len(result["stage_items"]), job.get("floor_min_cycles", 10)))
         results.append(result)
     results[0]["server_peak_rss_kib"] = _children_peak_kib()
     Path(spec["out"]).write_text(json.dumps(results), encoding="utf-8")
@@ -480,16 +400,6 @@ class OverheadFigures:
     median_floor: float
     """Median cycle of an empty async stage flow + an empty sync task + `_settle`."""
     server_start_seconds: float
-    proposal: PipelineTiming | None = None
-    """The same run with the proposed changes (shared sync client, store proposal) applied."""
-    median_floor_shared_client: float | None = None
-    """The floor with one sync API client shared by its task runs."""
-    lean: PipelineTiming | None = None
-    """The proposal without a Prefect task run per stage (chunk and decision as plain calls)."""
-    task_run_own_client: float | None = None
-    """Median of an empty sync task run in an async flow that opens its own API client (as now)."""
-    task_run_shared_client: float | None = None
-    """The same with one sync API client shared by the task runs."""
 
     @property
     def wall_ratio(self) -> float:
@@ -512,7 +422,7 @@ class OverheadFigures:
         now = self.current
         wall_ok = self.wall_ratio <= Targets.MAX_WALL_RATIO
         floor_ok = self.overhead_over_floor <= Targets.MAX_OVERHEAD_OVER_FLOOR
-        lines = [
+        return [
             f"{self.items} items, processor sleeping 1.0 s a call, default scaling: {now.stages} stages "
             f"(ephemeral server start {self.server_start_seconds:.1f} s, not counted)",
             f"pipeline wall {now.pipeline_wall:.2f} s (its stage loop {now.stage_loop_seconds:.2f} s), "
@@ -522,53 +432,22 @@ class OverheadFigures:
             f"median {_ms(now.median_stage_overhead)}, mean {_ms(now.mean_stage_overhead)}; "
             f"inside the stage body: median {_ms(now.median_in_stage)}",
             f"Prefect floor, measured the same way (an async parent flow awaiting an empty async subflow, "
-            f"then calling an empty sync task and the pipeline's own _settle wait, as the pipeline does): "
+            f"then calling an empty sync task and the pipeline's own _settle wait, with one shared API "
+            f"client, as the pipeline does): "
             f"median {_ms(self.median_floor)}",
             f"stage overhead / floor = {self.overhead_over_floor:.2f} "
             f"(target <= {Targets.MAX_OVERHEAD_OVER_FLOOR:.1f}): {_verdict(floor_ok)}",
             f"a pipeline whose stages cost exactly the floor would reach pipeline / loop = "
             f"{self.floor_wall_ratio:.3f} with {now.stages} stages",
         ]
-        if self.proposal is not None:
-            new = self.proposal
-            lines += [
-                f"PROPOSAL (shared sync API client in batch_pipeline + store proposal): {new.stages} stages, "
-                f"pipeline {new.pipeline_wall:.2f} s, loop {new.loop_wall:.2f} s, "
-                f"pipeline / loop = {new.wall_ratio:.3f}: {_verdict(new.wall_ratio <= Targets.MAX_WALL_RATIO)}; "
-                f"stage overhead median {_ms(new.median_stage_overhead)} "
-                f"(inside the stage body {_ms(new.median_in_stage)}){new.back_off_note()}",
-            ]
-            if self.task_run_own_client is not None and self.task_run_shared_client is not None:
-                lines.append(
-                    f"one sync task run in an async flow (the pipeline makes two per stage): "
-                    f"{_ms(self.task_run_own_client)} with an API client of its own (now), "
-                    f"{_ms(self.task_run_shared_client)} with a shared one"
-                )
-            if self.median_floor_shared_client is not None:
-                lines.append(
-                    f"floor with a shared sync API client: median {_ms(self.median_floor_shared_client)}; "
-                    f"proposal overhead / floor as specified = "
-                    f"{new.median_stage_overhead / self.median_floor:.2f}"
-                )
-        if self.lean is not None:
-            lean = self.lean
-            lines.append(
-                f"PROPOSAL without per-stage task runs (chunk and decision as plain calls, no _settle): "
-                f"pipeline {lean.pipeline_wall:.2f} s, loop {lean.loop_wall:.2f} s, pipeline / loop = "
-                f"{lean.wall_ratio:.3f}: {_verdict(lean.wall_ratio <= Targets.MAX_WALL_RATIO)}; "
-                f"stage overhead median {_ms(lean.median_stage_overhead)}{lean.back_off_note()}"
-            )
-        return lines
 
 
-def _overhead_job(source: Path, processor: str, *, proposal: bool, floor_min_cycles: int = 10) -> dict[str, Any]:
+def _overhead_job(source: Path, processor: str, *, floor_min_cycles: int = 10) -> dict[str, Any]:
     return {
         "kind": "overhead",
         "source": str(source),
         "processor": processor,
         "pipeline": "perf-overhead",
-        "proposal": proposal,
-        "lean": proposal,
         "floor_min_cycles": floor_min_cycles,
     }
 
@@ -631,45 +510,21 @@ def _pipeline_timing(raw: dict[str, Any], loop_wall: float) -> PipelineTiming:
 
 
 def _overhead_figures(raw: dict[str, Any], processor: str, source: Path, server_start: float) -> OverheadFigures:
-    sizes = raw["stage_items"]
-    loop_wall = _plain_loop(processor, source, sizes)
-
-    def variant(name: str) -> PipelineTiming | None:
-        if name not in raw:
-            return None
-        other_sizes = raw[name]["stage_items"]
-        # The loop is the processor's time alone: rerun it only when the sizes differ.
-        other_loop = loop_wall if other_sizes == sizes else _plain_loop(processor, source, other_sizes)
-        return _pipeline_timing(raw[name], other_loop)
-
-    shared = raw.get("floor_shared_cycles")
-    own_client, shared_client = raw.get("task_run_own_client"), raw.get("task_run_shared_client")
     return OverheadFigures(
         items=raw["items"],
-        current=_pipeline_timing(raw, loop_wall),
+        current=_pipeline_timing(raw, _plain_loop(processor, source, raw["stage_items"])),
         median_floor=statistics.median(raw["floor_cycles"]),
         server_start_seconds=server_start,
-        proposal=variant("proposal"),
-        median_floor_shared_client=statistics.median(shared) if shared else None,
-        lean=variant("lean"),
-        task_run_own_client=statistics.median(own_client) if own_client else None,
-        task_run_shared_client=statistics.median(shared_client) if shared_client else None,
     )
 
 
-def measure_overhead(
-    items: int = 5_000, processor: str = SLEEP_ONE_SECOND, *, proposal: bool = True
-) -> OverheadFigures:
-    """Run figure 1: `items` items through the pipeline and through a plain loop.
-
-    With `proposal`, the pipeline runs again with the proposed changes applied, and a third
-    time with them and without per-stage task runs.
-    """
+def measure_overhead(items: int = 5_000, processor: str = SLEEP_ONE_SECOND) -> OverheadFigures:
+    """Run figure 1: `items` items through the pipeline and through a plain loop."""
     with tempfile.TemporaryDirectory(prefix="batchpilot-perf-") as tmp:
         work = Path(tmp)
         source = work / "items.jsonl"
         write_jsonl_source(source, items)
-        (head, raw), _ = _run_child([_overhead_job(source, processor, proposal=proposal)], work / "child")
+        (head, raw), _ = _run_child([_overhead_job(source, processor)], work / "child")
         return _overhead_figures(raw, processor, source, head["server_start_seconds"])
 
 
@@ -734,7 +589,6 @@ def measure_overhead_and_memory(
     memory_items: int,
     processor: str = SLEEP_ONE_SECOND,
     *,
-    proposal: bool = True,
     floor_min_cycles: int = 10,
 ) -> tuple[OverheadFigures, MemoryFigures]:
     """Figures 1 and 4 in one child process (one server start): for quick checks only, as
@@ -745,7 +599,7 @@ def measure_overhead_and_memory(
         memory_source = write_jsonl_source(work / "memory.jsonl", memory_items).path
         (head, overhead_raw, memory_raw), _ = _run_child(
             [
-                _overhead_job(overhead_source, processor, proposal=proposal, floor_min_cycles=floor_min_cycles),
+                _overhead_job(overhead_source, processor, floor_min_cycles=floor_min_cycles),
                 _memory_job(memory_source, memory_items),
             ],
             work / "child",
@@ -771,12 +625,11 @@ class StoreRates:
 
 @dataclass(frozen=True)
 class StoreFigures:
-    """The store's ledger writes against raw `sqlite3` on the same table, and the proposal."""
+    """The store's ledger writes against raw `sqlite3` on the same table."""
 
     items: int
     store: StoreRates
     raw: StoreRates
-    proposal: StoreRates | None = None
 
     @property
     def load_ratio(self) -> float:
@@ -799,21 +652,13 @@ class StoreFigures:
                 f"(claim {rates.claim_seconds:.1f} s + record {rates.record_seconds:.1f} s)"
             )
 
-        lines = [
+        return [
             f"{self.items:,} items, {CHUNK:,} per transaction, SQLite file (WAL, synchronous=NORMAL) in a temp dir",
             row("store", self.store),
             row("raw sqlite3", self.raw),
             f"store / raw: load {self.load_ratio:.2f}x, results {self.results_ratio:.2f}x "
             f"(target >= {target}x for both): {_verdict(self.met)}",
         ]
-        if self.proposal is not None:
-            load, results = self.proposal.load / self.raw.load, self.proposal.results / self.raw.results
-            lines += [
-                row("PROPOSAL (store.py)", self.proposal),
-                f"proposal / raw: load {load:.2f}x, results {results:.2f}x: "
-                f"{_verdict(min(load, results) >= target)}",
-            ]
-        return lines
 
 
 def _ledger_rows(start: int, count: int) -> list[tuple[int, str, dict[str, Any]]]:
@@ -877,13 +722,10 @@ class _LedgerWriter:
 
 
 class _StoreWriter(_LedgerWriter):
-    """Through the store's functions (or copies of them), as the pipeline calls them."""
+    """Through the store's functions, as the pipeline calls them."""
 
-    def __init__(
-        self, path: Path, load_items: LoadItems, claim_items: ClaimItems, record_item_results: RecordResults
-    ) -> None:
+    def __init__(self, path: Path) -> None:
         super().__init__()
-        self.load_items, self.claim_items, self.record_item_results = load_items, claim_items, record_item_results
         self.engine = store.make_engine(f"sqlite:///{path}")
         store.create_schema(self.engine)
         # One session for the whole load, as flows.pipeline._prepare_run holds.
@@ -894,7 +736,7 @@ class _StoreWriter(_LedgerWriter):
 
     def load(self, rows: list[tuple[int, str, dict[str, Any]]]) -> None:
         with self.load_timer:  # one bulk statement and a commit per chunk
-            self.load_items(self.load_session, self.run_id, rows)
+            store.load_items(self.load_session, self.run_id, rows)
             self.load_session.commit()
         self.loaded += len(rows)
 
@@ -902,14 +744,16 @@ class _StoreWriter(_LedgerWriter):
         self.batches += 1
         with store.open_session(self.engine) as session:
             with self.claim_timer:  # as BatchManager.next_batch: the claim is committed on its own
-                claimed = self.claim_items(session, self.run_id, size, batch_id=self.batches, worker="bench")
+                claimed = store.claim_items(session, self.run_id, size, batch_id=self.batches, worker="bench")
                 session.commit()
             if not claimed:
                 raise RuntimeError(f"nothing left to claim after {self.written} results")
             attempts = {row.item_id: row.attempts for row in claimed}
             results = _results_for([row.item_id for row in claimed])
             with self.record_timer:  # as BatchManager.complete_batch: every result in one transaction
-                self.record_item_results(session, self.run_id, results, attempts_before=attempts, max_attempts=3)
+                store.record_item_results(
+                    session, self.run_id, results, batch_id=self.batches, attempts_before=attempts, max_attempts=3
+                )
                 session.commit()
         self.written += len(results)
 
@@ -944,7 +788,7 @@ _RAW_CLAIM = (
 )
 _RAW_RESULT = (
     "UPDATE ledger_item SET output = ?, confidence = ?, level = ?, error = ?, attempts = ?, "
-    "claimed_by = NULL, status = ? WHERE run_id = ? AND item_id = ?"
+    "claimed_by = NULL, status = ? WHERE run_id = ? AND item_id = ? AND batch_id = ? AND status IN (?, ?)"
 )
 
 
@@ -1007,7 +851,8 @@ class _RawWriter(_LedgerWriter):
                     status = (store.ItemStatus.PENDING if attempts < 3 else store.ItemStatus.FAILED).name
                 updates.append(
                     (json.dumps(result.output), result.confidence, (result.level or ConfidenceLevel.LOW).value,
-                     result.error, attempts, status, run_id, result.item_id)
+                     result.error, attempts, status, run_id, result.item_id, self.batches, self.PROCESSING,
+                     self.PENDING)
                 )
             self.connection.executemany(_RAW_RESULT, updates)
             self.connection.commit()
@@ -1017,196 +862,15 @@ class _RawWriter(_LedgerWriter):
         self.connection.close()
 
 
-# PROPOSAL for scaling_core/store.py, measured here on copies of the three functions.
-# The store's own versions spend most of their time in SQLAlchemy's ORM layer, per row:
-# `claim_items` builds a `LedgerItem` table model for every claimed row (SQLModel's table
-# constructor runs defaults and instrumented setattr for all 13 fields, about 90% of the
-# claim), and `load_items` / `record_item_results` go through the ORM bulk INSERT / UPDATE
-# paths, which collect and re-key each row's parameters. The copies below run the same
-# statements on the Core `Table` (plain executemany, the same JSON serializer and enum
-# storage, any dialect) and hand back light rows with the same attributes.
+def measure_store(items: int = 1_000_000) -> StoreFigures:
+    """Run figure 2: the store's ledger writes and raw sqlite3's, on temp files.
 
-
-@dataclass(frozen=True, slots=True)
-class _ClaimedItem:
-    """A claimed ledger row: what `BatchManager.next_batch` reads of it."""
-
-    item_id: str
-    seq: int
-    payload: dict[str, Any]
-    attempts: int
-
-
-_LEDGER = store.LedgerItem.__table__  # type: ignore[attr-defined]
-
-
-def _proposal_load_items(session: Any, run_id: str, rows: Any) -> int:
-    values = [
-        {
-            "run_id": run_id,
-            "item_id": item_id,
-            "seq": seq,
-            "status": store.ItemStatus.PENDING,
-            "attempts": 0,
-            "payload": payload,
-        }
-        for seq, item_id, payload in rows
-    ]
-    if not values:
-        return 0
-    session.execute(_proposal_insert_ignoring_conflicts(session), values)
-    return len(values)
-
-
-def _proposal_insert_ignoring_conflicts(session: Any) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(_LEDGER).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        return sqlite_insert(_LEDGER).on_conflict_do_nothing()
-    raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")
-
-
-def _proposal_claim_items(session: Any, run_id: str, limit: int, *, batch_id: int, worker: str) -> list[_ClaimedItem]:
-    if limit <= 0:
-        return []
-    LedgerItem, ItemStatus = store.LedgerItem, store.ItemStatus
-    candidates = (
-        select(LedgerItem.item_id)
-        .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PENDING)
-        .order_by(col(LedgerItem.seq))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("claimable")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    statement = (
-        update(LedgerItem)
-        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id) == candidates.c.item_id)
-        .values(status=ItemStatus.PROCESSING, batch_id=batch_id, claimed_by=worker, claimed_at=datetime.now(UTC))
-        .returning(LedgerItem.item_id, LedgerItem.seq, LedgerItem.payload, LedgerItem.attempts)
-    )
-    rows = session.execute(statement, execution_options={"synchronize_session": False}).all()
-    items = [_ClaimedItem(row[0], row[1], row[2], row[3]) for row in rows]
-    items.sort(key=lambda item: item.seq)
-    return items
-
-
-_PROPOSAL_RESULT_UPDATE = (
-    update(_LEDGER)
-    .where(_LEDGER.c.run_id == bindparam("key_run_id"), _LEDGER.c.item_id == bindparam("key_item_id"))
-    .values(
-        output=bindparam("output"),
-        confidence=bindparam("confidence"),
-        level=bindparam("level"),
-        error=bindparam("error"),
-        attempts=bindparam("attempts"),
-        claimed_by=None,
-        status=bindparam("status"),
-    )
-)
-
-
-def _proposal_record_item_results(
-    session: Any, run_id: str, results: Sequence[ItemResult], *, attempts_before: dict[str, int], max_attempts: int
-) -> None:
-    ItemStatus = store.ItemStatus
-    rows: list[dict[str, Any]] = []
-    for result in results:
-        attempts = attempts_before.get(result.item_id, 0) + (0 if result.success else 1)
-        if result.success:
-            status = ItemStatus.DONE
-        else:
-            status = ItemStatus.PENDING if attempts < max_attempts else ItemStatus.FAILED
-        rows.append(
-            {
-                "key_run_id": run_id,
-                "key_item_id": result.item_id,
-                "output": result.output,
-                "confidence": result.confidence,
-                "level": (result.level or ConfidenceLevel.LOW).value,
-                "error": result.error,
-                "attempts": attempts,
-                "status": status,
-            }
-        )
-    if rows:
-        session.execute(_PROPOSAL_RESULT_UPDATE, rows)
-
-
-# PROPOSAL for scaling_core/store.py `recent_batches`, measured by the decision figure: read
-# only the columns a `BatchResult` needs instead of whole `BatchRecord` entities. Loading an
-# entity builds an instrumented SQLModel object and parses two timestamps per row, about half
-# of the read of the 400-batch window (`ScalingManager.FAILURE_WINDOW`) the task asks for.
-
-
-def _proposal_recent_batches(session: Any, pipeline: str, limit: int) -> list[BatchResult]:
-    record = store.BatchRecord
-    rows = session.execute(
-        select(
-            record.id,
-            record.batch_size,
-            record.total_items,
-            record.successful_items,
-            record.failed_items,
-            record.high,
-            record.medium,
-            record.low,
-            record.seconds,
-            record.status,
-            record.error,
-        )
-        .where(
-            record.pipeline == pipeline,
-            col(record.status).in_([store.BatchStatus.COMPLETED, store.BatchStatus.FAILED_WHOLE]),
-        )
-        .order_by(col(record.id).desc())
-        .limit(limit)
-    ).all()
-    results = []
-    for batch_id, batch_size, total, successful, failed, high, medium, low, seconds, status, error in reversed(rows):
-        failed_whole = status == store.BatchStatus.FAILED_WHOLE
-        distribution = {ConfidenceLevel.HIGH: high, ConfidenceLevel.MEDIUM: medium, ConfidenceLevel.LOW: low}
-        if failed_whole and high + medium + low == 0:
-            distribution = {ConfidenceLevel.LOW: total}
-        results.append(
-            BatchResult(
-                batch_id=str(batch_id),
-                batch_size=batch_size,
-                total_items=total,
-                successful_items=successful,
-                failed_items=failed,
-                processing_time=seconds,
-                confidence_distribution=distribution,
-                failed_whole=failed_whole,
-                error=error,
-            )
-        )
-    return results
-
-
-def measure_store(items: int = 1_000_000, *, proposal: bool = True) -> StoreFigures:
-    """Run figure 2: the store's ledger writes, raw sqlite3's and the proposal's, on temp files.
-
-    The ways take turns chunk by chunk and batch by batch, so that a noisy neighbour slows
+    The two take turns chunk by chunk and batch by batch, so that a noisy neighbour slows
     them alike and their ratios hold.
     """
     with tempfile.TemporaryDirectory(prefix="batchpilot-perf-store-") as tmp:
         work = Path(tmp)
-        writers: list[_LedgerWriter] = [
-            _StoreWriter(work / "store.db", store.load_items, store.claim_items, store.record_item_results),
-            _RawWriter(work / "raw.db"),
-        ]
-        if proposal:
-            writers.append(
-                _StoreWriter(
-                    work / "proposal.db", _proposal_load_items, _proposal_claim_items, _proposal_record_item_results
-                )
-            )
+        writers: list[_LedgerWriter] = [_StoreWriter(work / "store.db"), _RawWriter(work / "raw.db")]
         try:
             for start in range(0, items, CHUNK):
                 rows = _ledger_rows(start, min(CHUNK, items - start))
@@ -1219,7 +883,7 @@ def measure_store(items: int = 1_000_000, *, proposal: bool = True) -> StoreFigu
         finally:
             for writer in writers:
                 writer.close()
-    return StoreFigures(items=items, store=rates[0], raw=rates[1], proposal=rates[2] if proposal else None)
+    return StoreFigures(items=items, store=rates[0], raw=rates[1])
 
 
 # -- 3. decision cost -----------------------------------------------------------------------------
@@ -1231,16 +895,13 @@ class DecisionFigures:
 
     `seconds[i]` is the median time of `decide_next_batch_size.fn` with `counts[i]` batches
     stored; `reads[i]` the median of its history read alone (`PipelineStore.recent_batches`
-    of `ScalingManager.FAILURE_WINDOW` batches). The `proposal_*` lists are the same with the
-    proposed `recent_batches` patched in.
+    of `ScalingManager.FAILURE_WINDOW` batches).
     """
 
     counts: tuple[int, ...]
     calls: int
     seconds: tuple[float, ...]
     reads: tuple[float, ...]
-    proposal_seconds: tuple[float, ...] = ()
-    proposal_reads: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -1248,31 +909,19 @@ class DecisionFigures:
         return self.seconds[-1] / self.seconds[0]
 
     @property
-    def proposal_ratio(self) -> float:
-        return self.proposal_seconds[-1] / self.proposal_seconds[0] if self.proposal_seconds else math.nan
-
-    @property
     def met(self) -> bool:
         return self.ratio < Targets.MAX_DECISION_RATIO
 
     def lines(self) -> list[str]:
-        target = Targets.MAX_DECISION_RATIO
-        lines = [f"decide_next_batch_size.fn (the task's plain function), median of {self.calls} interleaved calls:"]
-        for i, count in enumerate(self.counts):
-            line = f"{count:>9,} batches stored: {_ms(self.seconds[i])} (history read {_ms(self.reads[i])})"
-            if self.proposal_seconds:
-                line += f"; PROPOSAL {_ms(self.proposal_seconds[i])} (read {_ms(self.proposal_reads[i])})"
-            lines.append(line)
-        lines.append(
-            f"{self.counts[-1]:,} / {self.counts[0]:,} batches: ratio {self.ratio:.2f} (target < {target:.0f}): "
-            f"{_verdict(self.met)}"
-        )
-        if self.proposal_seconds:
-            lines.append(
-                f"with the proposed recent_batches: ratio {self.proposal_ratio:.2f}: "
-                f"{_verdict(self.proposal_ratio < target)}"
-            )
-        return lines
+        return [
+            f"decide_next_batch_size.fn (the task's plain function), median of {self.calls} interleaved calls:",
+            *(
+                f"{count:>9,} batches stored: {_ms(seconds)} (history read {_ms(read)})"
+                for count, seconds, read in zip(self.counts, self.seconds, self.reads)
+            ),
+            f"{self.counts[-1]:,} / {self.counts[0]:,} batches: ratio {self.ratio:.2f} "
+            f"(target < {Targets.MAX_DECISION_RATIO:.0f}): {_verdict(self.met)}",
+        ]
 
 
 def _store_batches(engine: Engine, count: int) -> tuple[str, str]:
@@ -1311,16 +960,12 @@ def _store_batches(engine: Engine, count: int) -> tuple[str, str]:
     return run_id, pipeline
 
 
-def measure_decision(
-    counts: Sequence[int] = (100, 1_000, 100_000), calls: int = 30, *, proposal: bool = True
-) -> DecisionFigures:
+def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int = 30) -> DecisionFigures:
     """Run figure 3: the scaling task's plain function on stores holding `counts` batches.
 
     Imports `flows.pipeline` (and so prefect) in this process; no server is needed, and the
     task's log line goes to a disabled logger.
     """
-    from unittest import mock
-
     from prefect.logging import disable_run_logger
     from pydantic import SecretStr
 
@@ -1328,7 +973,6 @@ def measure_decision(
 
     scaling = ScalingConfig()
     window = ScalingManager.FAILURE_WINDOW
-    variants = [False, True] if proposal else [False]
     with tempfile.TemporaryDirectory(prefix="batchpilot-perf-decision-") as tmp:
         cases = []
         for count in counts:
@@ -1338,11 +982,6 @@ def measure_decision(
             run_id, pipeline = _store_batches(engine, count)
             engine.dispose()
             cases.append((url, run_id, pipeline, count))
-
-        def patched(use_proposal: bool) -> Any:
-            if use_proposal:
-                return mock.patch.object(store, "recent_batches", _proposal_recent_batches)
-            return contextlib.nullcontext()
 
         def decide(url: str, run_id: str, pipeline: str, count: int) -> float:
             started = time.perf_counter()
@@ -1361,20 +1000,18 @@ def measure_decision(
             bound.recent_batches(window)
             return time.perf_counter() - started
 
-        timings: dict[tuple[bool, int], list[float]] = {(v, case[3]): [] for v in variants for case in cases}
-        read_timings: dict[tuple[bool, int], list[float]] = {key: [] for key in timings}
+        timings: dict[int, list[float]] = {count: [] for *_, count in cases}
+        read_timings: dict[int, list[float]] = {count: [] for *_, count in cases}
         engines = {case[3]: store.make_engine(case[0]) for case in cases}
         try:
             with disable_run_logger():
                 for case in cases:
                     decide(*case)  # the task's engine (cached per URL) and schema check
                 for _ in range(calls):  # interleaved, so that noise falls on every case alike
-                    for use_proposal in variants:
-                        with patched(use_proposal):
-                            for url, run_id, pipeline, count in cases:
-                                timings[(use_proposal, count)].append(decide(url, run_id, pipeline, count))
-                                bound = store.PipelineStore(engines[count], pipeline=pipeline, run_id=run_id)
-                                read_timings[(use_proposal, count)].append(read(bound))
+                    for url, run_id, pipeline, count in cases:
+                        timings[count].append(decide(url, run_id, pipeline, count))
+                        bound = store.PipelineStore(engines[count], pipeline=pipeline, run_id=run_id)
+                        read_timings[count].append(read(bound))
         finally:
             for engine in engines.values():
                 engine.dispose()
@@ -1383,17 +1020,10 @@ def measure_decision(
             for url, *_ in cases:
                 _engine(url).dispose()  # the task's cached engines: close their files before the temp dir goes
 
-    def medians(table: dict[tuple[bool, int], list[float]], use_proposal: bool) -> tuple[float, ...]:
-        return tuple(statistics.median(table[(use_proposal, count)]) for count in counts)
+    def medians(table: dict[int, list[float]]) -> tuple[float, ...]:
+        return tuple(statistics.median(table[count]) for count in counts)
 
-    return DecisionFigures(
-        counts=tuple(counts),
-        calls=calls,
-        seconds=medians(timings, False),
-        reads=medians(read_timings, False),
-        proposal_seconds=medians(timings, True) if proposal else (),
-        proposal_reads=medians(read_timings, True) if proposal else (),
-    )
+    return DecisionFigures(counts=tuple(counts), calls=calls, seconds=medians(timings), reads=medians(read_timings))
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -1406,11 +1036,6 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="100k items for the store and memory figures")
     parser.add_argument(
         "--only", default=",".join(FIGURES), help=f"comma-separated figures to run, of {', '.join(FIGURES)}"
-    )
-    parser.add_argument(
-        "--no-proposals",
-        action="store_true",
-        help="measure the code as it is only, not the proposed changes beside it (shorter)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -1465,11 +1090,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ["PREFECT_HOME"] = home
             os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
             os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        proposal = not args.no_proposals
         runners: dict[str, tuple[str, Callable[[], Any]]] = {
-            "overhead": ("1. orchestration overhead", lambda: measure_overhead(5_000, proposal=proposal)),
-            "store": ("2. store throughput", lambda: measure_store(big, proposal=proposal)),
-            "decision": ("3. decision cost", lambda: measure_decision((100, 1_000, 100_000), proposal=proposal)),
+            "overhead": ("1. orchestration overhead", lambda: measure_overhead(5_000)),
+            "store": ("2. store throughput", lambda: measure_store(big)),
+            "decision": ("3. decision cost", lambda: measure_decision((100, 1_000, 100_000))),
             "memory": ("4. memory", lambda: measure_memory(big)),
         }
         for name in args.figures:
