@@ -35,6 +35,7 @@ from prefect.artifacts import (
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.context import SyncClientContext
 from prefect.exceptions import ObjectNotFound
 from prefect.futures import PrefectFuture
@@ -74,6 +75,8 @@ STAGE_RETRIES = 2
 """Retries of a stage whose store failed (a processor failure is not retried this way)."""
 STAGE_RETRY_DELAY = 5
 """Seconds before a retry: a database that restarts takes a few seconds."""
+PROGRESS_INTERVAL = 2.0
+"""Seconds at least between two updates of a run's progress artifact."""
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -107,7 +110,8 @@ def _url(database_url: SecretStr | str | None) -> str:
     return database_url.get_secret_value() if isinstance(database_url, SecretStr) else database_url
 
 
-@task(name="process-chunk", task_run_name="process-{size}-items")
+# Never a cached answer: a processor's results come from calling it (an LLM, a service).
+@task(name="process-chunk", task_run_name="process-{size}-items", cache_policy=NO_CACHE)
 def process_chunk(
     processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
 ) -> list[dict[str, Any]]:
@@ -257,6 +261,7 @@ async def _process_stage(
 @task(
     name="decide-next-batch-size",
     task_run_name="decide-after-stage-{stage}",
+    cache_policy=NO_CACHE,  # the answer depends on the store, not on the arguments
     retries=STAGE_RETRIES,
     retry_delay_seconds=STAGE_RETRY_DELAY,
 )
@@ -399,6 +404,7 @@ async def _run_stages(
     with store.open_session(engine) as session:
         counts = store.count_items(session, run.run_id)
     finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
+    progress_shown = time.monotonic()
     while True:
         _keep_alive(alive)
         with store.open_session(engine) as session:
@@ -442,9 +448,13 @@ async def _run_stages(
         size = await decided.aresult()
         await _settle(decided.state_details.task_run_id)
         # Progress from the stages' own counts: counting the ledger after every stage would
-        # scan millions of rows per stage.
+        # scan millions of rows per stage. An API call each: at most one per interval (the
+        # run's end sets 100 %).
         finished += stage.successful
-        await aupdate_progress_artifact(progress_id, progress=min(100.0, 100.0 * finished / max(run.item_count, 1)))
+        if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
+            progress = min(100.0, 100.0 * finished / max(run.item_count, 1))
+            await aupdate_progress_artifact(progress_id, progress=progress)
+            progress_shown = time.monotonic()
 
     return stages
 
