@@ -128,7 +128,7 @@ class BatchManager:
             error=error,
         )
         with store.open_session(self.engine) as session:
-            store.release_items(session, self.run_id, [item.id for item in batch.items], batch_id=batch.batch_id)
+            store.release_items(session, self.run_id, batch_id=batch.batch_id)
             record = session.get(store.BatchRecord, batch.batch_id)
             assert record is not None
             store.close_batch(session, record, summary)

@@ -495,17 +495,15 @@ def record_item_results(
         session.execute(_RESULT_UPDATE, rows)
 
 
-def release_items(session: Session, run_id: str, item_ids: Sequence[str], *, batch_id: int) -> None:
-    """Return `batch_id`'s claimed items to pending (the batch failed whole). The caller commits.
+def release_items(session: Session, run_id: str, *, batch_id: int) -> None:
+    """Return the items `batch_id` still holds to pending (the batch failed whole). The caller commits.
 
     Items whose claim has since passed to another batch are left to it.
     """
-    if not item_ids:
-        return
     session.execute(
         update(LedgerItem)
-        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id).in_(list(item_ids)))
-        .where(col(LedgerItem.status) == ItemStatus.PROCESSING, col(LedgerItem.batch_id) == batch_id)
+        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.batch_id) == batch_id)
+        .where(col(LedgerItem.status) == ItemStatus.PROCESSING)
         .values(status=ItemStatus.PENDING, claimed_by=None, claimed_at=None),
         execution_options={"synchronize_session": False},
     )

@@ -137,7 +137,7 @@ def test_a_late_result_never_overwrites_a_claim_another_batch_holds(engine: Engi
         session.commit()
         # Batch 1 answers late, then fails whole: neither touches batch 2's items.
         store.record_item_results(session, run_id, done, batch_id=1, attempts_before={}, max_attempts=3)
-        store.release_items(session, run_id, ["item-0", "item-1"], batch_id=1)
+        store.release_items(session, run_id, batch_id=1)
         session.commit()
         rows = {row.item_id: row for row in session.exec(store.select(store.LedgerItem)).all()}
     assert [(rows[i].status, rows[i].batch_id, rows[i].output) for i in ("item-0", "item-1")] == [
