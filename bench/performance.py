@@ -895,7 +895,7 @@ class DecisionFigures:
 
     `seconds[i]` is the median time of `decide_next_batch_size.fn` with `counts[i]` batches
     stored; `reads[i]` the median of its history read alone (`PipelineStore.recent_batches`
-    of `ScalingManager.FAILURE_WINDOW` batches).
+    of `ScalingManager.HISTORY` batches).
     """
 
     counts: tuple[int, ...]
@@ -972,7 +972,7 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
     from flows.pipeline import decide_next_batch_size
 
     scaling = ScalingConfig()
-    window = ScalingManager.FAILURE_WINDOW
+    window = ScalingManager.HISTORY
     with tempfile.TemporaryDirectory(prefix="batchpilot-perf-decision-") as tmp:
         cases = []
         for count in counts:

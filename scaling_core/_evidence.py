@@ -7,6 +7,7 @@ of math can be read and tested on its own.
 from __future__ import annotations
 
 import math
+import statistics
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,6 +66,13 @@ class CostFit:
             else:
                 high = middle
         return low
+
+    @property
+    def curvature_t(self) -> float:
+        """t statistic of the quadratic term (0.0 without one)."""
+        if not self.quadratic or not self.covariance or self.covariance[2][2] <= 0:
+            return 0.0
+        return self.quadratic * self.scale**2 / math.sqrt(self.covariance[2][2])
 
     def seconds_per_item(self, size: float) -> float:
         return self.seconds(size) / size if size > 0 else math.inf
@@ -176,12 +184,12 @@ class _Solution:
     rss: float
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
+def robust_spread(values: Sequence[float]) -> float:
+    """1.4826 * median |value - median|: the standard deviation of normal data, robust to outliers."""
+    if not values:
+        return 0.0
+    centre = statistics.median(values)
+    return 1.4826 * statistics.median(abs(value - centre) for value in values)
 
 
 def fit_costs(
@@ -232,7 +240,7 @@ def fit_costs(
     for n, t in points:
         expected = fit.seconds(n)
         relative.append((t - expected) / expected if expected > 1e-9 else 0.0)
-    scale = max(1.4826 * _median([abs(r) for r in relative]), 0.01)
+    scale = max(1.4826 * statistics.median(abs(r) for r in relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= outlier_cutoff * scale]
     if min_points <= len(kept) < len(points):
         refit = _fit_once([points[i] for i in kept], curvature_t, [weights[i] for i in kept])
@@ -284,6 +292,15 @@ def _fit_once(
         scale=scale,
         covariance=tuple(tuple(row) for row in covariance),
     )
+
+
+def two_proportion_z(high_a: float, items_a: float, high_b: float, items_b: float) -> float:
+    """z of (share a) - (share b) under the pooled share; 0.0 when either side has no items."""
+    if items_a <= 0 or items_b <= 0:
+        return 0.0
+    pooled = (high_a + high_b) / (items_a + items_b)
+    spread = math.sqrt(max(pooled * (1 - pooled), 1e-9) * (1 / items_a + 1 / items_b))
+    return (high_a / items_a - high_b / items_b) / spread
 
 
 def wilson_bounds(successes: float, trials: float, z: float) -> tuple[float, float]:

@@ -252,7 +252,7 @@ class DynamicScalingController:
 
     def evaluate_and_apply_scaling(self) -> ScalingDecision:
         """Decide on the store's recent history, apply the decision, resize the batch manager."""
-        history = self.progress_tracker.recent_results(ScalingManager.FAILURE_WINDOW)
+        history = self.progress_tracker.recent_results(ScalingManager.HISTORY)
         decision = self.scaling_manager.evaluate_scaling(history)
         self.scaling_manager.apply_scaling_decision(decision)
         self._sync_size()
@@ -262,7 +262,7 @@ class DynamicScalingController:
 
     def force_scaling_evaluation(self) -> dict[str, Any]:
         """Evaluate now, even while scaling is disabled, without applying anything."""
-        history = self.progress_tracker.recent_results(ScalingManager.FAILURE_WINDOW)
+        history = self.progress_tracker.recent_results(ScalingManager.HISTORY)
         performance = self.progress_tracker.get_performance_metrics()
         return {
             "current_batch_size": self.scaling_manager.get_current_batch_size(),

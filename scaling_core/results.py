@@ -47,6 +47,8 @@ class BatchView(NamedTuple):
     seconds: float
     failed: bool
     """True when the batch failed whole (no item came back successful)."""
+    error: str | None = None
+    """Why it failed whole, when it did."""
 
 
 class BatchResult(BaseModel):
@@ -123,6 +125,7 @@ class BatchResult(BaseModel):
             high=self.high_count,
             seconds=self.processing_time,
             failed=self.is_whole_failure,
+            error=self.error,
         )
 
 

@@ -1,0 +1,165 @@
+"""Whole-batch failures, classified by what they say about the batch size.
+
+A batch fails whole when its processor call raises or times out. Such a failure means one
+of three things, and only the first is about size:
+
+- **size**: batches fail above some size and succeed below it (a payload limit, a context
+  window, a timeout that grows with the batch). These failures make a failure ceiling.
+- **transient**: a failure at a size that also succeeds (HTTP 5xx, a flaky network, a
+  timeout now and then). The evidence is a later success at the failed size or above:
+  under a ceiling that size could never succeed. A streak of consecutive failures shares
+  its cause, so one refuted failure makes its whole streak transient.
+- **deterministic**: every call fails whatever the size (a bug, a revoked key, an answer
+  that breaks the processor contract). The evidence is a streak of `DETERMINISTIC_TRIES`
+  failures that reached the minimum size, or spanned a `DETERMINISTIC_SPAN` range of sizes,
+  or all broke the processor contract. The pipeline stops such a run; the manager does not
+  learn a size from it.
+
+`classify_failures` reads the views of a window in order and is a pure function of them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from scaling_core.results import BatchView
+
+CONTRACT_ERROR = "ProcessorContractError"
+"""How a stage records an answer that broke the processor contract (the exception's name)."""
+
+
+class FailureKind(enum.StrEnum):
+    """What a whole-batch failure says about the batch size."""
+
+    SIZE = "size"
+    TRANSIENT = "transient"
+    DETERMINISTIC = "deterministic"
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One whole-batch failure of a window: where it is, its size, and its kind."""
+
+    index: int
+    size: int
+    kind: FailureKind
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureReport:
+    """The failures of a window, classified.
+
+    Attributes:
+        failures: every whole-batch failure, oldest first.
+        start: index from which the size failures and the successes are current. A size
+            that had succeeded and now fails means the ceiling moved down: the successes
+            before that are no evidence of what works now.
+        streak: whole failures at the end of the window, in a row.
+        deterministic: the trailing streak is deterministic.
+    """
+
+    failures: tuple[Failure, ...]
+    start: int
+    streak: int
+    deterministic: bool
+
+    @property
+    def trailing(self) -> tuple[Failure, ...]:
+        """The failures of the trailing streak, oldest first."""
+        return self.failures[len(self.failures) - self.streak :] if self.streak else ()
+
+    def size_failures(self) -> list[Failure]:
+        """The current size failures: those that make a failure ceiling."""
+        return [f for f in self.failures if f.kind is FailureKind.SIZE and f.index >= self.start]
+
+    def count(self, kind: FailureKind) -> int:
+        """How many failures of `kind` the window holds."""
+        return sum(1 for failure in self.failures if failure.kind is kind)
+
+
+class FailureClassifier:
+    """Classifies the whole-batch failures of a window (see the module docstring).
+
+    Args:
+        min_batch_size: the smallest size the manager may choose; a streak that reached it
+            has tried every size there is.
+    """
+
+    SAME_SIZE = 1.03
+    """A success within this ratio below a failed size counts as a success at that size
+    (sizes are rounded, and the end of a dataset trims the last batch)."""
+    DETERMINISTIC_TRIES = 3
+    """Failures in a row before a streak can be called deterministic: two in a row happen to
+    a flaky service (a few percent squared is still seen in a long run), three at falling
+    sizes without one success do not."""
+    DETERMINISTIC_SPAN = 4.0
+    """A streak whose sizes span this ratio tried sizes a quarter of each other (two halvings):
+    a ceiling so far below every size tried is not what such a streak is taken for."""
+
+    def __init__(self, min_batch_size: int) -> None:
+        if min_batch_size <= 0:
+            raise ValueError(f"min_batch_size must be positive, got {min_batch_size}")
+        self.min_batch_size = min_batch_size
+
+    def classify(self, views: Sequence[BatchView]) -> FailureReport:
+        """Classify every whole failure of `views` (oldest first)."""
+        count = len(views)
+        # A failure is refuted by a later success at about its size or larger.
+        refuted = [False] * count
+        largest_later = 0
+        for index in range(count - 1, -1, -1):
+            view = views[index]
+            if view.failed:
+                refuted[index] = largest_later * self.SAME_SIZE >= view.asked
+            elif view.items > largest_later:
+                largest_later = view.items
+
+        failures: list[Failure] = []
+        start = 0
+        largest_before = 0
+        kind = FailureKind.SIZE
+        index = 0
+        streak = 0
+        while index < count:
+            view = views[index]
+            if not view.failed:
+                largest_before = max(largest_before, view.items)
+                index += 1
+                continue
+            end = index
+            while end < count and views[end].failed:
+                end += 1
+            members = range(index, end)
+            sizes = [views[k].asked for k in members]
+            errors = [views[k].error or "" for k in members]
+            if any(refuted[k] for k in members):
+                kind = FailureKind.TRANSIENT
+            elif self._deterministic(sizes, errors):
+                kind = FailureKind.DETERMINISTIC
+            else:
+                kind = FailureKind.SIZE
+                # A size that succeeded now fails twice (once may be a flaky call): the
+                # ceiling moved down.
+                settled = end < count or end - index > 1
+                if settled and largest_before * self.SAME_SIZE >= min(sizes):
+                    start = index
+            failures.extend(Failure(k, views[k].asked, kind, views[k].error) for k in members)
+            streak = end - index if end == count else 0
+            index = end
+        return FailureReport(
+            failures=tuple(failures),
+            start=start,
+            streak=streak,
+            deterministic=streak > 0 and kind is FailureKind.DETERMINISTIC,
+        )
+
+    def _deterministic(self, sizes: Sequence[int], errors: Sequence[str]) -> bool:
+        if len(sizes) < self.DETERMINISTIC_TRIES:
+            return False
+        if all(error.startswith(CONTRACT_ERROR) for error in errors):
+            return True
+        smallest = min(sizes)
+        return smallest <= self.min_batch_size * self.SAME_SIZE or max(sizes) >= self.DETERMINISTIC_SPAN * smallest

@@ -1,0 +1,390 @@
+"""The limits on the next batch size, one rule each.
+
+Every limit reads an `EvidenceWindow` and answers `estimate(window) -> Limit | None`: a size
+it allows and the reason, or None when its evidence says nothing. The manager moves toward
+the smallest. A limit may also add the numbers behind it to `window.metrics`, so that the
+decision's reason can be checked.
+
+A limit that no size can meet (quality under the target even at the smallest size, a fixed
+cost over the time limit) answers `Limit(size=inf, unmet=True)`: the manager does not shrink
+for a constraint that size does not move, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+from scaling_core._evidence import QualityPool, fit_costs, two_proportion_z, wilson_bounds
+from scaling_core.failures import FailureKind
+from scaling_core.window import EvidenceWindow
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bound on the next size and the evidence behind it.
+
+    Attributes:
+        name: which rule: "max", "time", "throughput", "quality" or "failures".
+        size: the largest size the rule allows (math.inf when it allows any).
+        reason: the evidence, in words.
+        hard: the evidence says the current size itself is too large, so the move is made
+            however small it is (no dead band).
+        unmet: no size meets this constraint; the manager ignores it and says so.
+    """
+
+    name: str
+    size: float
+    reason: str
+    hard: bool = False
+    unmet: bool = False
+
+
+class SizeLimit(Protocol):
+    """A rule that bounds the next size from the evidence window."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit | None: ...
+
+
+class MaxSize:
+    """The configured `max_batch_size`."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit:
+        size = window.config.max_batch_size
+        return Limit("max", size, f"the maximum size {size}")
+
+
+class TimeLimit:
+    """The largest size whose expected batch time stays under `processing_time_threshold`.
+
+    From the recent cost fit, seconds(n) = fixed + per_item*n (+ quadratic*n^2), read at its
+    upper bound: the largest n with seconds(n) + TIME_Z*se(n) <= TIME_MARGIN * threshold.
+    Recent batches at the proportional size, n * threshold / seconds, show what is possible;
+    that estimate alone is used while the fit is undetermined, and it takes over at once when
+    the newest batch is far over the threshold or the last two are over it (in units of the
+    timing noise), so one batch far over the limit shrinks the size at once.
+    """
+
+    TIME_Z = 2.0
+    """Standard errors of the fitted batch time kept under the threshold. The size is chosen
+    where the fit looks cheapest, so a 1-sigma bound would sit over the limit half the time
+    the noise flatters it (the winner's curse); 2 sigma keeps it under."""
+    TIME_MARGIN = 0.97
+    """Aim at this share of `processing_time_threshold` (rounding and drift between fits)."""
+    DIRECT_FLOOR = 0.5
+    """The fitted limit is never put below this share of the proportional estimate: a fit
+    that places it far below what recent batches did is bent by data of mixed regimes."""
+    FAR_OVER_ONCE_Z = 2.0
+    """Noise spreads over the threshold at which one batch shrinks the size at once (about 2%
+    of batches at a size whose expected time is the threshold; a false alarm costs one
+    smaller batch)."""
+    FAR_OVER_TWICE_Z = 1.0
+    """Noise spreads over the threshold at which two batches in a row shrink the size."""
+    RECENT = 3
+    """Batches the proportional estimate reads."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit | None:
+        config = window.config
+        threshold = config.processing_time_threshold
+        budget = threshold * self.TIME_MARGIN
+        metrics = window.metrics
+        last = window.timings[-self.RECENT :]
+        if not last:
+            return None
+        once = threshold * math.exp(self.FAR_OVER_ONCE_Z * window.noise)
+        twice = threshold * math.exp(self.FAR_OVER_TWICE_Z * window.noise)
+        newest_far_over = last[-1][1] > once
+        # The newest batch alone when it is far over: the older ones are of the old cost.
+        basis = last[-1:] if newest_far_over else last
+        per_item = sum(t for _, t in basis) / sum(n for n, _ in basis)
+        # Upper bound of the per-item cost from len(basis) batches of relative noise `noise`.
+        cautious = per_item * math.exp(self.TIME_Z * window.noise / math.sqrt(len(basis)))
+        direct = budget / cautious if per_item > 0 else math.inf
+        metrics["recent_seconds_per_item"] = per_item
+        fit = window.fit
+        if fit is not None and fit.seconds(config.min_batch_size) > threshold and direct < config.min_batch_size:
+            return Limit(
+                "time",
+                math.inf,
+                f"no size meets the time limit: the fitted fixed cost {fit.fixed:.2f} s alone is over "
+                f"{threshold:g} s; choosing by throughput",
+                unmet=True,
+            )
+        slow = (
+            newest_far_over
+            or (len(last) >= 2 and all(t > twice for _, t in last[-2:]))
+            or (len(last) == self.RECENT and all(t > threshold for _, t in last))
+        )
+        if fit is None or slow:
+            observed = sum(t for _, t in basis) / len(basis)
+            return Limit(
+                "time",
+                direct,
+                f"the time limit: recent batches took {observed:.2f} s ({per_item * 1000:.2f} ms/item) "
+                f"against {threshold:g} s",
+                hard=slow,
+            )
+        within = fit.largest_size_within(budget, z=self.TIME_Z, ceiling=config.max_batch_size * 2.0)
+        within = max(within, self.DIRECT_FLOOR * direct)
+        metrics.update(
+            {
+                "fixed_seconds": fit.fixed,
+                "seconds_per_item": fit.per_item,
+                "quadratic_seconds": fit.quadratic,
+                "fit_points": float(fit.points),
+                "predicted_seconds_at_current": fit.seconds(window.base),
+                "size_within_time_limit": min(within, 1e9),
+            }
+        )
+        quadratic = f" + {fit.quadratic * 1e6:.3f} us/item^2" if fit.quadratic else ""
+        return Limit(
+            "time",
+            within,
+            f"the time limit: fitted {fit.fixed:.3f} s + {fit.per_item * 1000:.2f} ms/item{quadratic} "
+            f"reaches {threshold:g} s at {within:.0f} items (upper bound)",
+        )
+
+
+class ThroughputOptimum:
+    """The size with the lowest seconds per item when the cost is super-linear.
+
+    d/dn (fixed/n + per_item + quadratic*n) = 0 gives n = sqrt(fixed/quadratic). The curvature
+    needs a spread of sizes, so the fit reads a longer stretch than the time limit's, and a
+    quadratic term is kept only at t > CURVATURE_T; while the long fit disagrees with the
+    recent one at the current size, the recent one speaks for the costs.
+    """
+
+    LONG = 150
+    """Batches the long cost fit reads."""
+    CURVATURE_T = 3.0
+    """t of the quadratic term needed to place an interior optimum. A decision is made after
+    every batch, so a 5% test (t = 2) would find curvature in a linear cost now and then;
+    t = 3 is a 0.3% false alarm per fit."""
+    COST_AGREEMENT = 0.2
+    """Relative gap at the current size beyond which the long fit is not trusted."""
+    APPROACH = 1.15
+    """Growth per step toward an optimum beyond every size seen (an extrapolation)."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit | None:
+        timings = window.timings
+        recent = window.fit
+        if recent is None:
+            return None
+        if len(timings) > EvidenceWindow.RECENT_COST:
+            timings = timings[-self.LONG :]
+            fit = fit_costs(
+                [n for n, _ in timings],
+                [t for _, t in timings],
+                min_spread=EvidenceWindow.FIT_SPREAD,
+                guide=recent,
+                curvature_t=self.CURVATURE_T,
+            )
+            expected = recent.seconds(window.base)
+            if fit is None or (expected > 0 and abs(fit.seconds(window.base) - expected) > self.COST_AGREEMENT * expected):
+                fit = recent  # the costs moved: only the recent batches speak for them
+        else:
+            fit = recent
+        optimum = fit.throughput_optimum()
+        if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T:
+            return None
+        window.metrics["throughput_optimum"] = optimum
+        largest_seen = max(n for n, _ in timings)
+        # An optimum beyond every size seen is an extrapolation of a curvature fitted on
+        # smaller sizes: approach it slowly instead of trusting it.
+        reach = optimum if optimum <= largest_seen else max(optimum, largest_seen * self.APPROACH)
+        return Limit("throughput", reach, f"the throughput optimum sqrt(fixed/quadratic) = {optimum:.0f} items")
+
+
+class QualityLimit:
+    """The largest size whose High share meets `high_confidence_threshold`.
+
+    High items are pooled per size. A size whose upper Wilson bound is under the target is
+    bad, and so is every larger one (quality does not improve with size): with z = QUALITY_Z
+    over the whole window, or z = SOFT_Z over the last SOFT_WINDOW batches, so that one
+    unlucky batch cannot hold the size down for long. The size goes to the largest good size
+    below the smallest bad one, probing `PROBE_STEP` of the way up while the gap is wide.
+
+    When no size below the bad one met the target, the size halves, unless the evidence says
+    no size will: the smallest size tried is bad too, and it is the minimum size or its share
+    is no better than that of sizes `SIZE_EFFECT_SPAN` times larger (z < SIZE_EFFECT_Z). The
+    constraint is then ignored (unmet).
+    """
+
+    QUALITY_Z = 2.0
+    SOFT_Z = 1.0
+    SOFT_WINDOW = 40
+    """Batches the weaker (z = 1) evidence is remembered."""
+    NEIGHBOURHOOD = 1.10
+    """Batches within this size ratio pool their quality evidence."""
+    SAME_SIZE = 1.03
+    PROBE_STEP = 0.35
+    """Where between the good size and the bad one a probe goes (below halfway: quality falls
+    with size, so a probe near the good side is cheaper when it fails)."""
+    BISECT_RESOLUTION = 1.08
+    """A gap between a good size and a bad one narrower than this ratio is not probed."""
+    SIZE_EFFECT_SPAN = 1.8
+    """Sizes this many times the smallest tried are compared with it for an effect of size."""
+    SIZE_EFFECT_Z = 1.0
+    """z under which smaller batches are taken as no better (one-sided, a lenient test: the
+    cost of being wrong is a climb back, the cost of pinning the minimum is the whole run)."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit | None:
+        config = window.config
+        target = config.high_confidence_threshold
+        observations = window.quality
+        if not observations:
+            return None
+        base = window.base
+        pool = QualityPool.of(observations)
+        sizes = sorted({size for size, _, _ in observations})
+        high, items = pool.between(base / self.NEIGHBOURHOOD, base * self.NEIGHBOURHOOD)
+        if items:
+            lower, upper = wilson_bounds(high, items, self.QUALITY_Z)
+            window.metrics.update(
+                {"high_share_near_current": high / items, "high_share_lower_bound": lower, "high_share_upper_bound": upper}
+            )
+        recent = observations[-self.SOFT_WINDOW :]
+        candidates = [
+            found
+            for found in (
+                self._ceiling(pool, sizes, target, self.QUALITY_Z),
+                self._ceiling(QualityPool.of(recent), sorted({o[0] for o in recent}), target, self.SOFT_Z),
+            )
+            if found is not None
+        ]
+        if not candidates:
+            return None
+        ceiling, ceiling_share, z = min(candidates)
+        window.metrics["quality_ceiling"] = ceiling
+        # The floor is the largest size below the ceiling whose own batches met the target:
+        # a size merely not yet proven bad is no place to settle.
+        floor = next(
+            (
+                size
+                for size in reversed(sizes)
+                if size < ceiling and _share(pool.between(size / self.SAME_SIZE, size * self.SAME_SIZE)) >= target
+            ),
+            None,
+        )
+        evidence = (
+            f"High share {ceiling_share:.2f} near {ceiling:.0f} items is under the target {target:.2f} "
+            f"(upper bound, z={z:g})"
+        )
+        if floor is None:
+            unmet = self._no_size_meets(pool, sizes, target, config.min_batch_size)
+            if unmet is not None:
+                window.metrics["quality_unmet"] = 1.0
+                return Limit(
+                    "quality",
+                    math.inf,
+                    f"no size meets the quality target {target:.2f}: {unmet}; choosing by throughput",
+                    unmet=True,
+                )
+            limit = ceiling / 2
+            how = f"no smaller size met the target, halving to {limit:.0f}"
+        elif ceiling / floor > self.BISECT_RESOLUTION:
+            limit = floor + (ceiling - floor) * self.PROBE_STEP
+            how = f"probing between {floor:.0f} (good) and it"
+        else:
+            limit = floor
+            how = f"staying at {floor:.0f}, the largest size below it"
+        return Limit("quality", limit, f"the quality limit: {evidence}; {how}", hard=True)
+
+    def _ceiling(
+        self, pool: QualityPool, sizes: list[float], target: float, z: float
+    ) -> tuple[float, float, float] | None:
+        """(smallest size whose upper bound is under `target`, its High share, z), if any."""
+        for size in sizes:
+            high, items = pool.between(size / self.SAME_SIZE, size)
+            if items == 0 or high >= target * items:
+                continue  # its own share meets the target: its bound does too
+            _, upper = wilson_bounds(high, items, z)
+            if upper < target:
+                return size, high / items, z
+        return None
+
+    def _no_size_meets(self, pool: QualityPool, sizes: list[float], target: float, minimum: int) -> str | None:
+        """Why no size will meet the target, or None while a smaller size still might."""
+        smallest = sizes[0]
+        high, items = pool.between(smallest, smallest * self.NEIGHBOURHOOD)
+        _, upper = wilson_bounds(high, items, self.SOFT_Z)
+        if not items or upper >= target:
+            return None
+        share = high / items
+        if smallest <= minimum * self.NEIGHBOURHOOD:
+            return f"High share {share:.2f} even at {smallest:.0f} items, the minimum size"
+        large_high, large_items = pool.between(smallest * self.SIZE_EFFECT_SPAN, math.inf)
+        if large_items and two_proportion_z(high, items, large_high, large_items) < self.SIZE_EFFECT_Z:
+            return (
+                f"High share {share:.2f} at {smallest:.0f} items is no better than "
+                f"{large_high / large_items:.2f} at {smallest * self.SIZE_EFFECT_SPAN:.0f} items and more"
+            )
+        return None
+
+
+class FailureCeiling:
+    """The largest size under the smallest size that failed whole for its size.
+
+    Only size failures count (see `scaling_core.failures`). The size goes back to the largest
+    size that succeeded under the ceiling and, while fewer than `PROBES` failures stand behind
+    it, approaches the ceiling from there in `APPROACH` steps: each step that succeeds is
+    cheap, and only the last one fails (bisection would fail about every other probe).
+
+    A ceiling expires: its newest failure is forgotten after MEMORY * 2^(k-1) batches, k the
+    failures behind it, and the size may grow back to test it. A ceiling that lifted (a fixed
+    processor, a bigger payload limit) is found again; one that holds costs one failure per
+    test, at doubling intervals.
+    """
+
+    PROBES = 3
+    """Size failures (since the ceiling last moved) after which it is not approached any more."""
+    APPROACH = 1.15
+    """Growth per step toward the ceiling."""
+    NEIGHBOURHOOD = 1.10
+    """Failures within this ratio above the ceiling stand behind it."""
+    SAME_SIZE = 1.03
+    """A ceiling within one `APPROACH` step (and rounding) above the largest success is not
+    approached: the step would land on it."""
+    MEMORY = 100
+    """Batches a ceiling of one failure is remembered: re-testing it costs at most one failed
+    batch in a hundred, and doubling with each failure keeps the total logarithmic."""
+
+    def estimate(self, window: EvidenceWindow) -> Limit | None:
+        failures = window.failures.size_failures()
+        if not failures:
+            return None
+        ceiling = min(f.size for f in failures)
+        behind = [f for f in failures if f.size <= ceiling * self.NEIGHBOURHOOD]
+        age = len(window.views) - 1 - max(f.index for f in behind)
+        memory = self.MEMORY * 2 ** (len(behind) - 1)
+        window.metrics["failure_ceiling"] = float(ceiling)
+        if age > memory:
+            window.metrics["failure_ceiling_expired"] = float(ceiling)
+            return None
+        floor = window.largest_success_below(ceiling)
+        if floor is None:
+            limit, how = ceiling / 2, "no success below it, halving"
+        elif len(failures) < self.PROBES and ceiling / floor > self.APPROACH * self.SAME_SIZE:
+            limit = min(floor * self.APPROACH, ceiling - 1)
+            how = f"approaching it from {floor} (succeeded)"
+        else:
+            limit, how = floor, f"staying at {floor}, the largest size that succeeded"
+        transient = window.failures.count(FailureKind.TRANSIENT)
+        noted = f"; {transient} other failure(s) were transient" if transient else ""
+        return Limit(
+            "failures",
+            min(limit, ceiling - 1),
+            f"the failure ceiling: {len(behind)} whole-batch failure(s) at {ceiling} items or a little more, "
+            f"the newest {age} batch(es) ago; {how}{noted}",
+            hard=True,
+        )
+
+
+def _share(counts: tuple[float, float]) -> float:
+    high, items = counts
+    return high / items if items else 0.0
+
+
+LIMITS: tuple[SizeLimit, ...] = (MaxSize(), TimeLimit(), ThroughputOptimum(), QualityLimit(), FailureCeiling())
+"""The limits every decision asks, in the order their reasons are read."""

@@ -1,0 +1,329 @@
+"""The evidence window: which part of a batch history is still current.
+
+A decision reads the history's tail. Within it, evidence older than a change of the
+workload is no longer current:
+
+- **cost**: batch times that shifted at unchanged sizes (`cost_change_point`), or recent
+  batches far off the fitted cost in units of its own noise (a shock: a slower model, a
+  busier service), cut the timings at the change;
+- **quality**: High shares that shifted at unchanged sizes (`quality_change_point`) cut
+  the quality observations at the change;
+- **failures**: classified by `FailureClassifier`; a failure ceiling that moved down cuts
+  the successes before it.
+
+`EvidenceWindow.of` builds all of it once per decision; the limits only read it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+from scaling_core._evidence import CostFit, fit_costs, robust_spread
+from scaling_core.config import ScalingConfig
+from scaling_core.failures import FailureClassifier, FailureReport
+from scaling_core.results import BatchView
+
+Timing = tuple[float, float]
+"""(items, seconds) of one batch that did not fail whole."""
+Observation = tuple[float, int, int]
+"""(asked size, High items, items) of one batch that did not fail whole."""
+
+
+@dataclass(slots=True)
+class EvidenceWindow:
+    """What the history's tail says, cut at the changes it shows.
+
+    Attributes:
+        config: the limits the decision keeps.
+        views: the batches of the window, oldest first (at most `HISTORY` of them).
+        base: the size the decision starts from (the last batch's asked size).
+        remaining_items: items left to process, when the caller knows it.
+        failures: the window's whole-batch failures, classified.
+        timings: (items, seconds) of the current cost regime, oldest first.
+        quality: (size, High, items) of the current quality regime, oldest first.
+        fit: the cost fit of the recent timings (None while they do not determine it).
+        noise: robust spread of the log residuals of `fit` (relative timing noise).
+        metrics: numbers a reader needs to check the decision's reason.
+    """
+
+    HISTORY = 400
+    """Batches a decision reads: a failure ceiling is remembered this long at most."""
+    EVIDENCE = 200
+    """Batches the quality and cost evidence reads (a change forgets sooner); a super-linear
+    cost's curvature needs the wide sizes of the ramp-up."""
+    RECENT_COST = 80
+    """Batches the recent cost fit reads (the time limit's)."""
+    COST_HALF_LIFE = 40.0
+    """Batches after which a batch's weight in the recent cost fit has halved (drift)."""
+    FIT_SPREAD = 1.15
+    """Max/min size ratio the cost fit needs among its batches."""
+    TIME_CURVATURE_T = 2.0
+    """t of the quadratic term at which the recent fit (the time limit's) keeps it. A linear
+    fit of a cost that curves up is low at the largest sizes, where the time limit is read,
+    so the time limit takes curvature on weaker evidence than the throughput optimum
+    (`limits.ThroughputOptimum.CURVATURE_T`), which shrinks the size on it."""
+    CHANGE_BATCHES = 3
+    """Recent batches tested against older ones for a shift at unchanged sizes."""
+    CHANGE_Z = 4.0
+    """z of a shift (quality or log seconds) at unchanged sizes that makes the older evidence
+    be forgotten: many splits are tried, so a lax z would forget on noise."""
+    CHANGE_CHECKPOINT_GROWTH = 1.5
+    """Splits are tried this much further back each time (geometric: cheap, and fine enough,
+    as a shift found at one split stays visible from the next)."""
+    CHANGE_MIN_ITEMS = 100
+    """Older items a size needs before a shift of its quality can be judged."""
+    SHOCK_Z = 3.0
+    """Recent batches this many noise spreads off the fitted cost (all on one side) mean the
+    cost changed: 3 sigma happens to about 1 batch in 700 by chance."""
+    SHOCK_SCAN = 8
+    """Trailing batches scanned for a shock."""
+    MIN_NOISE = 0.05
+    """Floor on the relative timing noise: identical timings must not make every batch a shock."""
+    SAME_SIZE = 1.03
+    """Batches within this size ratio count as the same size."""
+    NEIGHBOURHOOD = 1.10
+    """Batches within this size ratio pool their cost evidence in the shift test."""
+
+    config: ScalingConfig
+    views: Sequence[BatchView]
+    base: int
+    remaining_items: int | None
+    failures: FailureReport
+    timings: list[Timing]
+    quality: list[Observation]
+    fit: CostFit | None
+    noise: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        views: Sequence[BatchView],
+        config: ScalingConfig,
+        *,
+        base: int,
+        remaining_items: int | None = None,
+    ) -> EvidenceWindow:
+        """Build the window of `views` (oldest first), cut at the changes they show."""
+        views = views[-cls.HISTORY :]
+        metrics: dict[str, float] = {"current_batch_size": float(base)}
+        failures = FailureClassifier(config.min_batch_size).classify(views)
+        recent = [v for v in views[-cls.EVIDENCE :] if v.items > 0 and not v.failed]
+
+        timings = [(float(v.items), v.seconds) for v in recent if v.seconds > 0]
+        change = cost_change_point(timings, cls)
+        fit, noise = cls._fit(timings[change:])
+        shock = cls._shock(timings[change:], fit, noise)
+        if shock:
+            change += shock
+            fit, noise = cls._fit(timings[change:])
+        if change:
+            metrics["cost_change_batches_ago"] = float(len(timings) - change)
+
+        quality = [(float(v.asked), v.high, v.items) for v in recent]
+        quality_change = quality_change_point(quality, cls)
+        if quality_change:
+            metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
+
+        last = recent[-3:]
+        items = sum(v.items for v in last)
+        metrics.update(
+            {
+                "batches_considered": float(len(recent)),
+                "recent_high_share": sum(v.high for v in last) / items if items else 0.0,
+                "recent_seconds": sum(v.seconds for v in last) / max(len(last), 1),
+                "timing_noise": noise,
+            }
+        )
+        if remaining_items is not None:
+            metrics["remaining_items"] = float(remaining_items)
+        return cls(
+            config=config,
+            views=views,
+            base=base,
+            remaining_items=remaining_items,
+            failures=failures,
+            timings=timings[change:],
+            quality=quality[quality_change:],
+            fit=fit,
+            noise=noise,
+            metrics=metrics,
+        )
+
+    @classmethod
+    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, float]:
+        recent = timings[-cls.RECENT_COST :]
+        fit = fit_costs(
+            [n for n, _ in recent],
+            [t for _, t in recent],
+            min_spread=cls.FIT_SPREAD,
+            half_life=cls.COST_HALF_LIFE,
+            outlier_cutoff=None,
+            curvature_t=cls.TIME_CURVATURE_T,
+        )
+        if fit is None:
+            return None, cls.MIN_NOISE
+        residuals = [math.log(t / fit.seconds(n)) for n, t in recent if fit.seconds(n) > 0]
+        return fit, max(robust_spread(residuals), cls.MIN_NOISE)
+
+    @classmethod
+    def _shock(cls, timings: Sequence[Timing], fit: CostFit | None, noise: float) -> int:
+        """Index (into `timings`) where a trailing run of batches far off `fit` begins; 0 for none.
+
+        The run must end at the last batch and lie on one side of the fit: a cost that
+        jumped (or fell) shows in every batch after the jump, an outlier in one.
+        """
+        if fit is None or len(timings) <= cls.SHOCK_SCAN:
+            return 0
+        begin = len(timings)
+        side = 0
+        for index in range(len(timings) - 1, len(timings) - 1 - cls.SHOCK_SCAN, -1):
+            n, t = timings[index]
+            expected = fit.seconds(n)
+            if expected <= 0:
+                break
+            z = math.log(t / expected) / noise
+            direction = (z > cls.SHOCK_Z) - (z < -cls.SHOCK_Z)
+            if direction == 0 or (side and direction != side):
+                break
+            side = direction
+            begin = index
+        return begin if begin < len(timings) else 0
+
+    # -- what the limits ask of the window -------------------------------------------------
+
+    @property
+    def last(self) -> BatchView:
+        """The newest batch."""
+        return self.views[-1]
+
+    def successes_at_or_above(self, size: int) -> int:
+        """Batches since `failures.start` that succeeded with about `size` items or more."""
+        threshold = size / FailureClassifier.SAME_SIZE
+        return sum(
+            1 for view in self.views[self.failures.start :] if not view.failed and view.items >= threshold
+        )
+
+    def largest_success_below(self, size: float) -> int | None:
+        """Largest item count under `size` of a batch since `failures.start` that did not fail whole."""
+        below = [v.items for v in self.views[self.failures.start :] if not v.failed and 0 < v.items < size]
+        return max(below) if below else None
+
+    def last_probe(self, depth: float) -> tuple[int, BatchView] | None:
+        """(batches since, view) of the newest batch asked at least `depth` under the base."""
+        for back, view in enumerate(reversed(self.views)):
+            if view.asked <= self.base * (1 - depth):
+                return back, view
+        return None
+
+
+def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
+    """Index from which the cost evidence is current (0 when the cost did not shift).
+
+    Each batch after a split is compared with the older batches of about its size (buckets
+    `NEIGHBOURHOOD` wide: timing noise dwarfs the size effect within them), on log seconds,
+    in units of the spread that batches of one size show; the most recent split with
+    |z| > `CHANGE_Z` wins.
+    """
+    if len(timings) <= window.CHANGE_BATCHES:
+        return 0
+    ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
+    logs = [math.log(t) for _, t in timings]
+    sums, squares, counts = [0.0] * width, [0.0] * width, [0] * width
+    for key, value in zip(ids, logs, strict=True):
+        sums[key] += value
+        squares[key] += value * value
+        counts[key] += 1
+    # Spread of log seconds within a size, pooled over sizes (at least MIN_NOISE: no
+    # division by a spread that a few identical timings make zero).
+    spread_sum = spread_dof = 0.0
+    for key in range(width):
+        if counts[key] > 1:
+            spread_sum += squares[key] - sums[key] ** 2 / counts[key]
+            spread_dof += counts[key] - 1
+    variance = max(spread_sum / spread_dof if spread_dof else 0.0, window.MIN_NOISE**2)
+    after_sums, after_counts = [0.0] * width, [0] * width
+    touched: list[int] = []
+    checkpoint = window.CHANGE_BATCHES
+    for back in range(1, len(timings)):
+        index = len(timings) - back
+        key = ids[index]
+        if not after_counts[key]:
+            touched.append(key)
+        after_sums[key] += logs[index]
+        after_counts[key] += 1
+        if back < checkpoint:
+            continue
+        checkpoint = max(checkpoint + 1, int(checkpoint * window.CHANGE_CHECKPOINT_GROWTH))
+        difference = spread = 0.0
+        for key in touched:
+            n_after = after_counts[key]
+            n_before = counts[key] - n_after
+            if n_before < 1:
+                continue
+            # Mean of the later batches minus the mean of the older ones, per size bucket.
+            difference += after_sums[key] - n_after * (sums[key] - after_sums[key]) / n_before
+            spread += n_after * (1 + n_after / n_before)
+        if spread > 0 and abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
+            return index
+    return 0
+
+
+def quality_change_point(observations: Sequence[Observation], window: type[EvidenceWindow] = EvidenceWindow) -> int:
+    """Index from which the quality evidence is current (0 when nothing shifted).
+
+    Each candidate split compares the batches after it with the batches before it at the
+    same size (buckets `SAME_SIZE` wide): observed High counts against those the older share
+    at that size predicts, summed into one z. The most recent split with |z| > `CHANGE_Z`
+    wins, so a shift found once stays found while its evidence lasts.
+    """
+    if len(observations) <= window.CHANGE_BATCHES:
+        return 0
+    ids, width = _dense([_bucket(size, window.SAME_SIZE) for size, _, _ in observations])
+    total_high, total_items = [0.0] * width, [0.0] * width
+    for key, (_, high, items) in zip(ids, observations, strict=True):
+        total_high[key] += high
+        total_items[key] += items
+    after_high, after_items = [0.0] * width, [0.0] * width
+    touched: list[int] = []
+    checkpoint = window.CHANGE_BATCHES
+    for back in range(1, len(observations)):
+        index = len(observations) - back
+        key = ids[index]
+        _, high, items = observations[index]
+        if not after_items[key]:
+            touched.append(key)
+        after_high[key] += high
+        after_items[key] += items
+        if back < checkpoint:
+            continue
+        checkpoint = max(checkpoint + 1, int(checkpoint * window.CHANGE_CHECKPOINT_GROWTH))
+        observed = expected = variance = 0.0
+        for key in touched:
+            n_after = after_items[key]
+            n_before = total_items[key] - n_after
+            if n_before < window.CHANGE_MIN_ITEMS:
+                continue
+            share = (total_high[key] - after_high[key]) / n_before
+            observed += after_high[key]
+            expected += n_after * share
+            # Binomial spread of the new counts plus the uncertainty of the old share.
+            variance += n_after * share * (1 - share) * (1 + n_after / n_before)
+        if variance > 0 and abs(observed - expected) / math.sqrt(variance) > window.CHANGE_Z:
+            return index
+    return 0
+
+
+def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
+    """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
+    numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+    return [numbers[key] for key in keys], len(numbers)
+
+
+@lru_cache(maxsize=65536)
+def _bucket(size: float, ratio: float) -> int:
+    """Index of the geometric size bucket (`ratio` wide) that `size` falls in."""
+    return int(math.log(size) / math.log(ratio))
