@@ -56,14 +56,19 @@ class ManagerPolicy:
         from scaling_core.manager import ScalingManager
 
         self._manager = ScalingManager(config=config)
+        self._remaining: int | None = None
 
     def get_current_batch_size(self) -> int:
         """The manager's current size."""
         return int(self._manager.get_current_batch_size())
 
+    def observe_remaining(self, items: int) -> None:
+        """Items still to deliver, as the pipeline tells the manager (peers are not told)."""
+        self._remaining = items
+
     def evaluate_scaling(self, history: list[BatchResult]) -> ScalingDecision:
         """The manager's decision on the whole history."""
-        return self._manager.evaluate_scaling(history)
+        return self._manager.evaluate_scaling(history, remaining_items=self._remaining)
 
     def apply_scaling_decision(self, decision: ScalingDecision) -> object:
         """Let the manager adopt its decision."""

@@ -151,7 +151,7 @@ class Aggregate:
         if self.errors:
             return ["error"]
         failed: list[str] = []
-        if self.mean_time_ratio > Criteria.MAX_TIME_RATIO:
+        if self.mean_time_ratio > get_workload(self.workload).max_time_ratio:
             failed.append("time")
         if self.worst_low_quality > Criteria.MAX_LOW_QUALITY_SHARE:
             failed.append("quality")

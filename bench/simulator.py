@@ -19,6 +19,15 @@ curves of the job; with `n` the number of items in a batch:
 * Failure cliff. A batch with ``n >= cliff`` fails whole: no item succeeds, every item counts
   as Low, and it costs ``failure_cost_s`` seconds (a timeout) or, when that is None, its
   sampled time.
+* Transient failures. Any other batch fails whole with probability ``transient_failure_p``,
+  whatever its size (HTTP 5xx, a flaky network), at the same cost as a cliff failure.
+* Heterogeneous items. With ``item_cost_sigma`` each item's cost is ``per_item_s`` times a
+  lognormal factor of mean 1; the batch's sum of ``n`` factors is drawn at once as a lognormal
+  with the same mean and variance (Fenton-Wilkinson), so the noise of a batch falls with its
+  size as for a sum of independent items.
+* A broken spell. From ``Workload.broken_at_item`` successful items on, the next
+  ``broken_calls`` batches fail whole whatever their size (a bug, fixed and the run resumed
+  with its history), at ``broken_cost_s`` each.
 
 The best batch size of a phase (`find_oracle`) is searched over every integer in
 ``[min_batch_size, max_batch_size]`` on these true curves: feasible when ``q(n) >= target``,
@@ -180,6 +189,10 @@ class Phase:
     """Probability that one item fails on its own (it is then Low and retried later)."""
     failure_cost_s: float | None = None
     """Seconds a whole-batch failure costs (a timeout); None charges its sampled time."""
+    transient_failure_p: float = 0.0
+    """Probability that a batch under the cliff fails whole anyway, whatever its size."""
+    item_cost_sigma: float = 0.0
+    """Sigma of each item's lognormal cost factor (heterogeneous items); 0 for equal items."""
 
     def __post_init__(self) -> None:
         if self.start_item < 0:
@@ -200,6 +213,10 @@ class Phase:
             )
         if self.cliff is not None and self.cliff < 1:
             raise ValueError(f"cliff must be positive, got {self.cliff}")
+        if not 0.0 <= self.transient_failure_p < 1.0:
+            raise ValueError(f"transient_failure_p must lie in [0, 1), got {self.transient_failure_p}")
+        if self.item_cost_sigma < 0.0:
+            raise ValueError(f"item_cost_sigma must not be negative, got {self.item_cost_sigma}")
 
     @property
     def outlier_mean_factor(self) -> float:
@@ -222,9 +239,16 @@ class Phase:
         """True when a batch of `n` items fails as a whole."""
         return self.cliff is not None and n >= self.cliff
 
+    def expected_cost(self, n: int) -> float:
+        """Expected seconds a batch of `n` items under the cliff costs, transient failures included."""
+        failure = self.failure_cost_s if self.failure_cost_s is not None else self.expected_time(n)
+        r = self.transient_failure_p
+        return (1.0 - r) * self.expected_time(n) + r * failure
+
     def seconds_per_success(self, n: int) -> float:
-        """E[T(n)] / (n*(1-p)): expected seconds per successful item at a fixed size `n`."""
-        return self.expected_time(n) / (n * (1.0 - self.item_failure_p))
+        """Expected seconds per successful item at a fixed size `n` under the cliff:
+        E[cost] / (n*(1-p)*(1-r)), r the transient failure rate."""
+        return self.expected_cost(n) / (n * (1.0 - self.item_failure_p) * (1.0 - self.transient_failure_p))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -240,6 +264,15 @@ class Workload:
     config: ScalingConfig
     total_items: int
     phases: tuple[Phase, ...]
+    max_time_ratio: float = 1.10
+    """Mean time / oracle a policy must keep to pass (a job of a few hundred items cannot
+    repay any exploration, so a tiny job may be given more)."""
+    broken_at_item: int | None = None
+    """Successful items after which the processor breaks (None: it never does)."""
+    broken_calls: int = 0
+    """Batches that fail whole, whatever their size, once it is broken."""
+    broken_cost_s: float = 0.1
+    """Seconds a call of the broken processor costs (it raises at once)."""
 
     def __post_init__(self) -> None:
         if self.total_items < 1:
@@ -298,11 +331,13 @@ class Oracle:
     """Best fixed size per phase and the oracle time of the whole run."""
 
     phases: tuple[PhaseOptimum, ...]
+    broken_time_s: float = 0.0
+    """Seconds of the broken spell, which every policy pays."""
 
     @property
     def total_time(self) -> float:
-        """Sum over phases of items x best seconds per successful item."""
-        return sum(phase.time_s for phase in self.phases)
+        """Sum over phases of items x best seconds per successful item, plus the broken spell."""
+        return sum(phase.time_s for phase in self.phases) + self.broken_time_s
 
 
 def _best_size(phase: Phase, config: ScalingConfig, *, quality: bool, time_limit: bool) -> int | None:
@@ -349,7 +384,8 @@ def find_oracle(workload: Workload) -> Oracle:
                 relaxed=relaxed,
             )
         )
-    return Oracle(phases=tuple(optima))
+    broken = workload.broken_calls * workload.broken_cost_s if workload.broken_at_item is not None else 0.0
+    return Oracle(phases=tuple(optima), broken_time_s=broken)
 
 
 @dataclass(frozen=True)
@@ -359,22 +395,49 @@ class SampledBatch:
     result: BatchResult
     expected_high_share: float
     expected_time_s: float
+    cause: str | None = None
+    """Why the batch failed whole: "cliff", "transient" or "broken"; None when it did not."""
 
 
-def sample_batch(phase: Phase, *, batch_id: str, asked: int, items: int, rng: random.Random) -> SampledBatch:
+def sample_batch(
+    phase: Phase,
+    *,
+    batch_id: str,
+    asked: int,
+    items: int,
+    rng: random.Random,
+    broken_cost_s: float | None = None,
+) -> SampledBatch:
     """Simulate one batch of `items` items (the policy asked for `asked`) in `phase`.
 
-    The draws always happen in the same order (noise, outlier, successes, High, Medium), so
-    a run is a pure function of its seed and the sizes the policy chose.
+    The draws always happen in the same order (noise, outlier, item costs, transient
+    failure, successes, High, Medium; the optional ones only where the phase has them), so a
+    run is a pure function of its seed and the sizes the policy chose. With `broken_cost_s`
+    the batch fails whole whatever its size (a broken processor), at that cost.
     """
     sigma = phase.noise_sigma
     noise = math.exp(sigma * rng.gauss(0.0, 1.0) - 0.5 * sigma * sigma)
     if rng.random() < phase.outlier_prob:
         noise *= phase.outlier_factor
-    elapsed = phase.curve_time(items) * noise
+    per_item = phase.per_item_s
+    if phase.item_cost_sigma > 0 and items > 0:
+        # Sum of `items` lognormal factors of mean 1: mean items, variance items*(e^s^2 - 1).
+        spread = math.sqrt(math.log1p(math.expm1(phase.item_cost_sigma**2) / items))
+        per_item *= math.exp(spread * rng.gauss(0.0, 1.0) - 0.5 * spread * spread)
+    elapsed = (phase.fixed_s + per_item * items + phase.quad_s * items * items) * noise
     expected_time = phase.expected_time(items)
-    if phase.fails_whole(items):
-        cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
+    cause: str | None = None
+    if broken_cost_s is not None:
+        cause = "broken"
+    elif phase.fails_whole(items):
+        cause = "cliff"
+    elif phase.transient_failure_p > 0 and rng.random() < phase.transient_failure_p:
+        cause = "transient"
+    if cause is not None:
+        if broken_cost_s is not None:
+            cost = broken_cost_s
+        else:
+            cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
         result = BatchResult(
             batch_id=batch_id,
             batch_size=asked,
@@ -388,9 +451,9 @@ def sample_batch(phase: Phase, *, batch_id: str, asked: int, items: int, rng: ra
                 ConfidenceLevel.LOW: items,
             },
             failed_whole=True,
-            error="simulated whole-batch failure",
+            error=f"RuntimeError: simulated {cause} failure",
         )
-        return SampledBatch(result=result, expected_high_share=0.0, expected_time_s=expected_time)
+        return SampledBatch(result=result, expected_high_share=0.0, expected_time_s=expected_time, cause=cause)
     p = phase.item_failure_p
     q = phase.high_share(items)
     successful = binomial(rng, items, 1.0 - p)
@@ -431,6 +494,8 @@ class BatchRecord:
     """True expected batch time E[T(items)]."""
     failed_whole: bool
     phase: int
+    cause: str | None = None
+    """Why it failed whole ("cliff", "transient", "broken"), None when it did not."""
 
 
 @dataclass(frozen=True)
@@ -475,24 +540,31 @@ class RunOutcome:
         """Total time of the run / oracle time."""
         return self.total_time / self.oracle_time
 
+    def _relaxed(self, constraint: str) -> set[int]:
+        """Phases in which no size meets `constraint`: the verdict ignores it there."""
+        return {o.phase_index for o in find_oracle(self.workload).phases if constraint in o.relaxed}
+
     @property
     def low_quality_share(self) -> float:
         """Share of successful items that came from batches whose true High share was below target - tolerance."""
         limit = self.workload.config.high_confidence_threshold - self.QUALITY_TOLERANCE
-        bad = sum(r.successful for r in self.records if r.expected_high_share < limit)
+        relaxed = self._relaxed("quality")
+        bad = sum(r.successful for r in self.records if r.expected_high_share < limit and r.phase not in relaxed)
         return bad / self.delivered if self.delivered else 0.0
 
     @property
     def slow_share(self) -> float:
         """Share of successful items from batches whose true expected time broke the limit plus tolerance."""
         limit = self.workload.config.processing_time_threshold * (1.0 + self.TIME_TOLERANCE)
-        bad = sum(r.successful for r in self.records if r.expected_time_s > limit)
+        relaxed = self._relaxed("time")
+        bad = sum(r.successful for r in self.records if r.expected_time_s > limit and r.phase not in relaxed)
         return bad / self.delivered if self.delivered else 0.0
 
     @property
     def whole_failures(self) -> int:
-        """Number of batches that failed whole."""
-        return sum(1 for r in self.records if r.failed_whole)
+        """Batches that failed whole for their size (at the cliff): transient and broken
+        failures happen to every policy alike and are not counted."""
+        return sum(1 for r in self.records if r.cause == "cliff")
 
     @property
     def late_median_size(self) -> float:
@@ -535,18 +607,23 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
     records: list[BatchRecord] = []
     delivered = 0
     total_time = 0.0
+    broken_left = workload.broken_calls if workload.broken_at_item is not None else 0
+    observe = getattr(policy, "observe_remaining", None)
     while delivered < workload.total_items and len(records) < cap:
         asked = int(policy.get_current_batch_size())
         if asked < 1:
             raise ValueError(f"{policy_name} asked for a batch of {asked} items")
         items = min(asked, workload.total_items - delivered)
         phase_index = workload.phase_index_at(delivered)
+        broken = broken_left > 0 and delivered >= (workload.broken_at_item or 0)
+        broken_left -= int(broken)
         sampled = sample_batch(
             workload.phases[phase_index],
             batch_id=f"{workload.name}-{len(records)}",
             asked=asked,
             items=items,
             rng=rng,
+            broken_cost_s=workload.broken_cost_s if broken else None,
         )
         result = sampled.result
         records.append(
@@ -560,11 +637,14 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
                 expected_time_s=sampled.expected_time_s,
                 failed_whole=result.failed_whole,
                 phase=phase_index,
+                cause=sampled.cause,
             )
         )
         delivered += result.successful_items
         total_time += result.processing_time
         history.append(result)
+        if observe is not None:
+            observe(workload.total_items - delivered)
         decision = policy.evaluate_scaling(history)
         policy.apply_scaling_decision(decision)
     return RunOutcome(

@@ -20,6 +20,15 @@ item-failures             8% of items fail alone; the 0.85 target binds at n = 2
 knee-and-cliff            q(n) would allow 162, but batches of 140+ fail whole
 time-limit-noise          time limit at n = 212 under sigma 0.30 and 3% x2.5 outliers
 latency-drift             per-item cost rises 2.5x at 40%: time limit moves 500 -> 200
+transient-failures        4% of calls fail whole at random; time limit at n = 300
+broken-processor          every call fails for 6 batches after 20,000 items, then works
+moving-cliff              time limit at n = 300; the cliff falls from 400 to 230 halfway
+quality-dip               the knee falls from 250 to 100 for the middle third, then recovers
+latency-alternating       per-item cost alternates 10 / 25 ms every 5,000 items
+tiny-job                  400 items; the time limit binds at n = 97 (1.20x allowed)
+wide-range                initial 20, min 1; the time limit binds at n = 5,000
+heterogeneous-items       item costs lognormal (sigma 1); time limit at n = 225
+unmet-quality             10% of items fail at every size: no size meets the 0.90 target
 ========================  ==============================================================
 """
 
@@ -40,6 +49,7 @@ def _config(
     high: float = 0.9,
     low: float = 0.7,
 ) -> ScalingConfig:
+    """The workload's limits (the other fields keep their defaults)."""
     return ScalingConfig(
         initial_batch_size=initial,
         min_batch_size=min_size,
@@ -198,6 +208,109 @@ WORKLOADS: tuple[Workload, ...] = (
                 q0=0.95, item_failure_p=0.03,
             ),
         ),
+    ),
+    Workload(
+        name="transient-failures",
+        description="4% of calls fail whole at random (HTTP 5xx), whatever the size; the time limit binds at 300.",
+        config=_config(initial=32, min_size=8, max_size=1000, time_limit_s=8.0),
+        total_items=60_000,
+        phases=(
+            Phase(
+                fixed_s=2.0, per_item_s=0.02, noise_sigma=0.12, q0=0.97, item_failure_p=0.005,
+                transient_failure_p=0.04,
+            ),
+        ),
+    ),
+    Workload(
+        name="broken-processor",
+        description="A bad deploy: every call raises for 6 batches after 20,000 items, then the fixed processor resumes.",
+        config=_config(initial=40, min_size=10, max_size=600, time_limit_s=6.0),
+        total_items=50_000,
+        broken_at_item=20_000,
+        broken_calls=6,
+        broken_cost_s=0.2,
+        phases=(
+            Phase(
+                fixed_s=1.0, per_item_s=0.012, noise_sigma=0.15,
+                q0=0.97, knee=150, slope=0.0007, q_floor=0.3, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="moving-cliff",
+        description="The time limit binds at 300; a payload limit falls from 400 to 230 items halfway (8 s timeouts).",
+        config=_config(initial=40, min_size=10, max_size=800, time_limit_s=5.0),
+        total_items=70_000,
+        phases=(
+            Phase(
+                fixed_s=0.8, per_item_s=0.014, noise_sigma=0.15,
+                q0=0.96, cliff=400, failure_cost_s=8.0, item_failure_p=0.01,
+            ),
+            Phase(
+                start_item=35_000, fixed_s=0.8, per_item_s=0.014, noise_sigma=0.15,
+                q0=0.96, cliff=230, failure_cost_s=8.0, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="quality-dip",
+        description="The knee falls from 250 to 100 items for the middle third, then recovers: 350 -> 200 -> 350.",
+        config=_config(initial=60, min_size=10, max_size=600, time_limit_s=8.0),
+        total_items=60_000,
+        phases=tuple(
+            Phase(
+                start_item=start, fixed_s=1.5, per_item_s=0.01, noise_sigma=0.15,
+                q0=0.96, knee=knee, slope=0.0006, q_floor=0.3, item_failure_p=0.01,
+            )
+            for start, knee in ((0, 250), (20_000, 100), (40_000, 250))
+        ),
+    ),
+    Workload(
+        name="latency-alternating",
+        description="Per-item cost alternates between 10 and 25 ms every 5,000 items: the time limit moves 500 <-> 200.",
+        config=_config(initial=50, min_size=10, max_size=800, time_limit_s=6.0),
+        total_items=60_000,
+        phases=tuple(
+            Phase(
+                start_item=start, fixed_s=1.0, per_item_s=0.025 if (start // 5_000) % 2 else 0.01,
+                noise_sigma=0.15, q0=0.95, item_failure_p=0.02,
+            )
+            for start in range(0, 60_000, 5_000)
+        ),
+    ),
+    Workload(
+        name="tiny-job",
+        description="Only 400 items; the time limit binds at 97 (a few hundred items cannot repay exploration: 1.20x).",
+        config=_config(initial=20, min_size=5, max_size=200, time_limit_s=6.0),
+        total_items=400,
+        max_time_ratio=1.20,
+        phases=(Phase(fixed_s=1.0, per_item_s=0.05, noise_sigma=0.15, q0=0.96, item_failure_p=0.01),),
+    ),
+    Workload(
+        name="wide-range",
+        description="Starts at 20 of a 1..8,000 range; the time limit binds at 5,000 (fast calls, 1 ms per item).",
+        config=_config(initial=20, min_size=1, max_size=8_000, time_limit_s=6.0),
+        total_items=200_000,
+        phases=(Phase(fixed_s=1.0, per_item_s=0.001, noise_sigma=0.12, q0=0.96, item_failure_p=0.01),),
+    ),
+    Workload(
+        name="heterogeneous-items",
+        description="Item costs vary tenfold (lognormal, sigma 1): batch noise falls with size; time limit at 225.",
+        config=_config(initial=30, min_size=5, max_size=800, time_limit_s=6.0),
+        total_items=50_000,
+        phases=(
+            Phase(
+                fixed_s=1.5, per_item_s=0.02, noise_sigma=0.05, item_cost_sigma=1.0,
+                q0=0.96, item_failure_p=0.01,
+            ),
+        ),
+    ),
+    Workload(
+        name="unmet-quality",
+        description="10% of items fail at every size, so no size meets the 0.90 target; choose by throughput (400).",
+        config=_config(initial=50, min_size=10, max_size=500, time_limit_s=6.0),
+        total_items=50_000,
+        phases=(Phase(fixed_s=1.0, per_item_s=0.012, noise_sigma=0.15, q0=0.86, item_failure_p=0.1),),
     ),
 )
 

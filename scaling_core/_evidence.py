@@ -116,48 +116,59 @@ class _Moments:
     xs: tuple[float, ...]
     xys: tuple[float, ...]
     yy: float
+    distinct: int
+    """Distinct sizes among the points."""
+    smallest: float
 
     @classmethod
     def of(cls, points: Sequence[tuple[float, float]], weights: Sequence[float] | None = None) -> _Moments:
         # Batches repeat sizes a lot: sum per size first, then one polynomial term per size.
         by_size: dict[float, list[float]] = {}
-        for index, (size, y) in enumerate(points):
-            w = weights[index] if weights is not None else 1.0
-            sums = by_size.get(size)
+        get = by_size.get
+        for (size, y), w in zip(points, weights if weights is not None else [1.0] * len(points)):
+            wy = w * y
+            sums = get(size)
             if sums is None:
-                by_size[size] = [w, w * y, w * y * y]
+                by_size[size] = [w, wy, wy * y]
             else:
                 sums[0] += w
-                sums[1] += w * y
-                sums[2] += w * y * y
+                sums[1] += wy
+                sums[2] += wy * y
         scale = max(by_size)
-        xs = [0.0] * 5
-        xys = [0.0] * 3
-        yy = 0.0
+        x0 = x1 = x2 = x3 = x4 = y0 = y1 = y2 = yy = 0.0
         for size, (w, wy, wyy) in by_size.items():
             x = size / scale
-            x2 = x * x
-            xs[0] += w
-            xs[1] += w * x
-            xs[2] += w * x2
-            xs[3] += w * x2 * x
-            xs[4] += w * x2 * x2
-            xys[0] += wy
-            xys[1] += x * wy
-            xys[2] += x2 * wy
+            xx = x * x
+            x0 += w
+            x1 += w * x
+            x2 += w * xx
+            x3 += w * xx * x
+            x4 += w * xx * xx
+            y0 += wy
+            y1 += x * wy
+            y2 += xx * wy
             yy += wyy
-        return cls(scale=scale, count=len(points), xs=tuple(xs), xys=tuple(xys), yy=yy)
+        return cls(
+            scale=scale,
+            count=len(points),
+            xs=(x0, x1, x2, x3, x4),
+            xys=(y0, y1, y2),
+            yy=yy,
+            distinct=len(by_size),
+            smallest=min(by_size),
+        )
 
     def solve(self, powers: tuple[int, ...]) -> _Solution | None:
         """Weighted least squares on the given powers of x (0: fixed, 1: per item, 2: quadratic)."""
-        xtx = [[self.xs[i + j] for j in powers] for i in powers]
-        xty = [self.xys[i] for i in powers]
+        xs, xys = self.xs, self.xys
+        xtx = [[xs[i + j] for j in powers] for i in powers]
+        xty = [xys[i] for i in powers]
         inverse = _inverse(xtx)
         if inverse is None:
             return None
-        coefficients = [sum(row[k] * xty[k] for k in range(len(powers))) for row in inverse]
+        coefficients = [sum(a * b for a, b in zip(row, xty)) for row in inverse]
         # Residual sum of squares from the sums: y'Wy - b'X'Wy.
-        rss = max(self.yy - sum(c * v for c, v in zip(coefficients, xty, strict=True)), 0.0)
+        rss = max(self.yy - sum(c * v for c, v in zip(coefficients, xty)), 0.0)
         return _Solution(powers=powers, coefficients=coefficients, inverse=inverse, rss=rss)
 
     def best_nonnegative(self, candidates: Sequence[tuple[int, ...]]) -> _Solution | None:
@@ -223,7 +234,11 @@ def fit_costs(
     """
     points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
     count = len(points)
-    recency = [0.5 ** ((count - 1 - i) / half_life) for i in range(count)] if half_life else [1.0] * count
+    if half_life:
+        decay = 0.5 ** (1.0 / half_life)
+        recency = [decay ** (count - 1 - i) for i in range(count)]
+    else:
+        recency = [1.0] * count
     if len(points) < min_points:
         return None
     if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
@@ -231,14 +246,16 @@ def fit_costs(
     first = guide or _fit_once(points, curvature_t, recency if half_life else None)
     if first is None:
         return None
-    predicted = [first.seconds(n) for n, _ in points]
-    weights = [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted, strict=True)]
+    a, b, c = first.fixed, first.per_item, first.quadratic
+    predicted = [a + b * n + c * n * n for n, _ in points]
+    weights = [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
     fit = _fit_once(points, curvature_t, weights) or first
     if outlier_cutoff is None:
         return fit
+    a, b, c = fit.fixed, fit.per_item, fit.quadratic
     relative = []
     for n, t in points:
-        expected = fit.seconds(n)
+        expected = a + b * n + c * n * n
         relative.append((t - expected) / expected if expected > 1e-9 else 0.0)
     scale = max(1.4826 * statistics.median(abs(r) for r in relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= outlier_cutoff * scale]
@@ -259,8 +276,7 @@ def _fit_once(
     moments = _Moments.of(points, weights)
     count = len(points)
     chosen = moments.best_nonnegative(_LINEAR_MODELS)
-    sizes = [n for n, _ in points]
-    if count >= 8 and max(sizes) >= 1.5 * min(sizes) and len({round(n) for n in sizes}) >= 4:
+    if count >= 8 and moments.distinct >= 4 and moments.scale >= 1.5 * moments.smallest:
         curved = moments.best_nonnegative(_CURVED_MODELS)
         if curved is not None and 2 in curved.powers and count > len(curved.powers):
             # F test of the curvature: the RSS it removes against the residual variance

@@ -106,6 +106,8 @@ class FailureClassifier:
 
     def classify(self, views: Sequence[BatchView]) -> FailureReport:
         """Classify every whole failure of `views` (oldest first)."""
+        if not any(view.failed for view in views):
+            return FailureReport(failures=(), start=0, streak=0, deterministic=False)
         count = len(views)
         # A failure is refuted by a later success at about its size or larger.
         refuted = [False] * count
