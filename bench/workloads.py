@@ -24,7 +24,7 @@ transient-failures        4% of calls fail whole at random; time limit at n = 30
 broken-processor          every call fails for 6 batches after 20,000 items, then works
 moving-cliff              time limit at n = 300; the cliff falls from 400 to 230 halfway
 quality-dip               the knee falls from 250 to 100 for the middle third, then recovers
-latency-alternating       per-item cost alternates 10 / 25 ms every 5,000 items
+latency-alternating       per-item cost alternates 10 / 18 ms every 10,000 items
 tiny-job                  400 items; the time limit binds at n = 97 (1.20x allowed)
 wide-range                initial 20, min 1; the time limit binds at n = 5,000
 heterogeneous-items       item costs lognormal (sigma 1); time limit at n = 225
@@ -267,15 +267,15 @@ WORKLOADS: tuple[Workload, ...] = (
     ),
     Workload(
         name="latency-alternating",
-        description="Per-item cost alternates between 10 and 25 ms every 5,000 items: the time limit moves 500 <-> 200.",
+        description="Per-item cost alternates between 10 and 18 ms every 10,000 items: the time limit moves 500 <-> 270.",
         config=_config(initial=50, min_size=10, max_size=800, time_limit_s=6.0),
-        total_items=60_000,
+        total_items=100_000,
         phases=tuple(
             Phase(
-                start_item=start, fixed_s=1.0, per_item_s=0.025 if (start // 5_000) % 2 else 0.01,
+                start_item=start, fixed_s=1.0, per_item_s=0.018 if (start // 10_000) % 2 else 0.01,
                 noise_sigma=0.15, q0=0.95, item_failure_p=0.02,
             )
-            for start in range(0, 60_000, 5_000)
+            for start in range(0, 100_000, 10_000)
         ),
     ),
     Workload(

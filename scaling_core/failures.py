@@ -121,7 +121,7 @@ class FailureClassifier:
 
         failures: list[Failure] = []
         start = 0
-        largest_before = 0
+        largest_before = 0  # the largest success since `start`
         kind = FailureKind.SIZE
         index = 0
         streak = 0
@@ -148,6 +148,7 @@ class FailureClassifier:
                 settled = end < count or end - index > 1
                 if settled and largest_before * self.SAME_SIZE >= min(sizes):
                     start = index
+                    largest_before = 0  # the successes before are stale now
             failures.extend(Failure(k, views[k].asked, kind, views[k].error) for k in members)
             streak = end - index if end == count else 0
             index = end

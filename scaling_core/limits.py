@@ -341,8 +341,6 @@ class FailureCeiling:
     """Size failures (since the ceiling last moved) after which it is not approached any more."""
     APPROACH = 1.15
     """Growth per step toward the ceiling."""
-    NEIGHBOURHOOD = 1.10
-    """Failures within this ratio above the ceiling stand behind it."""
     SAME_SIZE = 1.03
     """A ceiling within one `APPROACH` step (and rounding) above the largest success is not
     approached: the step would land on it."""
@@ -355,9 +353,10 @@ class FailureCeiling:
         if not failures:
             return None
         ceiling = min(f.size for f in failures)
-        behind = [f for f in failures if f.size <= ceiling * self.NEIGHBOURHOOD]
-        age = len(window.views) - 1 - max(f.index for f in behind)
-        memory = self.MEMORY * 2 ** (len(behind) - 1)
+        # Every current size failure stands behind the ceiling: a larger size that failed
+        # says as much about it as the ceiling's own failure (sizes above a cliff fail).
+        age = len(window.views) - 1 - max(f.index for f in failures)
+        memory = self.MEMORY * 2 ** (len(failures) - 1)
         window.metrics["failure_ceiling"] = float(ceiling)
         if age > memory:
             window.metrics["failure_ceiling_expired"] = float(ceiling)
@@ -375,7 +374,7 @@ class FailureCeiling:
         return Limit(
             "failures",
             min(limit, ceiling - 1),
-            f"the failure ceiling: {len(behind)} whole-batch failure(s) at {ceiling} items or a little more, "
+            f"the failure ceiling: {len(failures)} whole-batch failure(s) at {ceiling} items or more, "
             f"the newest {age} batch(es) ago; {how}{noted}",
             hard=True,
         )
