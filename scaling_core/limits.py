@@ -18,7 +18,7 @@ from typing import Protocol
 
 from scaling_core._evidence import QualityPool, fit_costs, two_proportion_z, wilson_bounds
 from scaling_core.failures import FailureKind
-from scaling_core.window import EvidenceWindow
+from scaling_core.window import EvidenceWindow, Observation
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +223,11 @@ class QualityLimit:
     with size, so a probe near the good side is cheaper when it fails)."""
     BISECT_RESOLUTION = 1.08
     """A gap between a good size and a bad one narrower than this ratio is not probed."""
+    TREND_REACH = 1.2
+    """The quality trend reads batches up to this many times the base (and down to half)."""
+    TREND_T = 3.0
+    """t of a falling High share at which its trend bounds the growth (a soft limit: it
+    only slows the approach of a knee, never shrinks the size)."""
     SIZE_EFFECT_SPAN = 1.8
     """Sizes this many times the smallest tried are compared with it for an effect of size."""
     SIZE_EFFECT_Z = 1.0
@@ -254,7 +259,7 @@ class QualityLimit:
             if found is not None
         ]
         if not candidates:
-            return None
+            return self._trend(window, observations, target)
         ceiling, ceiling_share, z = min(candidates)
         window.metrics["quality_ceiling"] = ceiling
         # The floor is the largest size below the ceiling whose own batches met the target:
@@ -290,6 +295,49 @@ class QualityLimit:
             limit = floor
             how = f"staying at {floor:.0f}, the largest size below it"
         return Limit("quality", limit, f"the quality limit: {evidence}; {how}", hard=True)
+
+    def _trend(self, window: EvidenceWindow, observations: list[Observation], target: float) -> Limit | None:
+        """Where the High share, falling with size around the base, will cross the target.
+
+        Weighted least squares of share = a + b*size over the batches between half and
+        `TREND_REACH` times the base (weights: items): with b < 0 at t < -TREND_T, the
+        crossing a + b*size = target, that is size = (target - a)/b, bounds the growth. It
+        sees a knee coming before a batch has crossed it.
+        """
+        base = window.base
+        w0 = w1 = w2 = wy = wxy = wyy = 0.0
+        for size, high, items in observations:
+            if base / 2 <= size <= base * self.TREND_REACH and items:
+                w0 += items
+                w1 += items * size
+                w2 += items * size * size
+                wy += high
+                wxy += high * size
+                wyy += high * high / items
+        determinant = w0 * w2 - w1 * w1
+        if w0 <= 0 or determinant <= 1e-9 * w0 * w2:
+            return None
+        # Solution to the weighted normal equations of a + b*size = share.
+        b = (w0 * wxy - w1 * wy) / determinant
+        a = (wy - b * w1) / w0
+        if b >= 0:
+            return None
+        # Binomial variance of one item at the mean share (weights are item counts).
+        share = wy / w0
+        variance = max(share * (1 - share), 1e-6)
+        t = b / math.sqrt(variance * w0 / determinant)
+        if t > -self.TREND_T:
+            return None
+        crossing = (target - a) / b
+        if crossing <= base:
+            return None  # at or past the crossing: the ceiling rules decide, on evidence at the sizes
+        window.metrics["quality_trend_crossing"] = crossing
+        return Limit(
+            "quality",
+            crossing,
+            f"the quality trend: High share falls {-b * 100:.3f} points per 100 items around {base} items "
+            f"(t = {t:.1f}) and reaches the target {target:.2f} at {crossing:.0f} items",
+        )
 
     def _ceiling(
         self, pool: QualityPool, sizes: list[float], target: float, z: float
