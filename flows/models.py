@@ -65,6 +65,20 @@ class ExecutionOptions(BaseModel):
         return bool(self.dask_address or self.dask_workers)
 
 
+class NextStage(BaseModel):
+    """What the scaling task hands the next stage: its size, or why the run must stop.
+
+    `stop` is set when every call fails whatever the size (a broken processor, not a size
+    problem); `unmet` names a constraint that no size meets, which the run reports once.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(gt=0)
+    stop: str | None = None
+    unmet: str | None = None
+
+
 class StageSummary(BaseModel):
     """What one stage did."""
 

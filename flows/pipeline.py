@@ -46,6 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from flows.models import (
     DEFAULT_PROCESSOR,
     ExecutionOptions,
+    NextStage,
     PipelineSummary,
     ProcessorPath,
     StageSummary,
@@ -272,19 +273,28 @@ def decide_next_batch_size(
     current_batch_size: int,
     stage: int,
     database_url: SecretStr | None = None,
-) -> int:
-    """Read the pipeline's batch history from the store, decide, persist, return the next size.
+    remaining_items: int | None = None,
+) -> NextStage:
+    """Read the pipeline's batch history from the store, decide, persist, return the next stage.
 
     A store error raises a `StoreError` naming the database; Prefect retries the task.
     """
     url = _url(database_url)
     try:
-        return _decide(run_id, pipeline, scaling, current_batch_size, stage, url)
+        return _decide(run_id, pipeline, scaling, current_batch_size, stage, url, remaining_items)
     except SQLAlchemyError as error:
         raise store.StoreError.wrap(url, error) from error
 
 
-def _decide(run_id: str, pipeline: str, scaling: ScalingConfig, current_batch_size: int, stage: int, url: str) -> int:
+def _decide(
+    run_id: str,
+    pipeline: str,
+    scaling: ScalingConfig,
+    current_batch_size: int,
+    stage: int,
+    url: str,
+    remaining_items: int | None,
+) -> NextStage:
     engine = _engine(url)
     config = scaling.model_copy(update={"initial_batch_size": scaling.clamp(current_batch_size)})
     bound = PipelineStore(engine, pipeline=pipeline, run_id=run_id)
@@ -294,7 +304,7 @@ def _decide(run_id: str, pipeline: str, scaling: ScalingConfig, current_batch_si
         config,
         store=bound,
     )
-    decision = controller.evaluate_and_apply_scaling()
+    decision = controller.evaluate_and_apply_scaling(remaining_items=remaining_items)
     get_run_logger().info(
         "Stage %s: %s %s -> %s: %s",
         stage,
@@ -303,7 +313,13 @@ def _decide(run_id: str, pipeline: str, scaling: ScalingConfig, current_batch_si
         decision.new_batch_size,
         decision.reason,
     )
-    return decision.new_batch_size
+    metrics = decision.performance_metrics
+    unmet = next((part.strip() for part in decision.reason.split(";") if part.strip().startswith("no size meets")), None)
+    return NextStage(
+        batch_size=decision.new_batch_size,
+        stop=decision.reason if "deterministic_failures" in metrics else None,
+        unmet=unmet,
+    )
 
 
 async def _settle(task_run_id: UUID | None, *, timeout: float = 2.0) -> None:
@@ -401,6 +417,7 @@ async def _run_stages(
     """Stage, scaling task, stage... until no item is pending; returns the stages run."""
     failures_in_a_row = 0
     stages = 0
+    warned: set[str] = set()
     with store.open_session(engine) as session:
         counts = store.count_items(session, run.run_id)
     finished = counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED]
@@ -436,6 +453,10 @@ async def _run_stages(
                 f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
                 f"stopping run {run.run_id}: its items are pending again, rerun to resume"
             )
+        # Progress from the stages' own counts: counting the ledger after every stage would
+        # scan millions of rows per stage. An API call each: at most one per interval (the
+        # run's end sets 100 %).
+        finished += stage.successful
         decided = decide_next_batch_size(
             run_id=run.run_id,
             pipeline=pipeline,
@@ -443,14 +464,24 @@ async def _run_stages(
             current_batch_size=size,
             stage=stage.stage,
             database_url=database_url,
+            remaining_items=max(run.item_count - finished, 0),
             return_state=True,
         )
-        size = await decided.aresult()
+        next_stage: NextStage = await decided.aresult()
         await _settle(decided.state_details.task_run_id)
-        # Progress from the stages' own counts: counting the ledger after every stage would
-        # scan millions of rows per stage. An API call each: at most one per interval (the
-        # run's end sets 100 %).
-        finished += stage.successful
+        if next_stage.stop is not None:
+            with store.open_session(engine) as session:
+                store.finish_run(session, run.run_id, store.RunStatus.FAILED)
+            raise RuntimeError(
+                f"processor {processor} failed on every call, whatever the batch size: {next_stage.stop}. "
+                f"This is not a batch-size problem: fix the processor and rerun to resume run {run.run_id} "
+                "(its items are pending again)"
+            )
+        constraint = next_stage.unmet.split(":")[0] if next_stage.unmet is not None else None
+        if constraint is not None and constraint not in warned:
+            warned.add(constraint)  # once per constraint and run: the numbers change every stage
+            get_run_logger().warning("Stage %s: %s", stage.stage, next_stage.unmet)
+        size = next_stage.batch_size
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             progress = min(100.0, 100.0 * finished / max(run.item_count, 1))
             await aupdate_progress_artifact(progress_id, progress=progress)

@@ -250,10 +250,13 @@ class DynamicScalingController:
             return None
         return self.evaluate_and_apply_scaling()
 
-    def evaluate_and_apply_scaling(self) -> ScalingDecision:
-        """Decide on the store's recent history, apply the decision, resize the batch manager."""
+    def evaluate_and_apply_scaling(self, *, remaining_items: int | None = None) -> ScalingDecision:
+        """Decide on the store's recent history, apply the decision, resize the batch manager.
+
+        `remaining_items`, when known, lets the manager skip exploration that cannot repay.
+        """
         history = self.progress_tracker.recent_results(ScalingManager.HISTORY)
-        decision = self.scaling_manager.evaluate_scaling(history)
+        decision = self.scaling_manager.evaluate_scaling(history, remaining_items=remaining_items)
         self.scaling_manager.apply_scaling_decision(decision)
         self._sync_size()
         self._last_decision = decision

@@ -104,6 +104,7 @@ class TimeLimit:
         metrics["recent_seconds_per_item"] = per_item
         fit = window.fit
         if fit is not None and fit.seconds(config.min_batch_size) > threshold and direct < config.min_batch_size:
+            metrics["time_unmet"] = 1.0
             return Limit(
                 "time",
                 math.inf,
