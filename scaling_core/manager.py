@@ -217,6 +217,7 @@ class ScalingManager:
         new_size = min(base, config.clamp(new))
         if new_size >= base and base > config.min_batch_size:
             new_size = config.clamp(base - 1)
+        metrics["failure_ceiling"] = float(failed)
         return self._decision(
             base, new_size, f"the last batch ({failed} items) failed whole{detail}; {how}", metrics
         )

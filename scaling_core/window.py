@@ -82,6 +82,9 @@ class EvidenceWindow:
     """Trailing batches scanned for a shock."""
     MIN_NOISE = 0.05
     """Floor on the relative timing noise: identical timings must not make every batch a shock."""
+    MAX_NOISE = 2.0
+    """Ceiling on the relative timing noise (a factor of e^2 = 7.4 per sigma): beyond it the
+    timings say nothing a limit could use."""
     SAME_SIZE = 1.03
     """Batches within this size ratio count as the same size."""
     NEIGHBOURHOOD = 1.10
@@ -166,8 +169,9 @@ class EvidenceWindow:
         )
         if fit is None:
             return None, cls.MIN_NOISE
-        residuals = [math.log(t / fit.seconds(n)) for n, t in recent if fit.seconds(n) > 0]
-        return fit, max(robust_spread(residuals), cls.MIN_NOISE)
+        a, b, c = fit.fixed, fit.per_item, fit.quadratic
+        residuals = [math.log(max(t / e, 1e-300)) for n, t in recent if (e := a + b * n + c * n * n) > 0]
+        return fit, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
 
     @classmethod
     def _shock(cls, timings: Sequence[Timing], fit: CostFit | None, noise: float) -> int:

@@ -121,13 +121,16 @@ def test_oracle_drops_quality_then_time_when_nothing_is_feasible() -> None:
 
 
 def test_every_workload_has_a_strictly_feasible_optimum_inside_its_limits() -> None:
+    # The one workload whose quality target no size meets, on purpose.
+    unmet = {"unmet-quality": ("quality",)}
     for workload in WORKLOADS:
         for optimum in find_oracle(workload).phases:
             phase = workload.phases[optimum.phase_index]
             config = workload.config
-            assert optimum.relaxed == (), workload.name
+            assert optimum.relaxed == unmet.get(workload.name, ()), workload.name
             assert config.min_batch_size <= optimum.size <= config.max_batch_size
-            assert phase.high_share(optimum.size) >= config.high_confidence_threshold
+            if not optimum.relaxed:
+                assert phase.high_share(optimum.size) >= config.high_confidence_threshold
             assert phase.expected_time(optimum.size) <= config.processing_time_threshold
             assert not phase.fails_whole(optimum.size)
 
