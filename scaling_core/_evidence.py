@@ -232,26 +232,57 @@ def fit_costs(
     one, so the fit follows costs that drift. A `guide` fit (of similar data) supplies the
     predicted times for the weights and saves the unweighted first pass.
     """
+    mean, robust = fit_costs_both(
+        sizes,
+        seconds,
+        min_points=min_points,
+        min_spread=min_spread,
+        outlier_cutoff=outlier_cutoff or 0.0,
+        curvature_t=curvature_t,
+        half_life=half_life,
+        guide=guide,
+        robust=outlier_cutoff is not None,
+    )
+    return robust if outlier_cutoff is not None else mean
+
+
+def fit_costs_both(
+    sizes: Sequence[float],
+    seconds: Sequence[float],
+    *,
+    min_points: int = 4,
+    min_spread: float = 1.15,
+    outlier_cutoff: float = 3.5,
+    curvature_t: float = 3.0,
+    half_life: float | None = None,
+    guide: CostFit | None = None,
+    robust: bool = True,
+) -> tuple[CostFit | None, CostFit | None]:
+    """`fit_costs` with every point and with the outliers dropped, from one pass: (mean, robust).
+
+    The mean fit estimates the expected batch time (outliers are part of it); the robust fit
+    is the cost the outliers stand out from. Without `robust`, the second is the first.
+    """
     points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
     count = len(points)
+    if count < min_points:
+        return None, None
+    if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
+        return None, None
     if half_life:
         decay = 0.5 ** (1.0 / half_life)
         recency = [decay ** (count - 1 - i) for i in range(count)]
     else:
         recency = [1.0] * count
-    if len(points) < min_points:
-        return None
-    if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
-        return None
     first = guide or _fit_once(points, curvature_t, recency if half_life else None)
     if first is None:
-        return None
+        return None, None
     a, b, c = first.fixed, first.per_item, first.quadratic
     predicted = [a + b * n + c * n * n for n, _ in points]
     weights = [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
     fit = _fit_once(points, curvature_t, weights) or first
-    if outlier_cutoff is None:
-        return fit
+    if not robust:
+        return fit, fit
     a, b, c = fit.fixed, fit.per_item, fit.quadratic
     relative = []
     for n, t in points:
@@ -262,8 +293,8 @@ def fit_costs(
     if min_points <= len(kept) < len(points):
         refit = _fit_once([points[i] for i in kept], curvature_t, [weights[i] for i in kept])
         if refit is not None:
-            return refit
-    return fit
+            return fit, refit
+    return fit, fit
 
 
 _LINEAR_MODELS = ((0, 1), (1,), (0,))

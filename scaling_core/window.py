@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from scaling_core._evidence import CostFit, fit_costs, robust_spread
+from scaling_core._evidence import CostFit, fit_costs_both, robust_spread
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
@@ -65,8 +66,12 @@ class EvidenceWindow:
     fit of a cost that curves up is low at the largest sizes, where the time limit is read,
     so the time limit takes curvature on weaker evidence than the throughput optimum
     (`limits.ThroughputOptimum.CURVATURE_T`), which shrinks the size on it."""
+    OUTLIER_CUTOFF = 3.5
+    """Robust standard deviations (1.4826 * MAD) of relative residual beyond which a batch is
+    left out of the robust fit (3.5: a normal batch is that far 1 time in 2,000)."""
     CHANGE_BATCHES = 3
-    """Recent batches tested against older ones for a shift at unchanged sizes."""
+    """Recent batches tested against older ones for a shift of quality at unchanged sizes
+    (a cost shift is tested from the newest batch on: a slower call is plain in one batch)."""
     CHANGE_Z = 4.0
     """z of a shift (quality or log seconds) at unchanged sizes that makes the older evidence
     be forgotten: many splits are tried, so a lax z would forget on noise."""
@@ -118,11 +123,11 @@ class EvidenceWindow:
 
         timings = [(float(v.items), v.seconds) for v in recent if v.seconds > 0]
         change = cost_change_point(timings, cls)
-        fit, noise = cls._fit(timings[change:])
-        shock = cls._shock(timings[change:], fit, noise)
+        fit, robust, noise = cls._fit(timings[change:])
+        shock = cls._shock(timings[change:], robust, noise)
         if shock:
             change += shock
-            fit, noise = cls._fit(timings[change:])
+            fit, robust, noise = cls._fit(timings[change:])
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
@@ -157,21 +162,28 @@ class EvidenceWindow:
         )
 
     @classmethod
-    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, float]:
+    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, CostFit | None, float]:
+        """(mean fit, robust fit, noise) of the recent `timings`.
+
+        The mean fit keeps every batch (the time limit is on expected time, outliers
+        included); the robust one drops the outliers, and the noise is the robust spread of
+        the log residuals around it: a fit that bends toward a few batches of a changed cost
+        must not hide the change, nor inflate the noise it is measured in.
+        """
         recent = timings[-cls.RECENT_COST :]
-        fit = fit_costs(
+        fit, robust = fit_costs_both(
             [n for n, _ in recent],
             [t for _, t in recent],
             min_spread=cls.FIT_SPREAD,
             half_life=cls.COST_HALF_LIFE,
-            outlier_cutoff=None,
+            outlier_cutoff=cls.OUTLIER_CUTOFF,
             curvature_t=cls.TIME_CURVATURE_T,
         )
-        if fit is None:
-            return None, cls.MIN_NOISE
-        a, b, c = fit.fixed, fit.per_item, fit.quadratic
+        if fit is None or robust is None:
+            return None, None, cls.MIN_NOISE
+        a, b, c = robust.fixed, robust.per_item, robust.quadratic
         residuals = [math.log(max(t / e, 1e-300)) for n, t in recent if (e := a + b * n + c * n * n) > 0]
-        return fit, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
+        return fit, robust, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
 
     @classmethod
     def _shock(cls, timings: Sequence[Timing], fit: CostFit | None, noise: float) -> int:
@@ -224,54 +236,87 @@ class EvidenceWindow:
         return None
 
 
+def _split_backs(length: int, window: type[EvidenceWindow]) -> set[int]:
+    """Batches after each split tried: every one up to `SHOCK_SCAN`, then geometric."""
+    backs = set(range(1, min(window.SHOCK_SCAN, length - 1) + 1))
+    back = window.SHOCK_SCAN
+    while back < length:
+        backs.add(back)
+        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
+    return backs
+
+
 def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
     """Index from which the cost evidence is current (0 when the cost did not shift).
 
     Each batch after a split is compared with the older batches of about its size (buckets
     `NEIGHBOURHOOD` wide: timing noise dwarfs the size effect within them), on log seconds,
-    in units of the spread that batches of one size show; the most recent split with
-    |z| > `CHANGE_Z` wins.
+    in units of the spread that the older batches of one size show (the newer ones would
+    inflate it with the very shift under test). The most recent split with |z| > `CHANGE_Z`
+    wins; every split up to `SHOCK_SCAN` batches back is tried (a change of cost is plain in
+    the first batch after it at a size that ran before), geometric ones beyond. Moving the
+    split back one batch updates every sum in O(1).
     """
-    if len(timings) <= window.CHANGE_BATCHES:
+    count = len(timings)
+    if count < 2:
         return 0
     ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
     logs = [math.log(t) for _, t in timings]
-    sums, squares, counts = [0.0] * width, [0.0] * width, [0] * width
+    # Per size bucket: [count, sum, sum of squares] of the older batches (before the split)
+    # and of the newer ones (after it).
+    before = [[0, 0.0, 0.0] for _ in range(width)]
+    after = [[0, 0.0, 0.0] for _ in range(width)]
     for key, value in zip(ids, logs, strict=True):
-        sums[key] += value
-        squares[key] += value * value
-        counts[key] += 1
-    # Spread of log seconds within a size, pooled over sizes (at least MIN_NOISE: no
-    # division by a spread that a few identical timings make zero).
+        cell = before[key]
+        cell[0] += 1
+        cell[1] += value
+        cell[2] += value * value
+
+    def within(cell: list[Any]) -> tuple[float, int]:
+        n, total, squares = cell
+        return (squares - total * total / n, n - 1) if n > 1 else (0.0, 0)
+
+    def shift(old: list[Any], new: list[Any]) -> tuple[float, float]:
+        n_old, n_new = old[0], new[0]
+        if not n_old or not n_new:
+            return 0.0, 0.0
+        # Later batches' log seconds minus what the older mean of their size predicts.
+        return new[1] - n_new * old[1] / n_old, n_new * (1 + n_new / n_old)
+
     spread_sum = spread_dof = 0.0
-    for key in range(width):
-        if counts[key] > 1:
-            spread_sum += squares[key] - sums[key] ** 2 / counts[key]
-            spread_dof += counts[key] - 1
-    variance = max(spread_sum / spread_dof if spread_dof else 0.0, window.MIN_NOISE**2)
-    after_sums, after_counts = [0.0] * width, [0] * width
-    touched: list[int] = []
-    checkpoint = window.CHANGE_BATCHES
-    for back in range(1, len(timings)):
-        index = len(timings) - back
-        key = ids[index]
-        if not after_counts[key]:
-            touched.append(key)
-        after_sums[key] += logs[index]
-        after_counts[key] += 1
-        if back < checkpoint:
+    for cell in before:
+        ss, dof = within(cell)
+        spread_sum += ss
+        spread_dof += dof
+    difference = spread = 0.0
+    floor = window.MIN_NOISE**2
+    backs = _split_backs(count, window)
+    for back in range(1, count):
+        index = count - back
+        key, value = ids[index], logs[index]
+        old, new = before[key], after[key]
+        ss, dof = within(old)
+        spread_sum -= ss
+        spread_dof -= dof
+        d, w = shift(old, new)
+        difference -= d
+        spread -= w
+        old[0] -= 1
+        old[1] -= value
+        old[2] -= value * value
+        new[0] += 1
+        new[1] += value
+        new[2] += value * value
+        ss, dof = within(old)
+        spread_sum += ss
+        spread_dof += dof
+        d, w = shift(old, new)
+        difference += d
+        spread += w
+        if back not in backs or spread <= 0:
             continue
-        checkpoint = max(checkpoint + 1, int(checkpoint * window.CHANGE_CHECKPOINT_GROWTH))
-        difference = spread = 0.0
-        for key in touched:
-            n_after = after_counts[key]
-            n_before = counts[key] - n_after
-            if n_before < 1:
-                continue
-            # Mean of the later batches minus the mean of the older ones, per size bucket.
-            difference += after_sums[key] - n_after * (sums[key] - after_sums[key]) / n_before
-            spread += n_after * (1 + n_after / n_before)
-        if spread > 0 and abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
+        variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
+        if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
             return index
     return 0
 
