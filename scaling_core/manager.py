@@ -104,6 +104,8 @@ class ScalingManager:
     places an interior optimum only shows across a spread of sizes."""
     SPREAD_PROBE_DEPTH = 0.08
     """Probe depth elsewhere, only while the recent sizes are too alike to fit a cost."""
+    KNOWN_GROUND = 12
+    """Batches back (two probe cycles) in which a size that ran well counts as known ground."""
     PROBE_HORIZON = 20
     """A probe informs the batches after it: with fewer than this many batches of items left
     it cannot repay its cost, and none is made."""
@@ -242,6 +244,9 @@ class ScalingManager:
                 )
             growth, pace = self._growth(window, bounds, quality_unmet="quality_unmet" in metrics)
             step = config.clamp(min(target, base * growth))
+            known = self._known_ground(window, target)
+            if known > step:
+                step, pace = known, f"back to {known}, where recent batches ran within every limit"
             if step > base:
                 return self._decision(base, step, f"{pace}: toward {binding.reason}{note}", metrics)
         probe = self._probe(window, binding)
@@ -278,6 +283,23 @@ class ScalingManager:
         if all(size >= base * config.scaling_factor * self.NEIGHBOURHOOD for size in reach):
             return config.scaling_factor, "far from every limit"
         return self.NEAR_LIMIT_GROWTH, "near a limit, growing slowly"
+
+    def _known_ground(self, window: EvidenceWindow, target: int) -> int:
+        """The largest size up to `target` that ran within the time limit and the quality
+        target in the last `KNOWN_GROUND` batches, and did not fail: no step is needed to go
+        back there (after a probe, or a shrink for one slow batch). 0 when there is none."""
+        config = self.config
+        known = 0
+        for view in window.views[-self.KNOWN_GROUND :]:
+            if (
+                not view.failed
+                and known < view.asked <= target
+                and view.seconds <= config.processing_time_threshold
+                and view.items
+                and view.high >= config.high_confidence_threshold * view.items
+            ):
+                known = view.asked
+        return known
 
     def _failed_for_size_lately(self, window: EvidenceWindow) -> bool:
         recent = len(window.views) - self.config.min_batches_for_scaling
