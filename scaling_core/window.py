@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -262,57 +261,45 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
         return 0
     ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
     logs = [math.log(t) for _, t in timings]
-    # Per size bucket: [count, sum, sum of squares] of the older batches (before the split)
-    # and of the newer ones (after it).
-    before = [[0, 0.0, 0.0] for _ in range(width)]
-    after = [[0, 0.0, 0.0] for _ in range(width)]
+    # Per size bucket, of the older batches (before the split) and of the newer ones.
+    b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
+    a_n, a_sum = [0] * width, [0.0] * width
     for key, value in zip(ids, logs, strict=True):
-        cell = before[key]
-        cell[0] += 1
-        cell[1] += value
-        cell[2] += value * value
-
-    def within(cell: list[Any]) -> tuple[float, int]:
-        n, total, squares = cell
-        return (squares - total * total / n, n - 1) if n > 1 else (0.0, 0)
-
-    def shift(old: list[Any], new: list[Any]) -> tuple[float, float]:
-        n_old, n_new = old[0], new[0]
-        if not n_old or not n_new:
-            return 0.0, 0.0
-        # Later batches' log seconds minus what the older mean of their size predicts.
-        return new[1] - n_new * old[1] / n_old, n_new * (1 + n_new / n_old)
-
-    spread_sum = spread_dof = 0.0
-    for cell in before:
-        ss, dof = within(cell)
-        spread_sum += ss
-        spread_dof += dof
+        b_n[key] += 1
+        b_sum[key] += value
+        b_sq[key] += value * value
+    # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
+    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
+    spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
     difference = spread = 0.0
     floor = window.MIN_NOISE**2
     backs = _split_backs(count, window)
     for back in range(1, count):
         index = count - back
         key, value = ids[index], logs[index]
-        old, new = before[key], after[key]
-        ss, dof = within(old)
-        spread_sum -= ss
-        spread_dof -= dof
-        d, w = shift(old, new)
-        difference -= d
-        spread -= w
-        old[0] -= 1
-        old[1] -= value
-        old[2] -= value * value
-        new[0] += 1
-        new[1] += value
-        new[2] += value * value
-        ss, dof = within(old)
-        spread_sum += ss
-        spread_dof += dof
-        d, w = shift(old, new)
-        difference += d
-        spread += w
+        n_old, n_new = b_n[key], a_n[key]
+        # Take the bucket's old contributions out ...
+        if n_old > 1:
+            spread_sum -= b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof -= n_old - 1
+        if n_new:
+            difference -= a_sum[key] - n_new * b_sum[key] / n_old
+            spread -= n_new * (1 + n_new / n_old)
+        # ... move the batch from the older side to the newer one ...
+        n_old -= 1
+        n_new += 1
+        b_n[key], a_n[key] = n_old, n_new
+        b_sum[key] -= value
+        b_sq[key] -= value * value
+        a_sum[key] += value
+        # ... and put them back. Later batches' log seconds minus what the older mean of
+        # their size predicts; its variance in units of the within-size spread.
+        if n_old > 1:
+            spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof += n_old - 1
+        if n_old:
+            difference += a_sum[key] - n_new * b_sum[key] / n_old
+            spread += n_new * (1 + n_new / n_old)
         if back not in backs or spread <= 0:
             continue
         variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
