@@ -176,16 +176,19 @@ class _Moments:
 
         Costs are sums of non-negative parts (fixed, per item, per item^2): a negative
         coefficient is the noise talking, and the best model without that term is taken.
+        The first candidate holds every power of the others, so when it is non-negative no
+        nested model can fit better and none is solved.
         """
         best: _Solution | None = None
-        for powers in candidates:
+        for number, powers in enumerate(candidates):
             solution = self.solve(powers)
             if solution is None or any(c < 0 for c in solution.coefficients):
                 continue
+            if number == 0:
+                return solution
             if best is None or solution.rss < best.rss:
                 best = solution
         return best
-
 
 @dataclass(frozen=True, slots=True)
 class _Solution:
