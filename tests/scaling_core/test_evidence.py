@@ -1,0 +1,67 @@
+"""The statistics under the limits, checked against numpy and known values."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
+
+
+def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
+    rng = random.Random(seed)
+    sizes = [float(rng.randint(20, 400)) for _ in range(count)]
+    seconds = [(1.0 + 0.01 * n + quadratic * n * n) * math.exp(rng.gauss(0, 0.05)) for n in sizes]
+    return sizes, seconds
+
+
+def test_the_linear_fit_is_weighted_least_squares_as_numpy_computes_it() -> None:
+    sizes, seconds = _sample(0.0)
+    fit = fit_costs(sizes, seconds, outlier_cutoff=None)
+    assert fit is not None and fit.quadratic == 0.0
+    # Weights 1/predicted^2 from an unweighted first pass: numpy.polyfit takes 1/sigma.
+    first = np.polyfit(sizes, seconds, 1)
+    predicted = np.polyval(first, sizes)
+    slope, intercept = np.polyfit(sizes, seconds, 1, w=1.0 / predicted)
+    assert fit.per_item == pytest.approx(slope, rel=1e-6)
+    assert fit.fixed == pytest.approx(intercept, rel=1e-6)
+
+
+def test_curvature_is_kept_only_on_significant_evidence() -> None:
+    curved = fit_costs(*_sample(2e-5), outlier_cutoff=None)
+    assert curved is not None and curved.quadratic > 0 and curved.curvature_t > 3
+    sizes, seconds = _sample(2e-5)
+    # The unweighted first pass finds the curvature too; its predictions set the weights.
+    first = np.polyfit(sizes, seconds, 2)
+    c2, c1, c0 = np.polyfit(sizes, seconds, 2, w=1.0 / np.polyval(first, sizes))
+    assert (curved.quadratic, curved.per_item, curved.fixed) == pytest.approx((c2, c1, c0), rel=1e-6)
+    assert curved.throughput_optimum() == pytest.approx(math.sqrt(curved.fixed / curved.quadratic))
+    for seed in range(20):
+        linear = fit_costs(*_sample(0.0, seed=seed), outlier_cutoff=None, curvature_t=3.0)
+        assert linear is not None and linear.quadratic == 0.0, seed
+
+
+def test_the_time_limit_root_solves_fixed_plus_per_item_times_n() -> None:
+    fit = fit_costs([10.0, 20.0, 40.0, 80.0], [1.1, 1.2, 1.4, 1.8], outlier_cutoff=None)
+    assert fit is not None
+    assert fit.largest_size_within(5.0) == pytest.approx((5.0 - 1.0) / 0.01, rel=1e-6)
+
+
+def test_wilson_bounds_match_the_published_interval() -> None:
+    # 8 of 10 at z = 1.96: (0.4902, 0.9433), Wilson (1927) / Newcombe (1998), method 3.
+    lower, upper = wilson_bounds(8, 10, 1.96)
+    assert (round(lower, 4), round(upper, 4)) == (0.4902, 0.9433)
+    assert wilson_bounds(0, 0, 2.0) == (0.0, 1.0)
+
+
+def test_the_two_proportion_z_and_the_robust_spread() -> None:
+    # 60/100 against 40/100: pooled 0.5, se sqrt(0.25 * 0.02) = 0.0707, z = 2.83.
+    assert two_proportion_z(60, 100, 40, 100) == pytest.approx(0.2 / math.sqrt(0.005))
+    assert two_proportion_z(1, 0, 5, 10) == 0.0
+    rng = np.random.default_rng(0)
+    normal = rng.normal(0.0, 0.3, 4001).tolist()
+    assert robust_spread(normal) == pytest.approx(0.3, rel=0.05)
+    assert robust_spread([*normal, *[50.0] * 100]) == pytest.approx(0.3, rel=0.1)  # outliers barely move it

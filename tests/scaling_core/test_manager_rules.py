@@ -1,0 +1,104 @@
+"""Each rule of the manager as an exact size sequence on a noise-free workload (as Beam's
+`util_test` pins `[1, 2, 4, 8, 12, 12]` on a fake clock)."""
+
+from __future__ import annotations
+
+from scaling_core import ScalingAction, ScalingConfig
+from tests.scaling_core.rules import BatchResult, drive, result
+
+# The time limit: 1 s + 10 ms/item reaches 0.97 x 5 s at 385 items.
+TIMED = ScalingConfig(initial_batch_size=20, min_batch_size=5, max_batch_size=1000, processing_time_threshold=5.0)
+SMALL = ScalingConfig(initial_batch_size=20, max_batch_size=300)
+
+
+def linear(size: int, number: int) -> BatchResult:
+    return result(size, 1.0 + 0.01 * size)
+
+
+def cheap(size: int, number: int) -> BatchResult:
+    return result(size, 0.5 + 0.001 * size)
+
+
+def test_growth_waits_for_evidence_then_compounds_with_a_fit_and_slows_near_the_time_limit() -> None:
+    sizes, decision = drive(TIMED, linear, 15)
+    # 3 batches of evidence; x1.5 without a fit; x2.25 while the fit puts the step under half
+    # the time limit; x1.5, then x1.15 within a step of the limit; at rest on it.
+    assert sizes == [20, 20, 20, 30, 68, 102, 153, 230, 345, 385, 385, 385, 385, 385, 385]
+    assert decision.new_batch_size == 270  # the probe 30% under, once every 6 batches at rest
+    assert "time limit" in decision.reason
+
+
+def test_probes_alternate_depths_return_at_once_and_stop_when_too_few_items_remain() -> None:
+    sizes, _ = drive(TIMED, linear, 40)
+    assert sizes[20:] == [385, 385, 327, 385, 385, 385, 385, 385, 385, 270, 385, 385, 385, 385, 385, 385, 327, 385, 385, 385]
+    near_the_end, _ = drive(TIMED, linear, 40, remaining=lambda number: max(0, 5000 - 300 * number))
+    assert near_the_end[20:] == [385] * 20
+
+
+def test_one_batch_far_over_the_time_limit_shrinks_at_once_and_the_new_cost_is_learned() -> None:
+    def slower_from_12(size: int, number: int) -> BatchResult:
+        return result(size, 1.0 + (0.025 if number >= 12 else 0.01) * size)
+
+    sizes, decision = drive(TIMED, slower_from_12, 20)
+    # 2.5x per-item cost from batch 12: 385 items take 10.6 s; the new limit is 154.
+    assert sizes == [20, 20, 20, 30, 68, 102, 153, 230, 345, 385, 385, 385, 385, 159, 135, 155, 155, 155, 155, 155]
+    assert "25.00 ms/item" in decision.reason
+
+
+def test_the_quality_knee_is_approached_and_held() -> None:
+    def knee(size: int, number: int) -> BatchResult:
+        share = 0.97 if size <= 100 else max(0.3, 0.97 - 0.002 * (size - 100))
+        return result(size, 0.5 + 0.001 * size, high=round(share * size))
+
+    sizes, decision = drive(ScalingConfig(initial_batch_size=20, max_batch_size=500), knee, 16)
+    # The share crosses 0.90 at 135 items.
+    assert sizes == [20, 20, 20, 30, 68, 153, 98, 113, 127, 136, 136, 136, 136, 136, 136, 136]
+    assert "quality limit" in decision.reason
+
+
+def test_a_failure_cliff_steps_back_holds_and_approaches_in_small_steps() -> None:
+    def cliff(size: int, number: int) -> BatchResult:
+        if size >= 150:
+            return result(size, 8.0, failed=True, error="TimeoutError: stage timed out after 8 s")
+        return result(size, 0.5 + 0.001 * size)
+
+    sizes, decision = drive(ScalingConfig(initial_batch_size=20, max_batch_size=500), cliff, 16)
+    assert sizes == [20, 20, 20, 30, 68, 153, 68, 68, 68, 78, 90, 103, 118, 136, 136, 136]
+    assert decision.new_batch_size == 136
+    assert "failure ceiling" in decision.reason
+
+
+def test_a_transient_failure_at_a_size_that_succeeded_keeps_the_size() -> None:
+    def one_503(size: int, number: int) -> BatchResult:
+        return result(size, 1.0, failed=True, error="HTTPStatusError: 503") if number == 15 else cheap(size, number)
+
+    sizes, _ = drive(SMALL, one_503, 22)
+    assert sizes[14:] == [300, 300, 300, 300, 300, 210, 300, 300]
+
+
+def test_a_processor_that_fails_whatever_the_size_is_never_learned_as_a_size() -> None:
+    def broken(size: int, number: int) -> BatchResult:
+        return result(size, 0.1, failed=True, error="ValueError: bad key") if 10 <= number < 14 else cheap(size, number)
+
+    sizes, decision = drive(SMALL, broken, 14)
+    # Once (transient?), twice (halve), four times over a 4x span: deterministic, back to 300.
+    assert sizes[9:] == [300, 300, 300, 150, 75]
+    assert decision.new_batch_size == 300
+    assert decision.performance_metrics["deterministic_failures"] == 4
+    assert decision.reason.startswith("every call fails whatever the size: 4 whole failures in a row")
+    assert "ValueError: bad key" in decision.reason
+    fixed, _ = drive(SMALL, lambda size, number: broken(size, number) if number < 14 else cheap(size, number), 22)
+    assert fixed[14:] == [300, 300, 300, 300, 300, 300, 255, 300]
+
+
+def test_a_quality_target_no_size_meets_is_ignored_and_the_reason_says_so() -> None:
+    def flat(size: int, number: int) -> BatchResult:
+        return result(size, 1.0 + 0.01 * size, high=round(0.8 * size))
+
+    config = ScalingConfig(initial_batch_size=50, max_batch_size=400, processing_time_threshold=5.0)
+    sizes, decision = drive(config, flat, 12)
+    assert sizes == [50, 50, 50, 25, 56, 126, 189, 284, 327, 376, 376, 376]
+    assert decision.action == ScalingAction.MAINTAIN
+    assert "no size meets the quality target 0.90" in decision.reason
+    assert "choosing by throughput" in decision.reason
+    assert decision.performance_metrics["quality_unmet"] == 1.0
