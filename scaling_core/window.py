@@ -54,6 +54,8 @@ class EvidenceWindow:
     EVIDENCE = 200
     """Batches the quality and cost evidence reads (a change forgets sooner); a super-linear
     cost's curvature needs the wide sizes of the ramp-up."""
+    COST_SCAN = 150
+    """Batches the cost shift test reads: as far back as the throughput optimum's fit."""
     RECENT_COST = 80
     """Batches the recent cost fit reads (the time limit's)."""
     COST_HALF_LIFE = 40.0
@@ -121,7 +123,10 @@ class EvidenceWindow:
         recent = [v for v in views[-cls.EVIDENCE :] if v.items > 0 and not v.failed]
 
         timings = [(float(v.items), v.seconds) for v in recent if v.seconds > 0]
-        change = cost_change_point(timings, cls)
+        # A change further back than the long cost fit reads would cut nothing it uses.
+        skipped = max(len(timings) - cls.COST_SCAN, 0)
+        change = skipped + cost_change_point(timings[skipped:], cls) if timings else 0
+        change = 0 if change == skipped else change
         fit, robust, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], robust, noise)
         if shock:
