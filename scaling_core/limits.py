@@ -158,10 +158,11 @@ class ThroughputOptimum:
 
     LONG = 150
     """Batches the long cost fit reads."""
-    CURVATURE_T = 3.0
-    """t of the quadratic term needed to place an interior optimum. A decision is made after
-    every batch, so a 5% test (t = 2) would find curvature in a linear cost now and then;
-    t = 3 is a 0.3% false alarm per fit."""
+    CURVATURE_T = 2.0
+    """t of the quadratic term (in the long fit) needed to place an interior optimum. A
+    decision is made after every batch, so a 2.3% one-sided test alone would find curvature
+    in a linear cost now and then: the recent fit (`EvidenceWindow.TIME_CURVATURE_T`) must
+    also have kept a quadratic term, on its own batches."""
     COST_AGREEMENT = 0.2
     """Relative gap at the current size beyond which the long fit is not trusted."""
     APPROACH = 1.15
@@ -187,7 +188,8 @@ class ThroughputOptimum:
         else:
             fit = recent
         optimum = fit.throughput_optimum()
-        if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T:
+        # Two reads of the curvature must agree: the long fit's, and the recent one's sign.
+        if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T or recent.quadratic <= 0:
             return None
         window.metrics["throughput_optimum"] = optimum
         largest_seen = max(n for n, _ in timings)
@@ -380,10 +382,11 @@ class FailureCeiling:
     it, approaches the ceiling from there in `APPROACH` steps: each step that succeeds is
     cheap, and only the last one fails (bisection would fail about every other probe).
 
-    A ceiling expires: its newest failure is forgotten after MEMORY * 2^(k-1) batches, k the
-    failures behind it, and the size may grow back to test it. A ceiling that lifted (a fixed
-    processor, a bigger payload limit) is found again; one that holds costs one failure per
-    test, at doubling intervals.
+    A ceiling expires: its newest failure is forgotten after M * 2^(k-1) batches, k the
+    failures behind it and M the batches whose lost throughput pays for a test (`_memory`),
+    and the size may grow back to test it. A ceiling that lifted (a fixed processor, a bigger
+    payload limit, a failure that was transient after all) is found again; one that holds
+    costs one failure per test, at doubling intervals.
     """
 
     PROBES = 3
@@ -394,8 +397,14 @@ class FailureCeiling:
     """A ceiling within one `APPROACH` step (and rounding) above the largest success is not
     approached: the step would land on it."""
     MEMORY = 100
-    """Batches a ceiling of one failure is remembered: re-testing it costs at most one failed
-    batch in a hundred, and doubling with each failure keeps the total logarithmic."""
+    """Batches a ceiling of one failure is remembered while no cost fit says what it costs
+    (re-testing it then costs at most one failed batch in a hundred); doubling with each
+    failure keeps the failures logarithmic in the length of the run."""
+    TEST_COST = 8.0
+    """What a test of the ceiling costs, in batch times at the ceiling: the failed batch and
+    the retry of its items, doubled for what a failure costs beyond time (an alert, load
+    upstream), and doubled again because the gain above the ceiling is an extrapolation of
+    the cost fit."""
 
     def estimate(self, window: EvidenceWindow) -> Limit | None:
         failures = window.failures.size_failures()
@@ -405,12 +414,13 @@ class FailureCeiling:
         # Every current size failure stands behind the ceiling: a larger size that failed
         # says as much about it as the ceiling's own failure (sizes above a cliff fail).
         age = len(window.views) - 1 - max(f.index for f in failures)
-        memory = self.MEMORY * 2 ** (len(failures) - 1)
+        floor = window.largest_success_below(ceiling)
+        memory = self._memory(window, ceiling, floor) * 2 ** (len(failures) - 1)
         window.metrics["failure_ceiling"] = float(ceiling)
+        window.metrics["failure_ceiling_memory"] = min(memory, 1e9)
         if age > memory:
             window.metrics["failure_ceiling_expired"] = float(ceiling)
             return None
-        floor = window.largest_success_below(ceiling)
         if floor is None:
             limit, how = ceiling / 2, "no success below it, halving"
         elif len(failures) < self.PROBES and ceiling / floor > self.APPROACH * self.SAME_SIZE:
@@ -427,6 +437,28 @@ class FailureCeiling:
             f"the newest {age} batch(es) ago; {how}{noted}",
             hard=True,
         )
+
+
+    def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None) -> float:
+        """Batches after which a ceiling of one failure is tested again: when the time lost
+        under it has paid for the test.
+
+        Staying at the floor f instead of where the size would go, n (one step over the
+        ceiling, APPROACH * c, or the time limit when it is further), loses
+        f * (seconds(f)/f - seconds(n)/n) seconds a batch (from the cost fit); testing costs a
+        failed batch and the retry of its items, TEST_COST * seconds(c). Without a fit, MEMORY.
+        """
+        fit = window.fit
+        if fit is None or floor is None:
+            return float(self.MEMORY)
+        # Where the size would go without the ceiling: a step over it, or the time limit
+        # when that is further (the time limit is estimated before this one).
+        reach = min(window.metrics.get("size_within_time_limit", 0.0), float(window.config.max_batch_size))
+        step = max(ceiling * self.APPROACH, reach)
+        loss = floor * (fit.seconds(floor) / floor - fit.seconds(step) / step)
+        if loss <= 0:
+            return math.inf  # nothing to gain above it (a larger batch is no cheaper per item)
+        return self.TEST_COST * fit.seconds(ceiling) / loss
 
 
 def _share(counts: tuple[float, float]) -> float:
