@@ -224,6 +224,8 @@ class QualityLimit:
     PROBE_STEP = 0.35
     """Where between the good size and the bad one a probe goes (below halfway: quality falls
     with size, so a probe near the good side is cheaper when it fails)."""
+    PROBE_GAP = 3
+    """Batches at the good size between two quality probes that have not proven themselves."""
     BISECT_RESOLUTION = 1.08
     """A gap between a good size and a bad one narrower than this ratio is not probed."""
     TREND_REACH = 1.2
@@ -292,8 +294,17 @@ class QualityLimit:
             limit = ceiling / 2
             how = f"no smaller size met the target, halving to {limit:.0f}"
         elif ceiling / floor > self.BISECT_RESOLUTION:
-            limit = floor + (ceiling - floor) * self.PROBE_STEP
-            how = f"probing between {floor:.0f} (good) and it"
+            probe = floor + (ceiling - floor) * self.PROBE_STEP
+            since = next(
+                (back for back, (size, _, _) in enumerate(reversed(observations)) if size * self.SAME_SIZE >= probe),
+                None,
+            )
+            if since is not None and since < self.PROBE_GAP:
+                # A probe that has not proven itself good: back to the good size for a while,
+                # so that a size just over the knee is not sat on while its evidence grows.
+                limit, how = floor, f"back at {floor:.0f} (good) between probes toward it"
+            else:
+                limit, how = probe, f"probing between {floor:.0f} (good) and it"
         else:
             limit = floor
             how = f"staying at {floor:.0f}, the largest size below it"
