@@ -230,9 +230,12 @@ class QualityLimit:
     """A gap between a good size and a bad one narrower than this ratio is not probed."""
     TREND_REACH = 1.2
     """The quality trend reads batches up to this many times the base (and down to half)."""
-    TREND_T = 3.0
-    """t of a falling High share at which its trend bounds the growth (a soft limit: it
-    only slows the approach of a knee, never shrinks the size)."""
+    TREND_T = 2.0
+    """t of a falling High share at which its trend bounds the growth. A soft limit, asked
+    only within `TREND_HEADROOM` of the target: a spurious trend stops growth near the
+    target for a while, and never shrinks the size."""
+    TREND_HEADROOM = 0.04
+    """High share over the target under which the trend is read."""
     SIZE_EFFECT_SPAN = 1.8
     """Sizes this many times the smallest tried are compared with it for an effect of size."""
     SIZE_EFFECT_Z = 1.0
@@ -319,6 +322,9 @@ class QualityLimit:
         sees a knee coming before a batch has crossed it.
         """
         base = window.base
+        share = window.metrics.get("high_share_near_current")
+        if share is None or share >= target + self.TREND_HEADROOM:
+            return None  # far above the target: a knee ahead is no threat yet
         w0 = w1 = w2 = wy = wxy = wyy = 0.0
         for size, high, items in observations:
             if base / 2 <= size <= base * self.TREND_REACH and items:
