@@ -6,12 +6,12 @@ of three things, and only the first is about size:
 - **size**: batches fail above some size and succeed below it (a payload limit, a context
   window, a timeout that grows with the batch). These failures make a failure ceiling.
 - **transient**: a failure at a size that also succeeds (HTTP 5xx, a flaky network, a
-  timeout now and then). The evidence is a later success at the failed size or above:
+  timeout now and then). The evidence is a later success with as many items or more:
   under a ceiling that size could never succeed. A streak of consecutive failures shares
   its cause, so one refuted failure makes its whole streak transient.
 - **deterministic**: every call fails whatever the size (a bug, a revoked key, an answer
-  that breaks the processor contract). The evidence is a streak of `DETERMINISTIC_TRIES`
-  failures that reached the minimum size, or spanned a `DETERMINISTIC_SPAN` range of sizes,
+  that breaks the processor contract). The evidence is a streak of `DETERMINISTIC_TRIES` calls
+  that raised, and reached the minimum size, or spanned a `DETERMINISTIC_SPAN` range of sizes,
   or all broke the processor contract. The pipeline stops such a run; the manager does not
   learn a size from it.
 
@@ -89,8 +89,8 @@ class FailureClassifier:
     """
 
     SAME_SIZE = 1.03
-    """A success within this ratio below a failed size counts as a success at that size
-    (sizes are rounded, and the end of a dataset trims the last batch)."""
+    """Sizes within this ratio are one size where a batch size is looked up, not where a
+    failure is refuted (a cliff can lie between two sizes a few items apart)."""
     DETERMINISTIC_TRIES = 3
     """Failures in a row before a streak can be called deterministic: two in a row happen to
     a flaky service (a few percent squared is still seen in a long run), three at falling
@@ -115,7 +115,8 @@ class FailureClassifier:
         for index in range(count - 1, -1, -1):
             view = views[index]
             if view.failed:
-                refuted[index] = largest_later * self.SAME_SIZE >= view.asked
+                # Exactly: a cliff can lie between two sizes a few items apart.
+                refuted[index] = largest_later >= view.asked
             elif view.items > largest_later:
                 largest_later = view.items
 
@@ -146,7 +147,7 @@ class FailureClassifier:
                 # A size that succeeded now fails twice (once may be a flaky call): the
                 # ceiling moved down.
                 settled = end < count or end - index > 1
-                if settled and largest_before * self.SAME_SIZE >= min(sizes):
+                if settled and largest_before >= min(sizes):
                     start = index
                     largest_before = 0  # the successes before are stale now
             failures.extend(Failure(k, views[k].asked, kind, views[k].error) for k in members)
@@ -160,7 +161,9 @@ class FailureClassifier:
         )
 
     def _deterministic(self, sizes: Sequence[int], errors: Sequence[str]) -> bool:
-        if len(sizes) < self.DETERMINISTIC_TRIES:
+        # Only calls that raised (or timed out) count: a batch whose every item failed on its
+        # own is the items' failure, and each item is failed for good after its attempts.
+        if len(sizes) < self.DETERMINISTIC_TRIES or not all(errors):
             return False
         if all(error.startswith(CONTRACT_ERROR) for error in errors):
             return True

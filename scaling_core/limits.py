@@ -299,7 +299,11 @@ class QualityLimit:
         elif ceiling / floor > self.BISECT_RESOLUTION:
             probe = floor + (ceiling - floor) * self.PROBE_STEP
             since = next(
-                (back for back, (size, _, _) in enumerate(reversed(observations)) if size * self.SAME_SIZE >= probe),
+                (
+                    back
+                    for back, (size, _, _) in enumerate(reversed(observations))
+                    if probe <= size * self.SAME_SIZE and size < ceiling
+                ),
                 None,
             )
             if since is not None and since < self.PROBE_GAP:
@@ -440,6 +444,9 @@ class FailureCeiling:
             return None
         if floor is None:
             limit, how = ceiling / 2, "no success below it, halving"
+        elif len(failures) == 1 and ceiling / floor <= self.APPROACH * self.SAME_SIZE:
+            # One failure is not yet a ceiling (a flaky call looks the same): try it again.
+            limit, how = ceiling, f"trying it once more from {floor} (one failure is no proof)"
         elif len(failures) < self.PROBES and ceiling / floor > self.APPROACH * self.SAME_SIZE:
             limit = min(floor * self.APPROACH, ceiling - 1)
             how = f"approaching it from {floor} (succeeded)"
@@ -449,7 +456,7 @@ class FailureCeiling:
         noted = f"; {transient} other failure(s) were transient" if transient else ""
         return Limit(
             "failures",
-            min(limit, ceiling - 1),
+            limit if limit >= ceiling else min(limit, ceiling - 1),
             f"the failure ceiling: {len(failures)} whole-batch failure(s) at {ceiling} items or more, "
             f"the newest {age} batch(es) ago; {how}{noted}",
             hard=True,
