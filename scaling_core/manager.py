@@ -290,7 +290,14 @@ class ScalingManager:
         back there (after a probe, or a shrink for one slow batch). 0 when there is none."""
         config = self.config
         known = 0
-        for view in window.views[-self.KNOWN_GROUND :]:
+        # Only batches of the current cost regime: a size that ran well before the cost
+        # changed is no known ground now.
+        current = len(window.timings)
+        for view in window.views[-self.KNOWN_GROUND :][::-1]:
+            if not view.failed:
+                current -= 1
+                if current < 0:
+                    break
             if (
                 not view.failed
                 and known < view.asked <= target
