@@ -11,16 +11,19 @@ Per workload and policy it reports, over the seeds:
 * time / oracle: total time of the run over the oracle time (mean, and worst seed);
 * low-quality share: share of successful items delivered by batches whose TRUE expected High
   share was below the target minus 0.02;
-* whole failures: number of batches that failed whole;
+* whole failures: number of batches that failed whole for their size (at a cliff); transient
+  failures and a broken processor's spell hit every policy alike and are not counted;
 * slow share: share of successful items delivered by batches whose TRUE expected time was
   more than 5% over the time limit (the objective's time constraint; without it a policy
   could beat the oracle by ignoring the limit);
 * late median: median asked size over the second half of the run, by batch count.
 
-A policy PASSES a workload when the MEAN time ratio is <= 1.10 (the cost of a run is an
-average matter, and one unlucky seed should not decide it) and, on the WORST seed, the
-low-quality share is <= 0.05, the slow share is <= 0.05 and there are <= 3 whole failures
-(breaking a constraint is a matter of the worst case).
+A policy PASSES a workload when the MEAN time ratio is <= 1.10 (1.20 for a job of a few
+hundred items, which cannot repay any exploration; `Workload.max_time_ratio`) (the cost of a
+run is an average matter, and one unlucky seed should not decide it) and, on the WORST seed,
+the low-quality share is <= 0.05, the slow share is <= 0.05 and there are <= 3 whole failures
+(breaking a constraint is a matter of the worst case). Where no size meets a constraint in a
+phase, the oracle and the verdict ignore that constraint there.
 """
 
 from __future__ import annotations
@@ -455,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.jobs} process{'es' if args.jobs > 1 else ''}"
     )
     print(
-        f"PASS needs: mean time/oracle <= {Criteria.MAX_TIME_RATIO:.2f}; on the worst seed: "
+        f"PASS needs: mean time/oracle <= {Criteria.MAX_TIME_RATIO:.2f} (or the workload's own); on the worst seed: "
         f"low-quality share <= {Criteria.MAX_LOW_QUALITY_SHARE:.2f} (true High share < target - "
         f"{RunOutcome.QUALITY_TOLERANCE}), whole failures <= {Criteria.MAX_WHOLE_FAILURES}, slow share <= "
         f"{Criteria.MAX_SLOW_SHARE:.2f} (true E[T] > {1 + RunOutcome.TIME_TOLERANCE:.2f} x time limit)"
