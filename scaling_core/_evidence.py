@@ -11,6 +11,7 @@ import statistics
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +236,7 @@ def fit_costs(
     one, so the fit follows costs that drift. A `guide` fit (of similar data) supplies the
     predicted times for the weights and saves the unweighted first pass.
     """
-    mean, robust = fit_costs_both(
+    mean, robust = _fit_costs_pair(
         sizes,
         seconds,
         min_points=min_points,
@@ -249,7 +250,7 @@ def fit_costs(
     return robust if outlier_cutoff is not None else mean
 
 
-def fit_costs_both(
+def _fit_costs_pair(
     sizes: Sequence[float],
     seconds: Sequence[float],
     *,
@@ -261,11 +262,8 @@ def fit_costs_both(
     guide: CostFit | None = None,
     robust: bool = True,
 ) -> tuple[CostFit | None, CostFit | None]:
-    """`fit_costs` with every point and with the outliers dropped, from one pass: (mean, robust).
-
-    The mean fit estimates the expected batch time (outliers are part of it); the robust fit
-    is the cost the outliers stand out from. Without `robust`, the second is the first.
-    """
+    """(every point, outliers dropped) fits of `fit_costs`, from one pass; without `robust`,
+    both are the first."""
     points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
     count = len(points)
     if count < min_points:
@@ -375,7 +373,7 @@ class QualityPool:
     @classmethod
     def of(cls, observations: Sequence[tuple[float, int, int]]) -> QualityPool:
         """Build from `(size, high, items)` triples."""
-        ordered = sorted(observations)
+        ordered = sorted(observations, key=itemgetter(0))
         high_total, item_total = 0.0, 0.0
         cumulative_high, cumulative_items = [0.0], [0.0]
         for _, high, items in ordered:

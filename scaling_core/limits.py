@@ -171,7 +171,9 @@ class ThroughputOptimum:
     def estimate(self, window: EvidenceWindow) -> Limit | None:
         timings = window.timings
         recent = window.fit
-        if recent is None:
+        # Two reads of the curvature must agree (see CURVATURE_T): without the recent one's,
+        # the long fit could not place an optimum, and is not made.
+        if recent is None or recent.quadratic <= 0:
             return None
         if len(timings) > EvidenceWindow.RECENT_COST:
             timings = timings[-self.LONG :]
@@ -188,8 +190,7 @@ class ThroughputOptimum:
         else:
             fit = recent
         optimum = fit.throughput_optimum()
-        # Two reads of the curvature must agree: the long fit's, and the recent one's sign.
-        if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T or recent.quadratic <= 0:
+        if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T:
             return None
         window.metrics["throughput_optimum"] = optimum
         largest_seen = max(n for n, _ in timings)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from scaling_core._evidence import CostFit, fit_costs_both, robust_spread
+from scaling_core._evidence import CostFit, fit_costs, robust_spread
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
@@ -67,9 +67,6 @@ class EvidenceWindow:
     fit of a cost that curves up is low at the largest sizes, where the time limit is read,
     so the time limit takes curvature on weaker evidence than the throughput optimum
     (`limits.ThroughputOptimum.CURVATURE_T`), which shrinks the size on it."""
-    OUTLIER_CUTOFF = 3.5
-    """Robust standard deviations (1.4826 * MAD) of relative residual beyond which a batch is
-    left out of the robust fit (3.5: a normal batch is that far 1 time in 2,000)."""
     CHANGE_BATCHES = 3
     """Recent batches tested against older ones for a shift of quality at unchanged sizes
     (a cost shift is tested from the newest batch on: a slower call is plain in one batch)."""
@@ -127,11 +124,11 @@ class EvidenceWindow:
         skipped = max(len(timings) - cls.COST_SCAN, 0)
         change = skipped + cost_change_point(timings[skipped:], cls) if timings else 0
         change = 0 if change == skipped else change
-        fit, robust, noise = cls._fit(timings[change:])
-        shock = cls._shock(timings[change:], robust, noise)
+        fit, noise = cls._fit(timings[change:])
+        shock = cls._shock(timings[change:], fit, noise)
         if shock:
             change += shock
-            fit, robust, noise = cls._fit(timings[change:])
+            fit, noise = cls._fit(timings[change:])
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
@@ -166,28 +163,23 @@ class EvidenceWindow:
         )
 
     @classmethod
-    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, CostFit | None, float]:
-        """(mean fit, robust fit, noise) of the recent `timings`.
-
-        The mean fit keeps every batch (the time limit is on expected time, outliers
-        included); the robust one drops the outliers, and the noise is the robust spread of
-        the log residuals around it: a fit that bends toward a few batches of a changed cost
-        must not hide the change, nor inflate the noise it is measured in.
-        """
+    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, float]:
+        """(fit, noise) of the recent `timings`: every batch kept (the time limit is on expected
+        time, outliers included), and the robust spread (1.4826 * MAD) of its log residuals."""
         recent = timings[-cls.RECENT_COST :]
-        fit, robust = fit_costs_both(
+        fit = fit_costs(
             [n for n, _ in recent],
             [t for _, t in recent],
             min_spread=cls.FIT_SPREAD,
             half_life=cls.COST_HALF_LIFE,
-            outlier_cutoff=cls.OUTLIER_CUTOFF,
+            outlier_cutoff=None,
             curvature_t=cls.TIME_CURVATURE_T,
         )
-        if fit is None or robust is None:
-            return None, None, cls.MIN_NOISE
-        a, b, c = robust.fixed, robust.per_item, robust.quadratic
+        if fit is None:
+            return None, cls.MIN_NOISE
+        a, b, c = fit.fixed, fit.per_item, fit.quadratic
         residuals = [math.log(max(t / e, 1e-300)) for n, t in recent if (e := a + b * n + c * n * n) > 0]
-        return fit, robust, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
+        return fit, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
 
     @classmethod
     def _shock(cls, timings: Sequence[Timing], fit: CostFit | None, noise: float) -> int:
@@ -278,8 +270,8 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
     spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
     difference = spread = 0.0
     floor = window.MIN_NOISE**2
-    backs = _split_backs(count, window)
-    for back in range(1, count):
+    fine = min(window.SHOCK_SCAN, count - 1)
+    for back in range(1, fine + 1):
         index = count - back
         key, value = ids[index], logs[index]
         n_old, n_new = b_n[key], a_n[key]
@@ -305,11 +297,40 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
         if n_old:
             difference += a_sum[key] - n_new * b_sum[key] / n_old
             spread += n_new * (1 + n_new / n_old)
-        if back not in backs or spread <= 0:
-            continue
-        variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
-        if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
-            return index
+        if spread > 0:
+            variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
+            if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
+                return index
+    # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
+    touched = {ids[index] for index in range(count - fine, count)}
+    checkpoints = sorted(_split_backs(count, window) - set(range(1, fine + 1)))
+    back = fine
+    for checkpoint in checkpoints:
+        while back < checkpoint:
+            back += 1
+            index = count - back
+            key, value = ids[index], logs[index]
+            b_n[key] -= 1
+            b_sum[key] -= value
+            b_sq[key] -= value * value
+            a_n[key] += 1
+            a_sum[key] += value
+            touched.add(key)
+        spread_sum = spread_dof = difference = spread = 0.0
+        for key in range(width):
+            n_old = b_n[key]
+            if n_old > 1:
+                spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+                spread_dof += n_old - 1
+        for key in touched:
+            n_old, n_new = b_n[key], a_n[key]
+            if n_old:
+                difference += a_sum[key] - n_new * b_sum[key] / n_old
+                spread += n_new * (1 + n_new / n_old)
+        if spread > 0:
+            variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
+            if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
+                return count - checkpoint
     return 0
 
 
