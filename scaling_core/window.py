@@ -197,7 +197,7 @@ class EvidenceWindow:
             expected = fit.seconds(n)
             if expected <= 0:
                 break
-            z = math.log(t / expected) / noise
+            z = math.log(max(t / expected, 1e-300)) / noise
             direction = (z > cls.SHOCK_Z) - (z < -cls.SHOCK_Z)
             if direction == 0 or (side and direction != side):
                 break
