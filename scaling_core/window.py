@@ -51,7 +51,7 @@ class EvidenceWindow:
 
     HISTORY = 400
     """Batches a decision reads: a failure ceiling is remembered this long at most."""
-    EVIDENCE = 200
+    EVIDENCE = 150
     """Batches the quality and cost evidence reads (a change forgets sooner); a super-linear
     cost's curvature needs the wide sizes of the ramp-up."""
     COST_SCAN = 150
