@@ -314,7 +314,9 @@ def _decide(
         decision.reason,
     )
     metrics = decision.performance_metrics
-    unmet = next((part.strip() for part in decision.reason.split(";") if part.strip().startswith("no size meets")), None)
+    start = decision.reason.find("no size meets")
+    end = decision.reason.find("choosing by throughput", start)
+    unmet = decision.reason[start : end + len("choosing by throughput")] if 0 <= start < end else None
     return NextStage(
         batch_size=decision.new_batch_size,
         stop=decision.reason if "deterministic_failures" in metrics else None,
