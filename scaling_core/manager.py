@@ -20,9 +20,10 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
    time, throughput optimum, quality, failure ceiling) and `_combine` moves toward the
    smallest: down at once when the evidence is about the current size, through a dead band
    when it is a cost estimate; up by `scaling_factor` (squared while a determined cost fit
-   shows every limit far away, 1.15 near one); and, at rest where cost sets the size, a
-   probe `PROBE_DEPTHS` smaller every `PROBE_EVERY` batches keeps the cost curve measured,
-   unless too few items remain to repay it.
+   shows every limit far away, 1.15 near one; straight back to a size that ran within every
+   limit lately, `_known_ground`); and, at rest where cost sets the size, a probe
+   `PROBE_DEPTHS` smaller every `PROBE_EVERY` batches keeps the cost curve measured, unless
+   too few items remain to repay it.
 """
 
 from __future__ import annotations

@@ -232,14 +232,24 @@ class EvidenceWindow:
         return None
 
 
-def _split_backs(length: int, window: type[EvidenceWindow]) -> set[int]:
-    """Batches after each split tried: every one up to `SHOCK_SCAN`, then geometric."""
-    backs = set(range(1, min(window.SHOCK_SCAN, length - 1) + 1))
-    back = window.SHOCK_SCAN
-    while back < length:
-        backs.add(back)
+def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
+    """Batches after each split tried beyond `SHOCK_SCAN`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
+    backs: list[int] = []
+    back = max(window.SHOCK_SCAN, 1)
+    while True:
         back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
-    return backs
+        if back >= length:
+            return backs
+        backs.append(back)
+
+
+def _shifted(difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow]) -> bool:
+    """|z| > `CHANGE_Z` for the summed shift `difference` with variance `spread` x the pooled
+    within-size variance within/dof (at least `MIN_NOISE` squared)."""
+    if spread <= 0:
+        return False
+    variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
+    return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
 
 
 def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
@@ -269,7 +279,6 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
     spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
     spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
     difference = spread = 0.0
-    floor = window.MIN_NOISE**2
     fine = min(window.SHOCK_SCAN, count - 1)
     for back in range(1, fine + 1):
         index = count - back
@@ -297,15 +306,12 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
         if n_old:
             difference += a_sum[key] - n_new * b_sum[key] / n_old
             spread += n_new * (1 + n_new / n_old)
-        if spread > 0:
-            variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
-            if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
-                return index
+        if _shifted(difference, spread, spread_sum, spread_dof, window):
+            return index
     # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
     touched = {ids[index] for index in range(count - fine, count)}
-    checkpoints = sorted(_split_backs(count, window) - set(range(1, fine + 1)))
     back = fine
-    for checkpoint in checkpoints:
+    for checkpoint in _geometric_backs(count, window):
         while back < checkpoint:
             back += 1
             index = count - back
@@ -327,10 +333,8 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
             if n_old:
                 difference += a_sum[key] - n_new * b_sum[key] / n_old
                 spread += n_new * (1 + n_new / n_old)
-        if spread > 0:
-            variance = max(spread_sum / spread_dof if spread_dof else 0.0, floor)
-            if abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z:
-                return count - checkpoint
+        if _shifted(difference, spread, spread_sum, spread_dof, window):
+            return count - checkpoint
     return 0
 
 
