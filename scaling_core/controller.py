@@ -8,9 +8,8 @@
 from __future__ import annotations
 
 import enum
-import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +134,6 @@ class BatchManager:
             session.commit()
         return summary
 
-    def batch_status(self, batch_id: int) -> store.BatchStatus | None:
-        with store.open_session(self.engine) as session:
-            record = session.get(store.BatchRecord, batch_id)
-            return record.status if record is not None else None
-
     def counts(self) -> dict[store.ItemStatus, int]:
         with store.open_session(self.engine) as session:
             return store.count_items(session, self.run_id)
@@ -229,16 +223,12 @@ class DynamicScalingController:
         progress_tracker: ProgressTracker,
         scaling_config: ScalingConfig | None = None,
         store: Any | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batch_manager = batch_manager
         self.progress_tracker = progress_tracker
         self.scaling_manager = ScalingManager(scaling_config, store=store)
         self.scaling_active = True
-        self._clock = clock
         self._last_decision: ScalingDecision | None = None
-        self._last_evaluated_at: float | None = None
         self._sync_size()
 
     def _sync_size(self) -> None:
@@ -260,7 +250,6 @@ class DynamicScalingController:
         self.scaling_manager.apply_scaling_decision(decision)
         self._sync_size()
         self._last_decision = decision
-        self._last_evaluated_at = self._clock()
         return decision
 
     def force_scaling_evaluation(self) -> dict[str, Any]:

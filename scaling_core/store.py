@@ -706,23 +706,6 @@ def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> B
     return record
 
 
-def to_batch_result(record: BatchRecord) -> BatchResult:
-    """The manager's view of a stored batch."""
-    return _batch_result(
-        record.id,
-        record.batch_size,
-        record.total_items,
-        record.successful_items,
-        record.failed_items,
-        record.high,
-        record.medium,
-        record.low,
-        record.seconds,
-        record.status,
-        record.error,
-    )
-
-
 def _batch_result(
     batch_id: int | None,
     batch_size: int,
