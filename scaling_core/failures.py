@@ -15,7 +15,7 @@ of three things, and only the first is about size:
   or all broke the processor contract. The pipeline stops such a run; the manager does not
   learn a size from it.
 
-`classify_failures` reads the views of a window in order and is a pure function of them.
+`FailureClassifier.classify` reads the views of a window in order and is a pure function of them.
 """
 
 from __future__ import annotations
@@ -109,13 +109,12 @@ class FailureClassifier:
         if not any(view.failed for view in views):
             return FailureReport(failures=(), start=0, streak=0, deterministic=False)
         count = len(views)
-        # A failure is refuted by a later success at about its size or larger.
+        # A failure is refuted by a later success with as many items or more.
         refuted = [False] * count
         largest_later = 0
         for index in range(count - 1, -1, -1):
             view = views[index]
             if view.failed:
-                # Exactly: a cliff can lie between two sizes a few items apart.
                 refuted[index] = largest_later >= view.asked
             elif view.items > largest_later:
                 largest_later = view.items

@@ -219,9 +219,9 @@ class QualityLimit:
     SOFT_Z = 1.0
     SOFT_WINDOW = 40
     """Batches the weaker (z = 1) evidence is remembered."""
-    NEIGHBOURHOOD = 1.10
+    NEIGHBOURHOOD = EvidenceWindow.NEIGHBOURHOOD
     """Batches within this size ratio pool their quality evidence."""
-    SAME_SIZE = 1.03
+    SAME_SIZE = EvidenceWindow.SAME_SIZE
     PROBE_STEP = 0.35
     """Where between the good size and the bad one a probe goes (below halfway: quality falls
     with size, so a probe near the good side is cheaper when it fails)."""
@@ -233,10 +233,11 @@ class QualityLimit:
     """The quality trend reads batches up to this many times the base (and down to half)."""
     TREND_T = 2.0
     """t of a falling High share at which its trend bounds the growth. A soft limit, asked
-    only within `TREND_HEADROOM` of the target: a spurious trend stops growth near the
-    target for a while, and never shrinks the size."""
-    TREND_HEADROOM = 0.04
-    """High share over the target under which the trend is read."""
+    only within `HEADROOM` of the target: a spurious trend stops growth near the target for
+    a while, and never shrinks the size."""
+    HEADROOM = 0.04
+    """High share over the target under which quality counts as near its limit: the trend
+    is read, and growth slows (`ScalingManager._growth`)."""
     SIZE_EFFECT_SPAN = 1.8
     """Sizes this many times the smallest tried are compared with it for an effect of size."""
     SIZE_EFFECT_Z = 1.0
@@ -328,9 +329,9 @@ class QualityLimit:
         """
         base = window.base
         share = window.metrics.get("high_share_near_current")
-        if share is None or share >= target + self.TREND_HEADROOM:
+        if share is None or share >= target + self.HEADROOM:
             return None  # far above the target: a knee ahead is no threat yet
-        w0 = w1 = w2 = wy = wxy = wyy = 0.0
+        w0 = w1 = w2 = wy = wxy = 0.0
         for size, high, items in observations:
             if base / 2 <= size <= base * self.TREND_REACH and items:
                 w0 += items
@@ -338,7 +339,6 @@ class QualityLimit:
                 w2 += items * size * size
                 wy += high
                 wxy += high * size
-                wyy += high * high / items
         determinant = w0 * w2 - w1 * w1
         if w0 <= 0 or determinant <= 1e-9 * w0 * w2:
             return None
@@ -415,9 +415,6 @@ class FailureCeiling:
     """Size failures (since the ceiling last moved) after which it is not approached any more."""
     APPROACH = 1.15
     """Growth per step toward the ceiling."""
-    SAME_SIZE = 1.03
-    """A ceiling within one `APPROACH` step (and rounding) above the largest success is not
-    approached: the step would land on it."""
     MEMORY = 100
     """Batches a ceiling of one failure is remembered while no cost fit says what it costs
     (re-testing it then costs at most one failed batch in a hundred); doubling with each
@@ -445,10 +442,11 @@ class FailureCeiling:
             return None
         if floor is None:
             limit, how = ceiling / 2, "no success below it, halving"
-        elif len(failures) == 1 and ceiling / floor <= self.APPROACH * self.SAME_SIZE:
+        elif len(failures) == 1 and ceiling / floor <= self.APPROACH * EvidenceWindow.SAME_SIZE:
             # One failure is not yet a ceiling (a flaky call looks the same): try it again.
             limit, how = ceiling, f"trying it once more from {floor} (one failure is no proof)"
-        elif len(failures) < self.PROBES and ceiling / floor > self.APPROACH * self.SAME_SIZE:
+        elif len(failures) < self.PROBES and ceiling / floor > self.APPROACH * EvidenceWindow.SAME_SIZE:
+            # Beyond one step and rounding: a closer ceiling would be landed on by the step.
             limit = min(floor * self.APPROACH, ceiling - 1)
             how = f"approaching it from {floor} (succeeded)"
         else:
@@ -457,12 +455,11 @@ class FailureCeiling:
         noted = f"; {transient} other failure(s) were transient" if transient else ""
         return Limit(
             "failures",
-            limit if limit >= ceiling else min(limit, ceiling - 1),
+            limit,
             f"the failure ceiling: {len(failures)} whole-batch failure(s) at {ceiling} items or more, "
             f"the newest {age} batch(es) ago; {how}{noted}",
             hard=True,
         )
-
 
     def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None) -> float:
         """Batches after which a ceiling of one failure is tested again: when the time lost

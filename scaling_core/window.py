@@ -88,7 +88,7 @@ class EvidenceWindow:
     MAX_NOISE = 2.0
     """Ceiling on the relative timing noise (a factor of e^2 = 7.4 per sigma): beyond it the
     timings say nothing a limit could use."""
-    SAME_SIZE = 1.03
+    SAME_SIZE = FailureClassifier.SAME_SIZE
     """Batches within this size ratio count as the same size."""
     NEIGHBOURHOOD = 1.10
     """Batches within this size ratio pool their cost evidence in the shift test."""
@@ -122,8 +122,8 @@ class EvidenceWindow:
         timings = [(float(v.items), v.seconds) for v in recent if v.seconds > 0]
         # A change further back than the long cost fit reads would cut nothing it uses.
         skipped = max(len(timings) - cls.COST_SCAN, 0)
-        change = skipped + cost_change_point(timings[skipped:], cls) if timings else 0
-        change = 0 if change == skipped else change
+        found = cost_change_point(timings[skipped:], cls)
+        change = skipped + found if found else 0
         fit, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], fit, noise)
         if shock:
@@ -214,7 +214,7 @@ class EvidenceWindow:
 
     def successes_at_or_above(self, size: int) -> int:
         """Batches since `failures.start` that succeeded with about `size` items or more."""
-        threshold = size / FailureClassifier.SAME_SIZE
+        threshold = size / self.SAME_SIZE
         return sum(
             1 for view in self.views[self.failures.start :] if not view.failed and view.items >= threshold
         )
