@@ -69,14 +69,16 @@ class NextStage(BaseModel):
     """What the scaling task hands the next stage: its size, or why the run must stop.
 
     `stop` is set when every call fails whatever the size (a broken processor, not a size
-    problem); `unmet` names a constraint that no size meets, which the run reports once.
+    problem); `unmet` names the constraints no size meets ("quality", "time"), which the run
+    reports once each, with the decision's `reason`.
     """
 
     model_config = ConfigDict(frozen=True)
 
     batch_size: int = Field(gt=0)
     stop: str | None = None
-    unmet: str | None = None
+    unmet: tuple[str, ...] = ()
+    reason: str = ""
 
 
 class StageSummary(BaseModel):

@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID, uuid4
 
 from flows import _environment
@@ -314,13 +314,11 @@ def _decide(
         decision.reason,
     )
     metrics = decision.performance_metrics
-    start = decision.reason.find("no size meets")
-    end = decision.reason.find("choosing by throughput", start)
-    unmet = decision.reason[start : end + len("choosing by throughput")] if 0 <= start < end else None
     return NextStage(
         batch_size=decision.new_batch_size,
         stop=decision.reason if "deterministic_failures" in metrics else None,
-        unmet=unmet,
+        unmet=tuple(name for name in ("quality", "time") if f"{name}_unmet" in metrics),
+        reason=decision.reason,
     )
 
 
@@ -449,11 +447,11 @@ async def _run_stages(
         stages += 1
         failures_in_a_row = failures_in_a_row + 1 if stage.failed_whole else 0
         if failures_in_a_row >= execution.max_failed_stages_in_a_row:
-            with store.open_session(engine) as session:
-                store.finish_run(session, run.run_id, store.RunStatus.FAILED)
-            raise RuntimeError(
+            _stop_run(
+                engine,
+                run.run_id,
                 f"{failures_in_a_row} stages in a row failed whole (last: {stage.error}); "
-                f"stopping run {run.run_id}: its items are pending again, rerun to resume"
+                f"stopping run {run.run_id}: its items are pending again, rerun to resume",
             )
         # Progress from the stages' own counts: counting the ledger after every stage would
         # scan millions of rows per stage. An API call each: at most one per interval (the
@@ -472,17 +470,16 @@ async def _run_stages(
         next_stage: NextStage = await decided.aresult()
         await _settle(decided.state_details.task_run_id)
         if next_stage.stop is not None:
-            with store.open_session(engine) as session:
-                store.finish_run(session, run.run_id, store.RunStatus.FAILED)
-            raise RuntimeError(
+            _stop_run(
+                engine,
+                run.run_id,
                 f"processor {processor} failed on every call, whatever the batch size: {next_stage.stop}. "
                 f"This is not a batch-size problem: fix the processor and rerun to resume run {run.run_id} "
-                "(its items are pending again)"
+                "(its items are pending again)",
             )
-        constraint = next_stage.unmet.split(":")[0] if next_stage.unmet is not None else None
-        if constraint is not None and constraint not in warned:
-            warned.add(constraint)  # once per constraint and run: the numbers change every stage
-            get_run_logger().warning("Stage %s: %s", stage.stage, next_stage.unmet)
+        if new := set(next_stage.unmet) - warned:
+            warned |= new  # once per constraint and run
+            get_run_logger().warning("Stage %s: %s", stage.stage, next_stage.reason)
         size = next_stage.batch_size
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             progress = min(100.0, 100.0 * finished / max(run.item_count, 1))
@@ -490,6 +487,13 @@ async def _run_stages(
             progress_shown = time.monotonic()
 
     return stages
+
+
+def _stop_run(engine: Engine, run_id: str, message: str) -> NoReturn:
+    """Mark the run failed (resumable: its items are pending again) and stop with `message`."""
+    with store.open_session(engine) as session:
+        store.finish_run(session, run_id, store.RunStatus.FAILED)
+    raise RuntimeError(message)
 
 
 def _keep_alive(alive: store.WorkerLock | None) -> None:

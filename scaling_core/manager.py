@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scaling_core._evidence import CostFit, fit_costs, wilson_bounds
 from scaling_core.config import ScalingConfig
-from scaling_core.limits import LIMITS, Limit, SizeLimit
+from scaling_core.limits import LIMITS, Limit, QualityLimit, SizeLimit, TimeLimit
 from scaling_core.results import BatchResult, BatchView, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow
 
@@ -90,8 +90,6 @@ class ScalingManager:
     """A limit within one growth step times this is near."""
     NEAR_LIMIT_GROWTH = 1.15
     """Growth per step when a limit is within one `scaling_factor` step."""
-    QUALITY_HEADROOM = 0.04
-    """High share above the target under which quality counts as near its limit."""
     FAST_GROWTH_SHARE = 0.5
     """Growth is `scaling_factor` squared only while the cost fit puts the bigger step under
     this share of the time threshold: a cost that curves up where no batch has been yet would
@@ -175,7 +173,8 @@ class ScalingManager:
             return self._decision(
                 base,
                 base,
-                f"collecting evidence: {len(history)} of {config.min_batches_for_scaling} batches",
+                f"collecting evidence: {len(history)} of {config.min_batches_for_scaling} batches"
+                + _unmet_note(limits),
                 window.metrics,
             )
         return self._combine(window, limits)
@@ -231,7 +230,7 @@ class ScalingManager:
         base = window.base
         metrics = window.metrics
         bounds = [limit for limit in limits if not limit.unmet]
-        note = "".join(f"; {limit.reason}" for limit in limits if limit.unmet)
+        note = _unmet_note(limits)
         if not bounds:
             return self._decision(base, base, f"no limit applies: keeping the size{note}", metrics)
         binding = min(bounds, key=lambda limit: limit.size)
@@ -256,7 +255,7 @@ class ScalingManager:
                 return self._decision(
                     base, base, f"holding: a batch failed whole for its size within the last few batches{note}", metrics
                 )
-            growth, pace = self._growth(window, bounds, quality_unmet="quality_unmet" in metrics)
+            growth, pace = self._growth(window, bounds)
             step = config.clamp(min(target, base * growth))
             known = self._known_ground(window, target)
             if known > step:
@@ -273,15 +272,15 @@ class ScalingManager:
             )
         return self._decision(base, base, f"at the best size: {binding.reason}{note}", metrics)
 
-    def _growth(self, window: EvidenceWindow, bounds: Sequence[Limit], *, quality_unmet: bool) -> tuple[float, str]:
+    def _growth(self, window: EvidenceWindow, bounds: Sequence[Limit]) -> tuple[float, str]:
         """The growth factor of one step, and how to say it."""
         config = self.config
         base = window.base
         share = window.metrics.get("high_share_near_current")
         quality_near = (
-            not quality_unmet
+            "quality_unmet" not in window.metrics
             and share is not None
-            and share < config.high_confidence_threshold + self.QUALITY_HEADROOM
+            and share < config.high_confidence_threshold + QualityLimit.HEADROOM
         )
         reach = [limit.size for limit in bounds if limit.name != "max"]
         fast = config.scaling_factor**2
@@ -290,7 +289,7 @@ class ScalingManager:
         fit = window.fit
         if (
             fit is not None
-            and fit.seconds_upper(base * fast, 2.0) <= config.processing_time_threshold * self.FAST_GROWTH_SHARE
+            and fit.seconds_upper(base * fast, TimeLimit.TIME_Z) <= config.processing_time_threshold * self.FAST_GROWTH_SHARE
             and all(size >= base * fast * self.NEIGHBOURHOOD for size in reach)
         ):
             return fast, "far from every limit, with a determined cost fit"
@@ -579,6 +578,11 @@ class ScalingManager:
             confidence_threshold=self.config.high_confidence_threshold,
             performance_metrics=finite,
         )
+
+
+def _unmet_note(limits: Sequence[Limit]) -> str:
+    """What a decision's reason adds for each constraint that no size meets."""
+    return "".join(f"; {limit.reason}" for limit in limits if limit.unmet)
 
 
 def _high_rate(point: PerformanceSnapshot | Mapping[str, Any] | BatchResult) -> float:
