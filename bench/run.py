@@ -49,6 +49,7 @@ from bench.policies import (
     manager_available,
 )
 from bench.simulator import (
+    DEFAULT_MAX_TIME_RATIO,
     RunMetrics,
     RunOutcome,
     Workload,
@@ -66,7 +67,7 @@ __all__ = ["Aggregate", "Criteria", "RunError", "main", "measure_decision_cost",
 class Criteria:
     """What a policy must achieve on a workload to PASS (see the module docstring)."""
 
-    MAX_TIME_RATIO = 1.10
+    MAX_TIME_RATIO = DEFAULT_MAX_TIME_RATIO
     MAX_LOW_QUALITY_SHARE = 0.05
     MAX_WHOLE_FAILURES = 3
     MAX_SLOW_SHARE = 0.05

@@ -54,6 +54,7 @@ from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
 
 __all__ = [
+    "DEFAULT_MAX_TIME_RATIO",
     "BatchRecord",
     "Oracle",
     "Phase",
@@ -251,6 +252,10 @@ class Phase:
         return self.expected_cost(n) / (n * (1.0 - self.item_failure_p) * (1.0 - self.transient_failure_p))
 
 
+DEFAULT_MAX_TIME_RATIO = 1.10
+"""Mean time / oracle a policy must keep on a workload to pass, unless the workload says otherwise."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class Workload:
     """A named synthetic job: its own `ScalingConfig`, a size, and one or more phases."""
@@ -264,7 +269,7 @@ class Workload:
     config: ScalingConfig
     total_items: int
     phases: tuple[Phase, ...]
-    max_time_ratio: float = 1.10
+    max_time_ratio: float = DEFAULT_MAX_TIME_RATIO
     """Mean time / oracle a policy must keep to pass (a job of a few hundred items cannot
     repay any exploration, so a tiny job may be given more)."""
     broken_at_item: int | None = None
@@ -427,17 +432,14 @@ def sample_batch(
     elapsed = (phase.fixed_s + per_item * items + phase.quad_s * items * items) * noise
     expected_time = phase.expected_time(items)
     cause: str | None = None
+    cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
     if broken_cost_s is not None:
-        cause = "broken"
+        cause, cost = "broken", broken_cost_s
     elif phase.fails_whole(items):
         cause = "cliff"
     elif phase.transient_failure_p > 0 and rng.random() < phase.transient_failure_p:
         cause = "transient"
     if cause is not None:
-        if broken_cost_s is not None:
-            cost = broken_cost_s
-        else:
-            cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
         result = BatchResult(
             batch_id=batch_id,
             batch_size=asked,
