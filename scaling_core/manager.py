@@ -238,19 +238,6 @@ class ScalingManager:
         if target < base and (binding.hard or target < base * (1 - self.DEAD_BAND)):
             return self._decision(base, target, binding.reason + note, metrics)
         if target > base * (1 + self.DEAD_BAND):
-            share = metrics.get("high_share_near_current")
-            if share is not None and share < config.high_confidence_threshold and "quality_unmet" not in metrics:
-                # Quality does not improve with size: under the target here (if not yet
-                # provably), it would be further under it above. Back to the largest size
-                # whose own batches met it lately, or hold.
-                good = self._known_ground(window, base - 1)
-                return self._decision(
-                    base,
-                    good or base,
-                    f"{'back to ' + str(good) if good else 'holding'}: the High share near {base} items, "
-                    f"{share:.2f}, is under the target {config.high_confidence_threshold:.2f}{note}",
-                    metrics,
-                )
             if config.stability_required and self._failed_for_size_lately(window):
                 return self._decision(
                     base, base, f"holding: a batch failed whole for its size within the last few batches{note}", metrics
