@@ -967,8 +967,8 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
     task's log line goes to a disabled logger.
     """
     from prefect.logging import disable_run_logger
-    from pydantic import SecretStr
 
+    from flows.database import StoreDatabase
     from flows.pipeline import decide_next_batch_size
 
     scaling = ScalingConfig()
@@ -982,6 +982,8 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
             run_id, pipeline = _store_batches(engine, count)
             engine.dispose()
             cases.append((url, run_id, pipeline, count))
+        # One block per store, as a run has: its engine is made on the first decision.
+        blocks = {url: StoreDatabase.from_url(url) for url, *_ in cases}
 
         def decide(url: str, run_id: str, pipeline: str, count: int) -> float:
             started = time.perf_counter()
@@ -991,7 +993,7 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
                 scaling=scaling,
                 current_batch_size=120,
                 stage=count,
-                database_url=SecretStr(url),
+                database=blocks[url],
             )
             return time.perf_counter() - started
 
@@ -1006,7 +1008,7 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
         try:
             with disable_run_logger():
                 for case in cases:
-                    decide(*case)  # the task's engine (cached per URL) and schema check
+                    decide(*case)  # the block's engine and schema check
                 for _ in range(calls):  # interleaved, so that noise falls on every case alike
                     for url, run_id, pipeline, count in cases:
                         timings[count].append(decide(url, run_id, pipeline, count))
@@ -1015,10 +1017,8 @@ def measure_decision(counts: Sequence[int] = (100, 1_000, 100_000), calls: int =
         finally:
             for engine in engines.values():
                 engine.dispose()
-            from flows.pipeline import _engine
-
-            for url, *_ in cases:
-                _engine(url).dispose()  # the task's cached engines: close their files before the temp dir goes
+            for block in blocks.values():
+                block.dispose()  # close the task's store files before the temp dir goes
 
     def medians(table: dict[int, list[float]]) -> tuple[float, ...]:
         return tuple(statistics.median(table[count]) for count in counts)

@@ -28,20 +28,18 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from deployments.settings import DeploymentSettings
 from flows import _environment
-
-_environment.apply_defaults()
-
-from deployments.settings import DeploymentSettings  # noqa: E402 - after the settings above
+from flows.models import ON_DEMAND_DEPLOYMENT, PIPELINE_FLOW, SCHEDULED_DEPLOYMENT
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
 
-FLOW_NAME = "batch-pipeline"
+FLOW_NAME = PIPELINE_FLOW
 """The name of `flows.pipeline:batch_pipeline`, the first half of a deployment's full name."""
 
-SCHEDULED = "nightly"
-ON_DEMAND = "on-demand"
+SCHEDULED = SCHEDULED_DEPLOYMENT
+ON_DEMAND = ON_DEMAND_DEPLOYMENT
 TAGS = ["batchpilot"]
 
 
@@ -50,7 +48,7 @@ def build_deployments(settings: DeploymentSettings | None = None) -> list[Runner
 
     Args:
         settings: what the scheduled deployment runs and when; read from the environment
-            (`DeploymentSettings.from_environment`) when not given.
+            (`DeploymentSettings.load`) when not given.
 
     Example:
         >>> [d.name for d in build_deployments(DeploymentSettings(cron="*/10 * * * *"))]
@@ -61,18 +59,19 @@ def build_deployments(settings: DeploymentSettings | None = None) -> list[Runner
 
     from flows.pipeline import batch_pipeline
 
-    settings = settings or DeploymentSettings.from_environment()
+    settings = settings or DeploymentSettings.load()
+    store = (
+        f"the Batchpilot Store block {settings.database!r}"
+        if settings.database
+        else "$BATCHPILOT_DATABASE_URL of the serving process"
+    )
     scheduled = batch_pipeline.to_deployment(
         name=SCHEDULED,
         schedule=Cron(settings.cron, timezone=settings.timezone),
-        parameters={
-            "source": {"path": str(settings.source)},
-            "processor": settings.processor,
-            "pipeline": settings.pipeline,
-        },
+        parameters=settings.parameters(),
         description=(
             f"Runs pipeline {settings.pipeline!r} on {settings.source} at cron {settings.cron!r} "
-            f"({settings.timezone}); the store is $BATCHPILOT_DATABASE_URL of the serving process."
+            f"({settings.timezone}); the store is {store}."
         ),
         tags=TAGS,
         enforce_parameter_schema=True,
@@ -98,6 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__.splitlines()[0],
         epilog="Settings come from BATCHPILOT_SCHEDULE_* (see deployments/settings.py) and PREFECT_API_URL.",
     ).parse_args(argv)
+    _environment.apply_defaults()
     try:
         deployments = build_deployments()
     except ValueError as error:
@@ -105,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from prefect import serve
 
+    from flows.database import StoreDatabase
+
+    # The UI's form offers the store blocks by name once their type is known to the server.
+    StoreDatabase.register_type_and_schema()
     serve(*deployments)
     return 0
 

@@ -1,55 +1,59 @@
-"""The one place where the deployments read the environment.
+"""The one place where the deployments read the environment: `BATCHPILOT_SCHEDULE_*`.
 
     BATCHPILOT_SCHEDULE_CRON       cron of the scheduled deployment (default "0 2 * * *", nightly)
     BATCHPILOT_SCHEDULE_TIMEZONE   time zone of that cron (default "UTC")
     BATCHPILOT_SCHEDULE_SOURCE     the file the scheduled runs process (default: the bundled catalogue)
     BATCHPILOT_SCHEDULE_PIPELINE   the pipeline name of the scheduled runs (default "nightly")
     BATCHPILOT_SCHEDULE_PROCESSOR  their processor import path (default: the simulated model)
-
-The store is not chosen here: runs without a `database_url` parameter use
-`$BATCHPILOT_DATABASE_URL` of the process that runs them (see `scaling_core.settings`).
+    BATCHPILOT_SCHEDULE_DATABASE   the name of the `Batchpilot Store` block they use (default: none,
+                                   so `$BATCHPILOT_DATABASE_URL` of the process that runs them)
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flows.models import DEFAULT_PROCESSOR, ProcessorPath
 from scaling_core.samples import PRODUCTS_CSV
+from scaling_core.settings import ENV_PREFIX
 
 DEFAULT_CRON = "0 2 * * *"
 """Nightly at 02:00."""
 
-ENVIRONMENT = {
-    "cron": "BATCHPILOT_SCHEDULE_CRON",
-    "timezone": "BATCHPILOT_SCHEDULE_TIMEZONE",
-    "source": "BATCHPILOT_SCHEDULE_SOURCE",
-    "pipeline": "BATCHPILOT_SCHEDULE_PIPELINE",
-    "processor": "BATCHPILOT_SCHEDULE_PROCESSOR",
-}
-"""Setting name -> the environment variable that overrides it."""
+SCHEDULE_PREFIX = f"{ENV_PREFIX}SCHEDULE_"
 
 
-class DeploymentSettings(BaseModel):
-    """What the scheduled deployment runs, and when.
+class DeploymentSettings(BaseSettings):
+    """What the scheduled deployment runs, and when (blank variables keep the defaults).
 
     Example:
-        >>> DeploymentSettings.from_environment({"BATCHPILOT_SCHEDULE_CRON": "30 1 * * 1-5"}).cron
+        >>> DeploymentSettings(cron="30 1 * * 1-5").cron
         '30 1 * * 1-5'
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix=SCHEDULE_PREFIX, extra="ignore", frozen=True, str_strip_whitespace=True
+    )
 
     cron: str = Field(default=DEFAULT_CRON, description="Cron of the scheduled deployment.")
     timezone: str = Field(default="UTC", description="IANA time zone the cron is read in.")
     source: Path = Field(default=PRODUCTS_CSV, description="The file of items the scheduled runs process.")
     pipeline: str = Field(default="nightly", min_length=1, description="Pipeline name of the scheduled runs.")
     processor: ProcessorPath = DEFAULT_PROCESSOR
+    database: str | None = Field(
+        default=None, min_length=1, description="Name of the Batchpilot Store block the scheduled runs use."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_unset(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return {name: value for name, value in values.items() if not (isinstance(value, str) and not value.strip())}
+        return values
 
     @field_validator("cron")
     @classmethod
@@ -80,24 +84,31 @@ class DeploymentSettings(BaseModel):
         return path.expanduser().resolve()
 
     @classmethod
-    def from_environment(cls, environ: Mapping[str, str] | None = None) -> DeploymentSettings:
-        """The settings with every variable of `ENVIRONMENT` that is set (and not blank) applied.
+    def load(cls) -> Self:
+        """The settings from the environment.
 
         Raises:
             ValueError: naming the environment variable whose value is invalid.
         """
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {
-            name: environ[variable].strip()
-            for name, variable in ENVIRONMENT.items()
-            if environ.get(variable, "").strip()
-        }
         try:
-            return cls(**values)
+            return cls()
         except ValidationError as error:
             problems = "; ".join(
-                f"{ENVIRONMENT[str(entry['loc'][0])]}={entry['input']!r}: "
+                f"{SCHEDULE_PREFIX}{str(entry['loc'][0]).upper()}={entry['input']!r}: "
                 f"{entry['msg'].removeprefix('Value error, ')}"
                 for entry in error.errors()
             )
             raise ValueError(f"invalid deployment settings: {problems}") from None
+
+    def parameters(self) -> dict[str, Any]:
+        """The scheduled deployment's parameters; the store block is referred to by its name."""
+        parameters: dict[str, Any] = {
+            "source": {"path": str(self.source)},
+            "processor": self.processor,
+            "pipeline": self.pipeline,
+        }
+        if self.database is not None:
+            from flows.database import block_reference
+
+            parameters["database"] = block_reference(self.database)
+        return parameters

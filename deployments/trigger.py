@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from flows import _environment
+from flows.models import DEFAULT_DEPLOYMENT
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def _json_object(text: str) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m deployments.trigger", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--deployment", default="batch-pipeline/on-demand", help="'flow/deployment' (default: %(default)s)"
+        "--deployment", default=DEFAULT_DEPLOYMENT, help="'flow/deployment' (default: %(default)s)"
     )
     parser.add_argument(
         "--source", type=Path, help="a .csv, .jsonl or .ndjson file, read by the process that runs the flow"
@@ -46,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", help="resume (or share) this run")
     parser.add_argument("--limit", type=int, help="process at most this many items")
     parser.add_argument(
-        "--database-url",
-        help="store of the run (default: $BATCHPILOT_DATABASE_URL of the worker); keep passwords out of it",
+        "--database",
+        metavar="BLOCK",
+        help="name of the Batchpilot Store block of the run (default: $BATCHPILOT_DATABASE_URL of the worker)",
     )
     parser.add_argument(
         "--parameters",
@@ -63,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    from flows.database import block_reference
+
     parameters: dict[str, Any] = dict(args.parameters)
     if args.source is not None:
         # The run may start in another working directory than this command.
@@ -77,7 +81,7 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline": args.pipeline,
         "run_id": args.run_id,
         "limit": args.limit,
-        "database_url": args.database_url,
+        "database": block_reference(args.database) if args.database else None,
     }
     parameters.update({name: value for name, value in flags.items() if value is not None})
     return parameters

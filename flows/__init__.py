@@ -2,6 +2,8 @@
 
 Names are imported on first use, so that `python -m flows report` does not pay for
 importing prefect, and the command line can set Prefect's settings before it loads.
+Importing this package changes no setting: a process that uses the flows from Python sets
+Prefect's settings itself (`PREFECT_SERVER_ANALYTICS_ENABLED=false` is advised).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from flows.database import StoreDatabase
     from flows.models import ExecutionOptions, PipelineSummary, StageSummary
     from flows.pipeline import batch_pipeline, decide_next_batch_size, process_stage
     from flows.triggering import trigger
@@ -18,6 +21,7 @@ __all__ = [
     "ExecutionOptions",
     "PipelineSummary",
     "StageSummary",
+    "StoreDatabase",
     "batch_pipeline",
     "decide_next_batch_size",
     "process_stage",
@@ -28,6 +32,7 @@ _HOMES = {
     "ExecutionOptions": "flows.models",
     "PipelineSummary": "flows.models",
     "StageSummary": "flows.models",
+    "StoreDatabase": "flows.database",
     "batch_pipeline": "flows.pipeline",
     "decide_next_batch_size": "flows.pipeline",
     "process_stage": "flows.pipeline",
@@ -39,7 +44,4 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'flows' has no attribute {name!r}")
-    from flows import _environment
-
-    _environment.apply_defaults()
     return getattr(importlib.import_module(home), name)

@@ -10,17 +10,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+_Model = TypeVar("_Model", bound="BaseModel")
 
 from flows import _environment
 
-DEMO_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm"
-
 
 def _parser() -> argparse.ArgumentParser:
+    from flows.models import ExecutionOptions
+    from scaling_core import ScalingConfig
+
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -35,15 +42,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--pipeline", help="name under which runs and learned sizes are kept")
         command.add_argument("--run-id", help="resume this run")
         command.add_argument("--limit", type=int, help="process at most this many items")
-        command.add_argument("--initial-batch-size", type=int)
-        command.add_argument("--min-batch-size", type=int)
-        command.add_argument("--max-batch-size", type=int)
-        command.add_argument("--high-confidence-threshold", type=float)
-        command.add_argument("--low-confidence-threshold", type=float)
-        command.add_argument("--processing-time-threshold", type=float, help="seconds per batch")
-        command.add_argument("--parallelism", type=int, help="concurrent chunks per stage")
-        command.add_argument("--max-attempts", type=int, help="attempts per item")
-        command.add_argument("--stage-timeout", type=float, help="seconds before a stage fails whole")
+        _model_options(command.add_argument_group("scaling limits"), ScalingConfig)
+        _model_options(command.add_argument_group("execution"), ExecutionOptions)
         command.add_argument("--no-warm-start", action="store_true", help="ignore sizes learned by earlier runs")
         command.add_argument("--verbose", action="store_true", help="show Prefect's run logs")
 
@@ -61,47 +61,55 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SCALING_FLAGS = (
-    "initial_batch_size",
-    "min_batch_size",
-    "max_batch_size",
-    "high_confidence_threshold",
-    "low_confidence_threshold",
-    "processing_time_threshold",
-)
-_EXECUTION_FLAGS = {"parallelism": "parallelism", "max_attempts": "max_attempts", "stage_timeout": "stage_timeout_seconds"}
+def _model_options(group: Any, model: type[BaseModel]) -> None:
+    """One option per field of `model`, named and described as the field is.
+
+    Values are parsed by the model itself (`_model_values`), so a new field is an option
+    at once, with the model's own checks and error messages.
+    """
+    for name, field in model.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.default
+        if field.annotation is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                help=f"{field.description} (default: {default})",
+            )
+        else:
+            shown = "none" if default is None else default
+            group.add_argument(flag, dest=name, metavar=name.upper(), help=f"{field.description} (default: {shown})")
+
+
+def _model_values(args: argparse.Namespace, model: type[_Model]) -> _Model:
+    """`model` built from the options the user gave; the others keep the model's defaults."""
+    given = {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
+    return model.model_validate(given, strict=False)
 
 
 def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    from pydantic import SecretStr
-
+    from flows.database import StoreDatabase
+    from flows.models import DEFAULT_PROCESSOR, ExecutionOptions
     from scaling_core import ItemSource, ScalingConfig
 
     if args.command == "demo":
         from scaling_core.samples import PRODUCTS_CSV
 
         source = ItemSource(path=PRODUCTS_CSV)
-        processor = DEMO_PROCESSOR
+        processor = DEFAULT_PROCESSOR
         pipeline = args.pipeline or "demo"
     else:
         source = ItemSource(path=args.source, id_field=args.id_field)
         processor = args.processor
         pipeline = args.pipeline or args.source.stem
-    scaling = ScalingConfig(**{k: getattr(args, k) for k in _SCALING_FLAGS if getattr(args, k) is not None})
-    from flows.models import ExecutionOptions
-
-    execution = ExecutionOptions(
-        **{field: getattr(args, flag) for flag, field in _EXECUTION_FLAGS.items() if getattr(args, flag) is not None}
-    )
     return {
         "source": source,
         "processor": processor,
         "pipeline": pipeline,
-        "scaling": scaling,
-        "execution": execution,
-        # A SecretStr from the start: Prefect stores a flow run's parameters as they were
-        # passed, before they are validated into the annotated type.
-        "database_url": SecretStr(args.database_url) if args.database_url else None,
+        "scaling": _model_values(args, ScalingConfig),
+        "execution": _model_values(args, ExecutionOptions),
+        # A block from the start: Prefect stores a flow run's parameters as they were
+        # passed, and a block's password is kept masked.
+        "database": StoreDatabase.from_url(args.database_url) if args.database_url else StoreDatabase.from_settings(),
         "limit": args.limit,
         "run_id": args.run_id,
         "warm_start": not args.no_warm_start,
@@ -115,8 +123,9 @@ def _run(args: argparse.Namespace) -> int:
     from pydantic import TypeAdapter
 
     from flows.models import ProcessorPath
-    from flows.pipeline import _engine, _url, batch_pipeline, check_inputs
+    from flows.pipeline import batch_pipeline
     from flows.report import format_stage_table, stage_rows
+    from scaling_core.runs import check_inputs
 
     # Refuse bad input here, in a fraction of a second, before a flow run starts.
     try:
@@ -127,8 +136,10 @@ def _run(args: argparse.Namespace) -> int:
         ) from None
     check_inputs(parameters["source"], parameters["processor"], parameters["limit"])
 
+    database = parameters["database"]
     summary = asyncio.run(batch_pipeline(**parameters))
-    rows = stage_rows(_engine(_url(parameters["database_url"])), summary.run_id)
+    with database:
+        rows = stage_rows(database.get_engine(), summary.run_id)
     print(format_stage_table(rows))
     print()
     print(
@@ -173,6 +184,9 @@ def _report(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m flows` and of the `batchpilot` command."""
     _environment.apply_defaults()
+    # `python -m flows` imports processors from the working directory; so does the script.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = _parser().parse_args(argv)
     try:
         if args.command == "report":

@@ -9,15 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from sqlalchemy import Engine
 
 from scaling_core import BatchResult
+from scaling_core.processing import IMPORT_PATH_PATTERN
 from scaling_core import store
 
 DEFAULT_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm"
+"""The bundled simulated model: what the demo and the scheduled deployment run by default."""
+
+PIPELINE_FLOW = "batch-pipeline"
+"""The pipeline flow's name, the first half of each deployment's full name."""
+SCHEDULED_DEPLOYMENT = "nightly"
+ON_DEMAND_DEPLOYMENT = "on-demand"
+DEFAULT_DEPLOYMENT = f"{PIPELINE_FLOW}/{ON_DEMAND_DEPLOYMENT}"
+"""The deployment without a schedule that `python -m deployments.serve` and prefect.yaml define."""
 
 ProcessorPath = Annotated[
     str,
     StringConstraints(
         strip_whitespace=True,
-        pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$",
+        pattern=IMPORT_PATH_PATTERN,
     ),
     Field(
         description="Import path of the batch processor, `package.module:function`.",
@@ -63,22 +72,6 @@ class ExecutionOptions(BaseModel):
     @property
     def uses_dask(self) -> bool:
         return bool(self.dask_address or self.dask_workers)
-
-
-class NextStage(BaseModel):
-    """What the scaling task hands the next stage: its size, or why the run must stop.
-
-    `stop` is set when every call fails whatever the size (a broken processor, not a size
-    problem); `unmet` names the constraints no size meets ("quality", "time"), which the run
-    reports once each, with the decision's `reason`.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    batch_size: int = Field(gt=0)
-    stop: str | None = None
-    unmet: tuple[str, ...] = ()
-    reason: str = ""
 
 
 class StageSummary(BaseModel):

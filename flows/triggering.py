@@ -26,10 +26,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_core import to_jsonable_python
 
-__all__ = ["DEFAULT_DEPLOYMENT", "ParametersRefused", "TriggeredRun", "atrigger", "trigger"]
+from flows.models import DEFAULT_DEPLOYMENT
 
-DEFAULT_DEPLOYMENT = "batch-pipeline/on-demand"
-"""The deployment without a schedule that `python -m deployments.serve` and prefect.yaml define."""
+__all__ = ["DEFAULT_DEPLOYMENT", "ParametersRefused", "TriggeredRun", "atrigger", "trigger"]
 
 
 class ParametersRefused(ValueError):

@@ -71,6 +71,8 @@ class ScalingManager:
         store: where decisions are persisted and, when `evaluate_scaling` is called
             without batches, where the history is read from.
         limits: the rules that bound the size (`scaling_core.limits.LIMITS` by default).
+        batch_size: the size the pipeline is at now (a manager made between two stages);
+            `config.initial_batch_size` when None.
 
     Example:
         >>> manager = ScalingManager(ScalingConfig(initial_batch_size=20))
@@ -117,11 +119,13 @@ class ScalingManager:
         store: DecisionStore | None = None,
         *,
         limits: Sequence[SizeLimit] = LIMITS,
+        batch_size: int | None = None,
     ) -> None:
         self.config = config if config is not None else ScalingConfig()
         self.store = store
         self.limits = tuple(limits)
-        self._current_batch_size = self.config.initial_batch_size
+        start = self.config.initial_batch_size if batch_size is None else batch_size
+        self._current_batch_size = self.config.clamp(start)
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
         self._last_history: tuple[list[BatchResult], list[BatchView]] = ([], [])
         self._changes = 0

@@ -16,12 +16,16 @@ checked results into the `BatchResult` the manager learns from.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import math
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -29,10 +33,12 @@ from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult
 
 __all__ = [
+    "IMPORT_PATH_PATTERN",
     "ItemLike",
     "Processor",
     "ProcessorContractError",
     "ProcessorError",
+    "call_with_timeout",
     "confidence_level",
     "load_processor",
     "normalize_results",
@@ -66,6 +72,8 @@ class ProcessorContractError(ValueError):
 _IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_]*"
 _DOTTED = rf"{_IDENTIFIER}(?:\.{_IDENTIFIER})*"
 _IMPORT_PATH = re.compile(rf"(?P<module>{_DOTTED}):(?P<attribute>{_DOTTED})")
+IMPORT_PATH_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+"""The grammar of a processor's import path, `package.module:function`, as a JSON-schema pattern."""
 
 _RESULT_KEYS = frozenset(ItemResult.model_fields)
 
@@ -287,3 +295,30 @@ def summarize_batch(
         confidence_distribution=distribution,
         item_results=list(results) if keep_item_results else None,
     )
+
+
+_T = TypeVar("_T")
+
+
+def call_with_timeout(call: Callable[[], _T], timeout: float) -> _T:
+    """`call()` in a daemon thread, waited for at most `timeout` seconds (then TimeoutError).
+
+    A hung processor cannot be killed from Python, but it must not hold the caller (a task
+    runner that waits for its threads when a stage ends) nor the process's exit. The thread
+    runs in a copy of this context: processors that read context variables (Prefect's run
+    context, Dask's current worker) see what the caller sees.
+    """
+    done: Future[_T] = Future()
+
+    def target() -> None:
+        try:
+            done.set_result(call())
+        except BaseException as error:  # handed to the waiting caller as it is
+            done.set_exception(error)
+
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(target,), name="batchpilot-processor", daemon=True).start()
+    try:
+        return done.result(timeout=timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"the processor did not answer within {timeout:g} s") from None

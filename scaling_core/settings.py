@@ -1,18 +1,47 @@
-"""The one place that reads the environment for `scaling_core`.
+"""The one place that reads the environment for `scaling_core`: `BATCHPILOT_*` variables.
 
 Everything else receives values: the database URL is passed in, never looked up deep inside.
+
+    BATCHPILOT_DATABASE_URL   the store (default: the SQLite file .batchpilot/batchpilot.db
+                              under the working directory)
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-DATABASE_URL_ENV = "BATCHPILOT_DATABASE_URL"
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BATCHPILOT_"
+"""Prefix of every environment variable the project reads."""
+
+DATABASE_URL_ENV = f"{ENV_PREFIX}DATABASE_URL"
 """Environment variable that overrides the default database URL."""
 
 DEFAULT_SQLITE_PATH = Path(".batchpilot") / "batchpilot.db"
 """Default SQLite file, relative to the working directory."""
+
+
+class StoreSettings(BaseSettings):
+    """Where the store is, from `BATCHPILOT_DATABASE_URL` (blank counts as unset).
+
+    Example:
+        >>> StoreSettings(database_url="sqlite:///jobs.db").url()
+        'sqlite:///jobs.db'
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
+
+    database_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL of the store; the embedded SQLite file when unset."
+    )
+
+    def url(self) -> str:
+        """The URL to connect to: the configured one, else the SQLite file under the working directory."""
+        if self.database_url is not None and self.database_url.get_secret_value().strip():
+            return self.database_url.get_secret_value().strip()
+        return f"sqlite:///{(Path.cwd() / DEFAULT_SQLITE_PATH).as_posix()}"
 
 
 def default_database_url() -> str:
@@ -21,7 +50,4 @@ def default_database_url() -> str:
     `$BATCHPILOT_DATABASE_URL` when set, else a SQLite file `.batchpilot/batchpilot.db`
     under the current working directory.
     """
-    from_env = os.environ.get(DATABASE_URL_ENV, "").strip()
-    if from_env:
-        return from_env
-    return f"sqlite:///{(Path.cwd() / DEFAULT_SQLITE_PATH).as_posix()}"
+    return StoreSettings().url()

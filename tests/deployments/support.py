@@ -190,3 +190,16 @@ def final_flow_run(api: httpx.Client, flow_run_id: str, *, timeout: float) -> di
         return run if run["state_type"] in FINAL_STATES else None
 
     return wait_until(read, timeout=timeout, what=f"flow run {flow_run_id} to end", interval=0.25)
+
+
+def save_store_block(api_url: str, url: str, name: str) -> str:
+    """Save a `StoreDatabase` block for `url` on the server at `api_url`; returns its document id.
+
+    What a user does once per server (or with `prefect block create batchpilot-store` in the UI).
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.database import StoreDatabase
+
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return str(StoreDatabase.from_url(url).save(name, overwrite=True))

@@ -29,7 +29,7 @@ def _run_pipeline(
     api_url: str, tmp_path: Path, execution: ExecutionOptions
 ) -> tuple[PipelineSummary, list[dict[str, Any]]]:
     """Run the pipeline in this process (its Prefect client points at the test server)."""
-    from flows.pipeline import _engine, batch_pipeline
+    from flows.pipeline import batch_pipeline
 
     write_items_csv(tmp_path / "items.csv", ITEMS, "D")
     database_url = f"sqlite:///{tmp_path / 'store.db'}"
@@ -41,11 +41,10 @@ def _run_pipeline(
                 pipeline=f"dask-{tmp_path.name}",
                 scaling=SCALING,
                 execution=execution,
-                database_url=database_url,
+                database=database_url,
                 warm_start=False,
             )
         )
-    _engine(database_url).dispose()
     engine = store.make_engine(database_url)
     try:
         with store.open_session(engine) as session:

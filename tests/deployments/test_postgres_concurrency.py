@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from scaling_core import store
 from tests.deployments.processors import arrivals_path
-from tests.deployments.support import Served, final_flow_run, write_items_csv
+from tests.deployments.support import PrefectServer, Served, final_flow_run, save_store_block, write_items_csv
 
 pytestmark = [pytest.mark.server, pytest.mark.postgres]
 
@@ -40,15 +40,18 @@ def _empty_database(url: str) -> Iterator[str]:
 
 
 def test_two_flow_runs_share_one_run_without_processing_an_item_twice(
-    served: Served, api: httpx.Client, postgres_url: str, tmp_path: Path
+    served: Served, api: httpx.Client, postgres_url: str, tmp_path: Path, prefect_server: PrefectServer
 ) -> None:
     with ExitStack() as stack:
-        _share_one_run(stack, served, api, postgres_url, tmp_path)
+        _share_one_run(stack, served, api, postgres_url, tmp_path, prefect_server)
 
 
-def _share_one_run(stack: ExitStack, served: Served, api: httpx.Client, postgres_url: str, tmp_path: Path) -> None:
+def _share_one_run(
+    stack: ExitStack, served: Served, api: httpx.Client, postgres_url: str, tmp_path: Path, server: PrefectServer
+) -> None:
     # A database of its own, empty: both runs create the schema and register the run at once.
     postgres_url = stack.enter_context(_empty_database(postgres_url))
+    block_id = save_store_block(server.api_url, postgres_url, f"shared-{uuid.uuid4().hex[:8]}")
     engine = store.make_engine(postgres_url)
     ids = write_items_csv(tmp_path / "shared.csv", ITEMS, "C")
     Path(arrivals_path(served.processed_log)).unlink(missing_ok=True)
@@ -59,7 +62,7 @@ def _share_one_run(stack: ExitStack, served: Served, api: httpx.Client, postgres
         "processor": RECORDING,
         "pipeline": pipeline,
         "run_id": run_id,
-        "database_url": postgres_url,
+        "database": {"$ref": {"block_document_id": block_id}},
         "scaling": {"initial_batch_size": 50, "min_batch_size": 10, "max_batch_size": 100},
     }
 

@@ -17,6 +17,7 @@ from sqlmodel import select
 
 from deployments.serve import FLOW_NAME, build_deployments
 from deployments.settings import DeploymentSettings
+from flows.database import block_reference
 from scaling_core import store
 from tests.deployments.support import (
     REPOSITORY,
@@ -24,6 +25,7 @@ from tests.deployments.support import (
     RetryUnavailable,
     child_environment,
     final_flow_run,
+    save_store_block,
     write_items_csv,
 )
 
@@ -103,6 +105,9 @@ def test_prefect_deploy_and_a_process_worker_run_the_on_demand_deployment_on_das
 
     ids = write_items_csv(tmp_path / "items.csv", 50, "W")
     database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    # The store chosen by name, as a prefect.yaml parameter would name it.
+    _prefect(["block", "register", "-m", "flows.database"], environment, REPOSITORY)
+    save_store_block(own_server.api_url, database_url, "worker-store")
     with httpx.Client(base_url=own_server.api_url, timeout=30.0, transport=RetryUnavailable()) as api:
         deployments = {
             name: api.get(f"/deployments/name/{FLOW_NAME}/{name}").json() for name in ("nightly", "on-demand")
@@ -127,7 +132,7 @@ def test_prefect_deploy_and_a_process_worker_run_the_on_demand_deployment_on_das
                         "source": {"path": str(tmp_path / "items.csv")},
                         "processor": ON_DASK_WORKER,
                         "pipeline": "worker",
-                        "database_url": database_url,
+                        "database": block_reference("worker-store"),
                         "execution": {"dask_address": cluster.scheduler_address, "parallelism": 2},
                     }
                 },

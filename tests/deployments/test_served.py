@@ -6,12 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlmodel import select
 
@@ -24,6 +24,7 @@ from tests.deployments.support import (
     Served,
     child_environment,
     final_flow_run,
+    save_store_block,
     wait_until,
     write_items_csv,
 )
@@ -107,7 +108,11 @@ def test_on_demand_deployment_renders_a_form_with_defaults_and_descriptions(
     assert properties["scaling"]["default"] == ScalingConfig().model_dump(mode="json")
     assert properties["execution"]["default"] == ExecutionOptions().model_dump(mode="json")
     assert properties["processor"]["pattern"].startswith("^[A-Za-z_]")
-    assert properties["database_url"]["anyOf"][0]["format"] == "password"
+    # The store is chosen as a block by name: the form offers the saved blocks of its type.
+    assert properties["database"]["anyOf"] == [{"$ref": "#/definitions/StoreDatabase"}, {"type": "null"}]
+    store_block = definitions["StoreDatabase"]
+    assert store_block["block_type_slug"] == "batchpilot-store"
+    assert store_block["properties"]["password"]["anyOf"][0]["format"] == "password"
     assert all(properties[name]["description"] for name in properties)
 
 
@@ -132,10 +137,15 @@ def test_schedule_produces_scheduled_runs_of_the_configured_source(served: Serve
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_a_ui_run_and_a_helper_run_process_every_item_once(served: Served, api: httpx.Client, tmp_path: Path) -> None:
+def test_a_ui_run_and_a_helper_run_process_every_item_once(
+    served: Served, api: httpx.Client, tmp_path: Path, prefect_server: PrefectServer
+) -> None:
     from flows import trigger
+    from flows.database import block_reference
 
     database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    block_name = f"store-{tmp_path.name}".lower().replace("_", "-")
+    block_id = save_store_block(prefect_server.api_url, database_url, block_name)
     ui_ids = write_items_csv(tmp_path / "ui.csv", ITEMS, "U")
     helper_ids = write_items_csv(tmp_path / "helper.csv", ITEMS, "H")
     ui_pipeline, helper_pipeline = f"ui-{tmp_path.name}", f"helper-{tmp_path.name}"
@@ -148,7 +158,8 @@ def test_a_ui_run_and_a_helper_run_process_every_item_once(served: Served, api: 
             "source": {"path": str(tmp_path / "ui.csv")},
             "processor": FAST,
             "pipeline": ui_pipeline,
-            "database_url": database_url,
+            # What the form sends for a block chosen from its list.
+            "database": {"$ref": {"block_document_id": block_id}},
         },
     )
     assert response.status_code == 201, response.text
@@ -160,8 +171,8 @@ def test_a_ui_run_and_a_helper_run_process_every_item_once(served: Served, api: 
             "processor": FAST,
             "pipeline": helper_pipeline,
             "scaling": ScalingConfig(initial_batch_size=20, min_batch_size=10, max_batch_size=80),
-            # Sent as the secret's value, not as "**********": else the run could not open the store.
-            "database_url": SecretStr(database_url),
+            # The same block by name, as in prefect.yaml.
+            "database": block_reference(block_name),
         },
         wait=True,
         timeout=RUN_SECONDS,
@@ -212,11 +223,14 @@ def test_server_refuses_parameters_that_break_the_schema(served: Served, api: ht
     assert len(_flow_runs_of(api, served.on_demand_id)) == before
 
 
-def test_flow_refuses_bad_input_before_any_item_is_processed(served: Served, api: httpx.Client, tmp_path: Path) -> None:
+def test_flow_refuses_bad_input_before_any_item_is_processed(
+    served: Served, api: httpx.Client, tmp_path: Path, prefect_server: PrefectServer
+) -> None:
     database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    block_id = save_store_block(prefect_server.api_url, database_url, f"bad-input-{uuid.uuid4().hex[:8]}")
     write_items_csv(tmp_path / "items.csv", 10, "B")
     missing = tmp_path / "missing.csv"
-    common = {"processor": FAST, "database_url": database_url}
+    common = {"processor": FAST, "database": {"$ref": {"block_document_id": block_id}}}
     cases = {
         f"SourceError: {missing}: file not found": {
             **common, "source": {"path": str(missing)}, "pipeline": "bad-missing-source",
@@ -256,6 +270,8 @@ def test_the_trigger_command_starts_a_run_and_reports_how_it_ended(
 ) -> None:
     ids = write_items_csv(tmp_path / "items.csv", 60, "T")
     database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    block_name = f"trigger-{uuid.uuid4().hex[:8]}"
+    save_store_block(prefect_server.api_url, database_url, block_name)
     environment = child_environment(tmp_path / "cli-home", PREFECT_API_URL=prefect_server.api_url)
 
     def command(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -270,7 +286,7 @@ def test_the_trigger_command_starts_a_run_and_reports_how_it_ended(
 
     completed = command(
         "--source", "items.csv", "--processor", FAST, "--pipeline", f"cli-{tmp_path.name}",
-        "--database-url", database_url, "--parameters", '{"scaling": {"initial_batch_size": 30}}',
+        "--database", block_name, "--parameters", '{"scaling": {"initial_batch_size": 30}}',
         "--timeout", str(RUN_SECONDS),
     )
     print(f"\n{completed.stdout.strip()}")
@@ -289,7 +305,7 @@ def test_the_trigger_command_starts_a_run_and_reports_how_it_ended(
     assert run.source == str(tmp_path / "items.csv")
     assert batches[0].batch_size == 30
 
-    failed = command("--source", "missing.csv", "--processor", FAST, "--database-url", database_url)
+    failed = command("--source", "missing.csv", "--processor", FAST, "--database", block_name)
     print(failed.stdout.strip())
     assert failed.returncode == 1
     assert failed.stdout.rstrip().endswith(

@@ -5,19 +5,37 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from deployments.serve import build_deployments
-from deployments.settings import DEFAULT_CRON, ENVIRONMENT, DeploymentSettings
+from deployments.settings import DEFAULT_CRON, SCHEDULE_PREFIX, DeploymentSettings
 from flows.models import DEFAULT_PROCESSOR
 from scaling_core.samples import PRODUCTS_CSV
 from tests.deployments.support import REPOSITORY, child_environment
 
 
-def test_defaults_run_the_bundled_catalogue_nightly() -> None:
-    settings = DeploymentSettings.from_environment({})
+VARIABLES = [f"{SCHEDULE_PREFIX}{name.upper()}" for name in DeploymentSettings.model_fields]
+
+
+@pytest.fixture
+def load(monkeypatch: pytest.MonkeyPatch) -> Callable[[dict[str, str]], DeploymentSettings]:
+    """`DeploymentSettings.load()` with exactly the given schedule variables set."""
+
+    def load(environment: dict[str, str]) -> DeploymentSettings:
+        for variable in VARIABLES:
+            monkeypatch.delenv(variable, raising=False)
+        for variable, value in environment.items():
+            monkeypatch.setenv(variable, value)
+        return DeploymentSettings.load()
+
+    return load
+
+
+def test_defaults_run_the_bundled_catalogue_nightly(load: Callable[[dict[str, str]], DeploymentSettings]) -> None:
+    settings = load({})
     assert settings == DeploymentSettings()
     assert (settings.cron, settings.timezone, settings.pipeline) == (DEFAULT_CRON, "UTC", "nightly") == (
         "0 2 * * *", "UTC", "nightly",
@@ -26,15 +44,18 @@ def test_defaults_run_the_bundled_catalogue_nightly() -> None:
     assert settings.processor == DEFAULT_PROCESSOR
 
 
-def test_every_setting_comes_from_its_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_setting_comes_from_its_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, load: Callable[[dict[str, str]], DeploymentSettings]
+) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = DeploymentSettings.from_environment(
+    settings = load(
         {
             "BATCHPILOT_SCHEDULE_CRON": " 30 1 * * 1-5 ",
             "BATCHPILOT_SCHEDULE_TIMEZONE": "Europe/Berlin",
             "BATCHPILOT_SCHEDULE_SOURCE": "data/items.jsonl",
             "BATCHPILOT_SCHEDULE_PIPELINE": "weekdays",
             "BATCHPILOT_SCHEDULE_PROCESSOR": "scaling_core.samples.enhancer:enhance_products",
+            "BATCHPILOT_SCHEDULE_DATABASE": "shared-store",
             "BATCHPILOT_SCHEDULE_UNKNOWN": "ignored",
         }
     )
@@ -44,15 +65,14 @@ def test_every_setting_comes_from_its_environment_variable(tmp_path: Path, monke
         source=tmp_path / "data" / "items.jsonl",
         pipeline="weekdays",
         processor="scaling_core.samples.enhancer:enhance_products",
+        database="shared-store",
     )
     assert settings.source.is_absolute()
-    assert set(ENVIRONMENT) == set(DeploymentSettings.model_fields)
+    assert settings.parameters()["database"] == {"$ref": {"block_document_slug": "batchpilot-store/shared-store"}}
 
 
-def test_blank_variables_keep_the_defaults() -> None:
-    assert DeploymentSettings.from_environment({variable: "  " for variable in ENVIRONMENT.values()}) == (
-        DeploymentSettings()
-    )
+def test_blank_variables_keep_the_defaults(load: Callable[[dict[str, str]], DeploymentSettings]) -> None:
+    assert load({variable: "  " for variable in VARIABLES}) == DeploymentSettings()
 
 
 @pytest.mark.parametrize(
@@ -64,10 +84,12 @@ def test_blank_variables_keep_the_defaults() -> None:
         ("BATCHPILOT_SCHEDULE_PROCESSOR", "not a path", "should match pattern"),
     ],
 )
-def test_an_invalid_variable_is_named_with_its_value(variable: str, value: str, message: str) -> None:
+def test_an_invalid_variable_is_named_with_its_value(
+    variable: str, value: str, message: str, load: Callable[[dict[str, str]], DeploymentSettings]
+) -> None:
     expected = rf"^invalid deployment settings: {variable}='{re.escape(value)}': .*{message}"
     with pytest.raises(ValueError, match=expected):
-        DeploymentSettings.from_environment({variable: value})
+        load({variable: value})
 
 
 def test_the_scheduled_deployment_takes_its_schedule_and_source_from_the_settings(tmp_path: Path) -> None:

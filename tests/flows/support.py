@@ -18,7 +18,6 @@ from prefect.client.schemas.sorting import FlowRunSort
 from sqlalchemy import func, inspect
 from sqlmodel import col, select
 
-from flows import pipeline as pipeline_module
 from flows.models import PipelineSummary
 from flows.pipeline import batch_pipeline
 from flows.report import stage_rows
@@ -67,15 +66,6 @@ def postgres_store(request: pytest.FixtureRequest) -> str:
     store.create_schema(engine)
     engine.dispose()
     return url
-
-
-def close_flow_connections(url: str) -> None:
-    """Close the pooled connections that the flows keep open to `url` in this process.
-
-    The flows keep one engine per URL in a small cache; an engine dropped from it with
-    PostgreSQL connections still open makes psycopg warn when they are collected.
-    """
-    pipeline_module._engine(url).dispose()
 
 
 def child_flow_runs(parent_id: UUID) -> list[FlowRun]:

@@ -62,7 +62,7 @@ def test_bad_input_is_refused_and_writes_nothing(case: str, tmp_path: Path, pipe
         "source": make_source(tmp_path),
         "processor": FAST_PROCESSOR,
         "pipeline": pipeline_name,
-        "database_url": f"sqlite:///{store_file}",
+        "database": f"sqlite:///{store_file}",
         **overrides,
     }
     with pytest.raises(error, match=message):
@@ -73,7 +73,7 @@ def test_bad_input_is_refused_and_writes_nothing(case: str, tmp_path: Path, pipe
 def test_resuming_a_run_by_id_with_another_source_is_refused(
     tmp_path: Path, sqlite_url: str, pipeline_name: str
 ) -> None:
-    common: dict[str, Any] = {"processor": FAST_PROCESSOR, "pipeline": pipeline_name, "database_url": sqlite_url}
+    common: dict[str, Any] = {"processor": FAST_PROCESSOR, "pipeline": pipeline_name, "database": sqlite_url}
     first, _ = run_pipeline(source=write_csv(tmp_path / "first.csv", 10), **common)
     other = write_csv(tmp_path / "second.csv", 10, start=100)
     # Like a run id of another pipeline, a run id of another source contradicts the call:

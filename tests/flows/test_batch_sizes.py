@@ -20,7 +20,7 @@ def test_batch_sizes_move_with_the_workload(tmp_path: Path, sqlite_url: str, pip
         processor="tests.flows.processors:knee_at_40",
         pipeline=pipeline_name,
         scaling=KNEE_SCALING,
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     sizes = [row["batch_size"] for row in stages(sqlite_url, summary.run_id)]
     assert sizes == summary.sizes_used
@@ -33,7 +33,7 @@ def test_batch_sizes_move_with_the_workload(tmp_path: Path, sqlite_url: str, pip
 
 def test_a_new_run_starts_at_the_size_the_last_run_learned(tmp_path: Path, store_url: str, pipeline_name: str) -> None:
     scaling = ScalingConfig(initial_batch_size=10, min_batch_size=5, max_batch_size=60)
-    common = {"processor": FAST_PROCESSOR, "pipeline": pipeline_name, "scaling": scaling, "database_url": store_url}
+    common = {"processor": FAST_PROCESSOR, "pipeline": pipeline_name, "scaling": scaling, "database": store_url}
     first, _ = run_pipeline(source=write_csv(tmp_path / "first.csv", 60), **common)
     learned = stages(store_url, first.run_id)[-1]["next_batch_size"]
     assert learned != scaling.initial_batch_size, "the first run learned nothing; the test could not tell"

@@ -26,7 +26,7 @@ def test_failing_items_are_retried_in_later_stages_until_max_attempts(
         pipeline=pipeline_name,
         scaling=SCALING,
         execution=ExecutionOptions(max_attempts=3),
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     items = {item.item_id: item for item in ledger(sqlite_url, summary.run_id)}
     for item_id in processors.ALWAYS_FAILING:
@@ -58,7 +58,7 @@ def test_a_batch_that_fails_whole_goes_back_and_the_size_shrinks(
         processor="tests.flows.processors:fails_whole_above_20",
         pipeline=pipeline_name,
         scaling=ScalingConfig(initial_batch_size=30, min_batch_size=5, max_batch_size=100),
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     records = batches(sqlite_url, summary.run_id)
     rows = stages(sqlite_url, summary.run_id)
@@ -101,7 +101,7 @@ def hung_run(tmp_path_factory: pytest.TempPathFactory) -> HungRun:
         pipeline=f"hang-{uuid.uuid4().hex[:8]}",
         scaling=SCALING,
         execution=ExecutionOptions(stage_timeout_seconds=0.5),
-        database_url=url,
+        database=url,
     )
     calls = list(processors.calls)
     processors.reset()
@@ -149,7 +149,7 @@ def test_a_run_stops_resumably_after_too_many_whole_failures_in_a_row(
             # Every allowed size is above the processor's limit.
             scaling=ScalingConfig(initial_batch_size=30, min_batch_size=25, max_batch_size=40),
             execution=ExecutionOptions(max_failed_stages_in_a_row=2),
-            database_url=sqlite_url,
+            database=sqlite_url,
         )
     [run] = runs(sqlite_url, pipeline_name)
     assert run.status != store.RunStatus.COMPLETED

@@ -26,7 +26,6 @@ from tests.flows.support import (
     FAST_PROCESSOR,
     REPOSITORY,
     child_flow_runs,
-    close_flow_connections,
     ledger,
     postgres_store,
     run_pipeline,
@@ -54,10 +53,9 @@ def finished_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     source = write_jsonl(folder / "items.jsonl", ({"id": f"i{n}", "text": f"item {n}"} for n in range(ITEMS)))
     pipeline = f"Stages {request.param} {uuid.uuid4().hex[:8]}"
     summary, flow_run_id = run_pipeline(
-        source=source, processor=FAST_PROCESSOR, pipeline=pipeline, scaling=SCALING, database_url=url
+        source=source, processor=FAST_PROCESSOR, pipeline=pipeline, scaling=SCALING, database=url
     )
     yield FinishedRun(url=url, pipeline=pipeline, summary=summary, flow_run_id=flow_run_id)
-    close_flow_connections(url)
 
 
 def test_every_item_is_done_once_and_the_run_completes(finished_run: FinishedRun) -> None:

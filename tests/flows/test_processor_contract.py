@@ -67,7 +67,7 @@ def test_a_broken_answer_fails_batches_whole_then_stops_the_run_resumably(
         pipeline=pipeline_name,
         scaling=SIZE_10,
         execution=ExecutionOptions(max_failed_stages_in_a_row=2),
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     with pytest.raises(RuntimeError) as caught:
         call_pipeline(**parameters)
@@ -104,7 +104,7 @@ def test_a_processor_that_fails_every_item_fails_each_for_good_after_its_attempt
         pipeline=pipeline_name,
         scaling=SIZE_10,
         execution=ExecutionOptions(max_attempts=2),
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     records = assert_every_item_finished_once(sqlite_url, summary.run_id, IDS, failed=frozenset(IDS), max_attempts=2)
     assert [(record.status, record.total_items, record.failed_items) for record in records] == [
@@ -122,7 +122,7 @@ def test_a_processor_that_drops_an_item_from_its_input_list_fails_the_batch_whol
         processor="tests.flows.fault_processors:drops_an_item_from_its_input_once",
         pipeline=pipeline_name,
         scaling=SIZE_10,
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     records = batches(sqlite_url, summary.run_id)
     first = records[0]

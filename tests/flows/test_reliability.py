@@ -48,7 +48,6 @@ from tests.flows.support import (
     call_pipeline,
     child_flow_runs,
     cli_environment,
-    close_flow_connections,
     ledger,
     postgres_store,
     run_pipeline,
@@ -239,7 +238,6 @@ def proxied_postgres(request: pytest.FixtureRequest) -> Iterator[ProxiedPostgres
         yield ProxiedPostgres(proxy=proxy, url=url, direct=direct)
         if not proxy.listening:
             proxy.start()
-        close_flow_connections(url)
 
 
 def _database_named(url: str) -> str:
@@ -283,7 +281,7 @@ def test_a_database_outage_during_a_stage_is_retried_and_every_item_is_done_once
         processor=ECHO,
         pipeline=pipeline_name,
         scaling=SIZE_10,
-        database_url=url,
+        database=url,
     )
 
     assert proxy.stops == 1 and proxy.listening
@@ -315,7 +313,7 @@ def test_a_database_that_stays_away_fails_the_run_naming_it_and_a_rerun_finishes
         processor=ECHO,
         pipeline=pipeline_name,
         scaling=SIZE_10,
-        database_url=url,
+        database=url,
     )
     fault_processors.on_call(3, proxy.stop)
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the type is checked below
@@ -350,7 +348,7 @@ def test_a_database_outage_during_a_scaling_decision_fails_naming_the_database_a
         processor=ECHO,
         pipeline=pipeline_name,
         scaling=SIZE_10,
-        database_url=url,
+        database=url,
     )
     problems: list[BaseException] = []
 
@@ -398,7 +396,7 @@ def test_a_database_unreachable_from_the_start_fails_the_run_naming_it(
     url = with_password(direct, port=free_port())
     with pytest.raises(Exception) as caught:  # noqa: PT011 - checked below
         call_pipeline(
-            source=write_csv(tmp_path / "items.csv", 10), processor=ECHO, pipeline=pipeline_name, database_url=url
+            source=write_csv(tmp_path / "items.csv", 10), processor=ECHO, pipeline=pipeline_name, database=url
         )
     assert not [message for message in messages(caught.value) if PASSWORD in message]
     assert isinstance(caught.value, store.StoreError), messages(caught.value)

@@ -1,7 +1,9 @@
 """A database password given in the store URL stays out of Prefect and out of every output.
 
-The run happens twice on PostgreSQL, with `PASSWORD` in its URL (trust authentication
-ignores it): called in this process, and as `python -m flows run --database-url ...`.
+The run happens three times on PostgreSQL, with `PASSWORD` in its URL (trust authentication
+ignores it): called in this process with the URL as a `SecretStr`, called in this process with
+a `StoreDatabase` block made from the URL, and as `python -m flows run --database-url ...`.
+A saved block chosen by name on a Prefect server is tested in tests/deployments/test_served.py.
 Everything the Prefect server keeps of either run is read back through the Prefect client:
 logs of the run and its stages, artifacts, stored flow run parameters. How processors are
 named (`module:function`, parsed and never evaluated) is tested in
@@ -14,7 +16,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
@@ -24,6 +25,7 @@ from pydantic import SecretStr
 from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
+from flows.database import StoreDatabase
 from scaling_core import ScalingConfig
 from tests.flows.fault_support import PASSWORD, flow_run_logs, flow_runs_named, free_port, messages, with_password
 from tests.flows.support import (
@@ -31,7 +33,6 @@ from tests.flows.support import (
     call_pipeline,
     child_flow_runs,
     cli_environment,
-    close_flow_connections,
     postgres_store,
     run_pipeline,
     runs,
@@ -56,17 +57,18 @@ class SecretRun:
     """What the command printed (empty for the run in this process)."""
 
 
-def _run_in_process(request: pytest.FixtureRequest, folder: Path) -> SecretRun:
+def _run_in_process(request: pytest.FixtureRequest, folder: Path, how: str) -> SecretRun:
     url = with_password(postgres_store(request))
-    pipeline = f"secrets-in-process-{uuid.uuid4().hex[:8]}"
+    pipeline = f"secrets-{how}-{uuid.uuid4().hex[:8]}"
+    # As documented: a URL with a password is passed as a SecretStr or a block (Prefect
+    # stores a flow run's parameters as they are passed, before they are validated).
+    database = SecretStr(url) if how == "secret-url" else StoreDatabase.from_url(url)
     summary, flow_run_id = run_pipeline(
-        # As documented: a URL with a password is passed as a SecretStr (Prefect stores a flow
-        # run's parameters as they are passed, before they are validated).
         source=write_csv(folder / "items.csv", ITEMS), processor=ECHO, pipeline=pipeline, scaling=SIZE_10,
-        database_url=SecretStr(url)
+        database=database,
     )
     assert summary.done == ITEMS
-    return SecretRun(how="in-process", url=url, run_id=summary.run_id, flow_run_id=flow_run_id, output="")
+    return SecretRun(how=how, url=url, run_id=summary.run_id, flow_run_id=flow_run_id, output="")
 
 
 def _run_command(request: pytest.FixtureRequest, folder: Path) -> SecretRun:
@@ -90,13 +92,12 @@ def _run_command(request: pytest.FixtureRequest, folder: Path) -> SecretRun:
     return SecretRun(how="cli", url=url, run_id=run.run_id, flow_run_id=flow_run.id, output=output)
 
 
-@pytest.fixture(scope="module", params=["in-process", "cli"])
-def secret_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretRun]:
+@pytest.fixture(scope="module", params=["secret-url", "block", "cli"])
+def secret_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SecretRun:
     folder = tmp_path_factory.mktemp(f"secrets-{request.param}")
-    run = _run_in_process(request, folder) if request.param == "in-process" else _run_command(request, folder)
-    yield run
-    if request.param == "in-process":
-        close_flow_connections(run.url)
+    if request.param == "cli":
+        return _run_command(request, folder)
+    return _run_in_process(request, folder, request.param)
 
 
 def _stage_ids(run: SecretRun) -> list[UUID]:
@@ -128,9 +129,11 @@ def test_no_artifact_of_the_run_holds_the_password(secret_run: SecretRun) -> Non
 def test_no_stored_flow_run_parameter_holds_the_password(secret_run: SecretRun) -> None:
     with get_client(sync_client=True) as client:
         flow_runs = [client.read_flow_run(secret_run.flow_run_id), *child_flow_runs(secret_run.flow_run_id)]
-    assert all("database_url" in flow_run.parameters for flow_run in flow_runs)
+    assert all("database" in flow_run.parameters for flow_run in flow_runs)
+    # The stages' parameters hold the store's block: its host is there, its password is not.
+    assert all("127.0.0.1" in json.dumps(flow_run.parameters["database"]) for flow_run in flow_runs[1:])
     leaked = {
-        flow_run.name: flow_run.parameters["database_url"]
+        flow_run.name: flow_run.parameters["database"]
         for flow_run in flow_runs
         if PASSWORD in json.dumps(flow_run.parameters)
     }
@@ -154,7 +157,7 @@ def test_an_unreachable_database_gives_errors_and_logs_without_the_password(
 ) -> None:
     url = with_password(postgres_store(request), port=free_port())
     with pytest.raises(Exception) as caught:  # noqa: PT011 - only its messages matter here
-        call_pipeline(source=write_csv(tmp_path / "items.csv", 10), processor=ECHO, pipeline=pipeline_name, database_url=url)
+        call_pipeline(source=write_csv(tmp_path / "items.csv", 10), processor=ECHO, pipeline=pipeline_name, database=url)
     seen = messages(caught.value)
     assert not [message for message in seen if PASSWORD in message], seen
     assert any("127.0.0.1" in message for message in seen), seen  # the error is about the store

@@ -18,7 +18,7 @@ def test_a_quality_target_no_size_meets_is_warned_of_once_and_not_shrunk_for(
         processor="tests.flows.processors:unsure_of_everything",
         pipeline=pipeline_name,
         scaling=scaling,
-        database_url=sqlite_url,
+        database=sqlite_url,
     )
     sizes = [row["batch_size"] for row in stages(sqlite_url, summary.run_id)]
     assert summary.done == 600

