@@ -669,7 +669,8 @@ async def _pipeline(
             store.finish_run(session, run.run_id, store.RunStatus.COMPLETED)
         else:  # another worker of this run is still processing its last stage
             logger.info("%s items are still being processed by another worker", counts[store.ItemStatus.PROCESSING])
-    result = PipelineSummary.of_run(engine, run.run_id, seconds=time.perf_counter() - started)
+        totals = store.run_totals(session, run.run_id)
+    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started)
     await aupdate_progress_artifact(progress_id, progress=100.0)
     rows = stage_rows(engine, run.run_id)
     await acreate_table_artifact(
