@@ -58,7 +58,8 @@ _RESULT_UPDATE = (
 class ItemCounts(BaseModel):
     """A run's items by ledger status (one field per `ItemStatus`), and the sums reports show."""
 
-    model_config = ConfigDict(frozen=True)
+    # A status without a field is refused, not dropped from the counts.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     pending: int = 0
     processing: int = 0
@@ -72,6 +73,7 @@ class ItemCounts(BaseModel):
 
     @property
     def total(self) -> int:
+        """Every item of the run."""
         return self.pending + self.processing + self.done + self.failed
 
     def __getitem__(self, status: ItemStatus) -> int:

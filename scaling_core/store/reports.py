@@ -100,7 +100,7 @@ def run_stages(session: Session, run_id: str) -> list[StageRow]:
     ).all()
     # Should a batch have had several decisions (a run resumed between a decision and its
     # next stage), the latest is the one its next stage followed.
-    after: dict[Any, dict[str, Any]] = {decision.batch_id: dict(decision._mapping) for decision in decisions}
+    after: dict[int | None, dict[str, Any]] = {decision.batch_id: dict(decision._mapping) for decision in decisions}
     return [StageRow.model_validate({**after.get(batch.batch_id, {}), **batch._mapping}) for batch in batches]
 
 

@@ -1,18 +1,20 @@
-"""The SQLModel tables of the store and the models that go in and out of them.
+"""The SQLModel tables of the store and what goes in and out of them.
 
-Laid out as in SQLModel's tutorial: a base holds the fields a table shares with its input
-and read models, the `table=True` model adds what only the database fills (keys, times),
-and a read model is what a query validates its rows into. The domain types that the
-manager reasons about (`scaling_core.results`) stay apart: `BatchOutcome.of` and `to_result`
+Laid out after SQLModel's tutorial: `BatchOutcome` is the base and input model of a batch
+record (what a finished batch writes), `BatchRecord` the `table=True` model that adds what
+the store fills (keys, stage, times). What comes out is read by name from row mappings:
+`ClaimedItem` for a stage's claim, `to_result` for the manager's history, and the report
+models of `scaling_core.store.reports`. The domain types that the manager reasons about
+(`scaling_core.results`) stay apart: `BatchOutcome.of`, `DecisionRecord.of` and `to_result`
 convert at this boundary.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index
