@@ -6,7 +6,6 @@ import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import Engine
 
 from scaling_core import BatchResult
 from scaling_core.processing import IMPORT_PATH_PATTERN
@@ -124,28 +123,19 @@ class PipelineSummary(BaseModel):
     seconds: float
 
     @classmethod
-    def of_run(cls, engine: Engine, run_id: str, *, seconds: float) -> PipelineSummary:
-        with store.open_session(engine) as session:
-            run = store.get_run(session, run_id)
-            if run is None:
-                raise ValueError(f"no run {run_id!r} in the store")
-            counts = store.count_items(session, run_id)
-            batches = [b for b in store.run_batches(session, run_id) if b.status != store.BatchStatus.ABANDONED]
-        done = counts[store.ItemStatus.DONE]
-        failed = counts[store.ItemStatus.FAILED]
-        finished_items = sum(b.total_items for b in batches if b.status == store.BatchStatus.COMPLETED)
-        high = sum(b.high for b in batches if b.status == store.BatchStatus.COMPLETED)
+    def of(cls, totals: store.RunTotals, *, seconds: float) -> PipelineSummary:
+        """The summary of a run from the store's totals, and the seconds its stage loop took."""
         return cls(
-            run_id=run_id,
-            pipeline=run.pipeline,
-            items=sum(counts.values()),
-            done=done,
-            failed=failed,
-            pending=counts[store.ItemStatus.PENDING] + counts[store.ItemStatus.PROCESSING],
-            stages=len(batches),
-            failed_stages=sum(b.status == store.BatchStatus.FAILED_WHOLE for b in batches),
-            sizes_used=[b.batch_size for b in batches],
-            high_share=high / finished_items if finished_items else 0.0,
+            run_id=totals.run_id,
+            pipeline=totals.pipeline,
+            items=totals.items.total,
+            done=totals.items.done,
+            failed=totals.items.failed,
+            pending=totals.items.unfinished,
+            stages=totals.stages,
+            failed_stages=totals.failed_stages,
+            sizes_used=totals.sizes_used,
+            high_share=totals.high_share,
             seconds=seconds,
         )
 

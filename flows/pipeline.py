@@ -454,7 +454,9 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
 
     if in_flight := finish_run(engine, opened.run_id):
         logger.info("%s items are still being processed by another worker", in_flight)
-    result = PipelineSummary.of_run(engine, opened.run_id, seconds=time.perf_counter() - started)
+    with store.open_session(engine) as session:
+        totals = store.run_totals(session, opened.run_id)
+    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started)
     await aupdate_progress_artifact(progress_id, progress=100.0)
     rows = stage_rows(engine, opened.run_id)
     await acreate_table_artifact(

@@ -1,4 +1,7 @@
-"""Reports of stored runs, read straight from the store (no Prefect needed)."""
+"""Reports of stored runs, formatted for artifacts and terminals (no Prefect needed).
+
+The store's `run_stages` and `run_report` read the data; this module only shapes it.
+"""
 
 from __future__ import annotations
 
@@ -12,51 +15,46 @@ from scaling_core import store
 def stage_rows(engine: Engine, run_id: str) -> list[dict[str, Any]]:
     """One row per stage of the run: size, items, quality, time, and the decision after it."""
     with store.open_session(engine) as session:
-        batches = store.run_batches(session, run_id)
-        decisions = {d.batch_id: d for d in store.run_decisions(session, run_id)}
-    rows = []
-    for batch in batches:
-        decision = decisions.get(batch.id)
-        rows.append(
-            {
-                "stage": batch.stage,
-                "batch_size": batch.batch_size,
-                "items": batch.total_items,
-                "successful": batch.successful_items,
-                "failed": batch.failed_items,
-                "high_confidence_rate": round(batch.high / batch.total_items, 4) if batch.total_items else 0.0,
-                "seconds": round(batch.seconds, 4),
-                "status": batch.status.value,
-                "action": decision.action if decision else None,
-                "next_batch_size": decision.new_size if decision else None,
-                "reason": decision.reason if decision else None,
-            }
-        )
-    return rows
+        return [_stage_row(stage) for stage in store.run_stages(session, run_id)]
+
+
+def _stage_row(stage: store.StageRow) -> dict[str, Any]:
+    return {
+        "stage": stage.stage,
+        "batch_size": stage.batch_size,
+        "items": stage.items,
+        "successful": stage.successful,
+        "failed": stage.failed,
+        "high_confidence_rate": round(stage.high_share, 4),
+        "seconds": round(stage.seconds, 4),
+        "status": stage.status.value,
+        "action": stage.action,
+        "next_batch_size": stage.next_batch_size,
+        "reason": stage.reason,
+    }
 
 
 def run_report(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
-    """`{"run": totals, "stages": rows}` for `run_id`, or for the latest run in the store."""
+    """`{"run": totals, "stages": rows}` for `run_id`, or for the latest run in the store.
+
+    Raises `LookupError` when there is no such run.
+    """
     with store.open_session(engine) as session:
-        run = store.get_run(session, run_id) if run_id else store.latest_run(session)
-        if run is None:
-            raise LookupError(f"no run {run_id!r} in the store" if run_id else "the store holds no run yet")
-        counts = store.count_items(session, run.run_id)
-    rows = stage_rows(engine, run.run_id)
+        report = store.run_report(session, run_id)
     return {
         "run": {
-            "run_id": run.run_id,
-            "pipeline": run.pipeline,
-            "status": run.status.value,
-            "source": run.source,
-            "processor": run.processor,
-            "items": sum(counts.values()),
-            "done": counts[store.ItemStatus.DONE],
-            "failed": counts[store.ItemStatus.FAILED],
-            "pending": counts[store.ItemStatus.PENDING] + counts[store.ItemStatus.PROCESSING],
-            "stages": len(rows),
+            "run_id": report.run_id,
+            "pipeline": report.pipeline,
+            "status": report.status.value,
+            "source": report.source,
+            "processor": report.processor,
+            "items": report.items.total,
+            "done": report.items.done,
+            "failed": report.items.failed,
+            "pending": report.items.unfinished,
+            "stages": len(report.stages),
         },
-        "stages": rows,
+        "stages": [_stage_row(stage) for stage in report.stages],
     }
 
 

@@ -19,7 +19,7 @@ from scaling_core import store
 from scaling_core.config import ScalingConfig
 from scaling_core.manager import PerformanceSnapshot, ScalingManager
 from scaling_core.processing import summarize_batch
-from scaling_core.results import BatchResult, ItemResult, ScalingDecision
+from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult, ScalingDecision
 from scaling_core.sources import Item
 
 
@@ -122,7 +122,7 @@ class BatchManager:
             successful_items=0,
             failed_items=len(batch.items),
             processing_time=seconds,
-            confidence_distribution={store.ConfidenceLevel.LOW: len(batch.items)},
+            confidence_distribution={ConfidenceLevel.LOW: len(batch.items)},
             failed_whole=True,
             error=error,
         )
@@ -134,7 +134,8 @@ class BatchManager:
             session.commit()
         return summary
 
-    def counts(self) -> dict[store.ItemStatus, int]:
+    def counts(self) -> store.ItemCounts:
+        """The run's items by status."""
         with store.open_session(self.engine) as session:
             return store.count_items(session, self.run_id)
 

@@ -1,6 +1,6 @@
 """Domain types that the manager reasons about: item and batch results, scaling decisions.
 
-These are plain pydantic models, kept apart from the SQLModel tables in `scaling_core.store`.
+These are plain pydantic models, kept apart from the SQLModel tables in `scaling_core.store.tables`.
 """
 
 from __future__ import annotations

@@ -215,7 +215,7 @@ class RunTally:
             run_id=opened.run_id,
             processor=processor,
             items=opened.run.item_count,
-            finished=counts[store.ItemStatus.DONE] + counts[store.ItemStatus.FAILED],
+            finished=counts.done + counts.failed,
             max_failed_stages_in_a_row=max_failed_stages_in_a_row,
         )
 
@@ -271,8 +271,7 @@ def finish_run(engine: Engine, run_id: str) -> int:
     completes it.
     """
     with store.open_session(engine) as session:
-        counts = store.count_items(session, run_id)
-        in_flight = counts[store.ItemStatus.PENDING] + counts[store.ItemStatus.PROCESSING]
+        in_flight = store.count_items(session, run_id).unfinished
         if in_flight == 0:
             store.finish_run(session, run_id, store.RunStatus.COMPLETED)
     return in_flight

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import scaling_core
@@ -17,6 +18,16 @@ def test_exported_names_are_exactly_the_public_ones() -> None:
     }
     assert set(scaling_core.__all__) == public - modules
     assert all(hasattr(scaling_core, name) for name in scaling_core.__all__)
+
+
+def test_the_store_exports_exactly_its_public_names() -> None:
+    from scaling_core import store
+
+    modules = {name for name, value in vars(store).items() if isinstance(value, types.ModuleType)}
+    assert modules == {"engine", "ledger", "pipeline_store", "queries", "reports", "tables"}
+    public = {name for name in vars(store) if not name.startswith("_")}
+    assert set(store.__all__) == public - modules
+    assert sorted(store.__all__) == sorted(set(store.__all__))
 
 
 def test_scaling_core_never_imports_prefect() -> None:

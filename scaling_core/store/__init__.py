@@ -1,0 +1,116 @@
+"""SQLModel persistence: pipeline runs, the item ledger, batches and scaling decisions.
+
+Every query takes a `Session` (or an `Engine` where it manages its own transactions); no
+engine is built at import time. The package is cut by concept:
+
+- `tables`: the SQLModel tables and the models that go in and out of them;
+- `engine`: engines, sessions, the schema, and the locks between processes;
+- `queries`: runs, batches and decisions; `ledger`: the items of a run;
+- `reports`: read-only reports of a run (its stages, its totals);
+- `pipeline_store`: `PipelineStore`, the manager's view of one run.
+
+Use it as one namespace: `from scaling_core import store; store.open_session(engine)`.
+"""
+
+from scaling_core.store.engine import (
+    StoreError,
+    WorkerLock,
+    create_schema,
+    hold_worker_lock,
+    is_postgres,
+    make_engine,
+    open_session,
+    redact_url,
+)
+from scaling_core.store.ledger import (
+    ItemCounts,
+    claim_items,
+    count_items,
+    has_pending,
+    load_items,
+    mark_loaded,
+    record_item_results,
+    recover_abandoned,
+    recover_dead_claims,
+    release_items,
+)
+from scaling_core.store.pipeline_store import PipelineStore
+from scaling_core.store.queries import (
+    close_batch,
+    finish_run,
+    get_run,
+    last_batch_id,
+    last_decided_size,
+    latest_run,
+    latest_unfinished_run,
+    new_run_id,
+    open_batch,
+    recent_batches,
+    record_decision,
+    run_batches,
+    run_decisions,
+    start_run,
+)
+from scaling_core.store.reports import RunReport, RunTotals, StageRow, run_report, run_stages, run_totals
+from scaling_core.store.tables import (
+    BatchOutcome,
+    BatchRecord,
+    BatchStatus,
+    ClaimedItem,
+    DecisionRecord,
+    ItemStatus,
+    LedgerItem,
+    PipelineRun,
+    RunStatus,
+)
+
+__all__ = [
+    "BatchOutcome",
+    "BatchRecord",
+    "BatchStatus",
+    "ClaimedItem",
+    "DecisionRecord",
+    "ItemCounts",
+    "ItemStatus",
+    "LedgerItem",
+    "PipelineRun",
+    "PipelineStore",
+    "RunReport",
+    "RunStatus",
+    "RunTotals",
+    "StageRow",
+    "StoreError",
+    "WorkerLock",
+    "claim_items",
+    "close_batch",
+    "count_items",
+    "create_schema",
+    "finish_run",
+    "get_run",
+    "has_pending",
+    "hold_worker_lock",
+    "is_postgres",
+    "last_batch_id",
+    "last_decided_size",
+    "latest_run",
+    "latest_unfinished_run",
+    "load_items",
+    "make_engine",
+    "mark_loaded",
+    "new_run_id",
+    "open_batch",
+    "open_session",
+    "recent_batches",
+    "record_decision",
+    "record_item_results",
+    "recover_abandoned",
+    "recover_dead_claims",
+    "redact_url",
+    "release_items",
+    "run_batches",
+    "run_decisions",
+    "run_report",
+    "run_stages",
+    "run_totals",
+    "start_run",
+]

@@ -1,0 +1,197 @@
+"""Engines, sessions, the schema, and the locks that keep several processes apart.
+
+No engine is built at import time: callers hand in a URL and get an engine back. On
+PostgreSQL a worker holds a session advisory lock while it is alive (`hold_worker_lock`),
+so that the claims of a dead worker can be told from a live one's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import StaticPool
+from sqlmodel import Session, SQLModel, create_engine
+
+# The tables must be registered on `SQLModel.metadata` before `create_schema` runs.
+from scaling_core.store import tables as _tables  # noqa: F401
+
+
+class StoreError(RuntimeError):
+    """The store could not be read or written; the message names the database (no password)."""
+
+    @classmethod
+    def wrap(cls, url: str, error: Exception) -> StoreError:
+        """A `StoreError` for `error` raised by the database at `url`: its first line, the URL redacted."""
+        detail = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        return cls(f"the store at {redact_url(url)} failed: {type(error).__name__}: {detail}")
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """Build an engine for `url`: a SQLite file (parent folders created) or PostgreSQL.
+
+    `sqlite://` (no path) gives one shared in-memory database, handy in tests.
+    PostgreSQL URLs use psycopg 3: `postgresql+psycopg://user@host:5432/db`. Statement
+    parameters (item payloads and outputs) are kept out of error messages and logs.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:"):
+            return create_engine(
+                url,
+                echo=echo,
+                hide_parameters=True,
+                connect_args={"check_same_thread": False},
+                poolclass=StaticPool,
+            )
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, echo=echo, hide_parameters=True, connect_args={"check_same_thread": False, "timeout": 60}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (report, the UI's scaling task) run while a stage writes;
+    # NORMAL sync is durable across process crashes (not power loss), which is the
+    # failure this ledger is built to survive.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`, safe for logs and errors."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL: show no part of it that could hold a secret
+        return "<unparsable database URL>"
+
+
+def open_session(engine: Engine) -> Session:
+    """A session whose objects stay readable after commit (they are handed back to callers)."""
+    return Session(engine, expire_on_commit=False)
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the tables and indexes that do not exist yet (idempotent).
+
+    Safe when several processes create the schema at the same moment: on PostgreSQL a
+    transaction-scoped advisory lock serialises them (their CREATE TYPE / CREATE TABLE would
+    otherwise collide); on a SQLite file an exclusive lock on a file beside it does
+    (`filelock`, so that it works on Windows too).
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:":
+        with FileLock(f"{database}.schema-lock"):
+            SQLModel.metadata.create_all(engine)
+        return
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('batchpilot.create_schema'))"))
+        SQLModel.metadata.create_all(connection)
+
+
+def is_postgres(engine: Engine) -> bool:
+    """True when `engine` talks to PostgreSQL (several writers; advisory locks)."""
+    return engine.dialect.name == "postgresql"
+
+
+def worker_lock_key(worker: str) -> int:
+    """The advisory-lock key that says `worker` is alive: a stable hash of its name."""
+    # pg_advisory_lock takes a signed 64-bit key.
+    digest = hashlib.blake2b(f"batchpilot-worker:{worker}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+class WorkerLock:
+    """A PostgreSQL session advisory lock that says `worker` is alive, held on a connection of its own.
+
+    The lock vanishes with a dead process's connection, so `recover_dead_claims` can tell a
+    crashed worker's claims from a live one's. It also vanishes when the database restarts
+    or the network drops the connection: `refresh` notices and takes it again.
+    """
+
+    def __init__(self, engine: Engine, worker: str) -> None:
+        self.engine = engine
+        self.worker = worker
+        self._key = worker_lock_key(worker)
+        self._connection: Connection | None = None
+        self._take()
+
+    def _take(self) -> None:
+        connection = self.engine.connect()
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+            connection.commit()
+        except BaseException:
+            connection.close()
+            raise
+        self._connection = connection
+
+    def refresh(self) -> bool:
+        """Make sure the lock is held; returns True when it had been lost and was taken again.
+
+        Raises a SQLAlchemy error when the database cannot be reached to take it again.
+        """
+        if self._connection is not None:
+            try:
+                self._connection.execute(text("SELECT 1"))
+                self._connection.commit()
+                return False
+            except DBAPIError as error:
+                if not error.connection_invalidated:
+                    raise
+                self._connection.close()
+                self._connection = None
+        self._take()
+        return True
+
+    def close(self) -> None:
+        """Release the lock (the worker stops)."""
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        # A session lock outlives `close()` on a pooled connection: unlock it, and should
+        # that fail, drop the database connection itself rather than return it to the pool.
+        try:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+            connection.commit()
+        except DBAPIError:
+            connection.invalidate()
+        finally:
+            connection.close()
+
+
+def hold_worker_lock(engine: Engine, worker: str) -> WorkerLock | None:
+    """On PostgreSQL, take the lock that says `worker` is alive (see `WorkerLock`).
+
+    Close it when the worker stops. SQLite needs none (single writer): returns None.
+    """
+    if not is_postgres(engine):
+        return None
+    return WorkerLock(engine, worker)
+
+
+def insert_ignoring_conflicts(session: Session, table: Any) -> Any:
+    """An INSERT into `table` that skips rows whose key exists, in the session's SQL dialect."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    raise ValueError(f"unsupported database dialect {dialect!r}: use SQLite or PostgreSQL")

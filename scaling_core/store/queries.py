@@ -1,0 +1,216 @@
+"""Queries on runs, batches and scaling decisions; each takes a `Session`.
+
+The item ledger has its own module (`ledger`), and the read-only reports theirs (`reports`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from scaling_core.results import BatchResult, ScalingDecision
+from scaling_core.store.engine import insert_ignoring_conflicts
+from scaling_core.store.tables import (
+    RESULT_COLUMNS,
+    BatchOutcome,
+    BatchRecord,
+    BatchStatus,
+    DecisionRecord,
+    PipelineRun,
+    RunStatus,
+    now,
+    to_result,
+)
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def new_run_id() -> str:
+    """A fresh, unique run id."""
+    return uuid.uuid4().hex
+
+
+def start_run(
+    session: Session,
+    *,
+    pipeline: str,
+    source: str,
+    processor: str,
+    config: dict[str, Any],
+    run_id: str | None = None,
+) -> PipelineRun:
+    """Register a run, or mark the existing one with `run_id` running again (resume).
+
+    Safe when several processes start the same run at once: the row is inserted with
+    ON CONFLICT DO NOTHING and then read back.
+    """
+    run_id = run_id or new_run_id()
+    started = now()
+    inserted = session.execute(
+        insert_ignoring_conflicts(session, PipelineRun).values(
+            run_id=run_id,
+            pipeline=pipeline,
+            status=RunStatus.RUNNING,
+            source=source,
+            processor=processor,
+            config=config,
+            items_loaded=False,
+            item_count=0,
+            created_at=started,
+            updated_at=started,
+        )
+    ).rowcount
+    session.commit()
+    run = session.get(PipelineRun, run_id, populate_existing=True)
+    assert run is not None
+    if run.pipeline != pipeline:
+        raise ValueError(f"run {run_id!r} belongs to pipeline {run.pipeline!r}, not {pipeline!r}")
+    if not inserted:
+        run.status = RunStatus.RUNNING
+        run.updated_at = started
+        session.add(run)
+        session.commit()
+        session.refresh(run)
+    return run
+
+
+def get_run(session: Session, run_id: str) -> PipelineRun | None:
+    """The run `run_id`, or None when the store holds no such run."""
+    return session.get(PipelineRun, run_id)
+
+
+def latest_run(session: Session, pipeline: str | None = None) -> PipelineRun | None:
+    """The most recently created run (of `pipeline` when given)."""
+    query = select(PipelineRun)
+    if pipeline is not None:
+        query = query.where(PipelineRun.pipeline == pipeline)
+    return session.exec(query.order_by(col(PipelineRun.created_at).desc()).limit(1)).first()
+
+
+def latest_unfinished_run(session: Session, pipeline: str) -> PipelineRun | None:
+    """The most recently created run of `pipeline` that has not completed (the one to resume)."""
+    query = (
+        select(PipelineRun)
+        .where(PipelineRun.pipeline == pipeline, PipelineRun.status != RunStatus.COMPLETED)
+        .order_by(col(PipelineRun.created_at).desc())
+        .limit(1)
+    )
+    return session.exec(query).first()
+
+
+def finish_run(session: Session, run_id: str, status: RunStatus) -> None:
+    """Set the run's final `status`. Commits."""
+    session.execute(
+        update(PipelineRun)
+        .where(col(PipelineRun.run_id) == run_id)
+        .values(status=status, updated_at=now())
+    )
+    session.commit()
+
+
+# -- batches ---------------------------------------------------------------------------------
+
+
+def open_batch(
+    session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str
+) -> BatchRecord:
+    """Create the record of a starting batch, numbered as the run's next stage. Commits."""
+    stage = session.exec(
+        select(func.count()).select_from(BatchRecord).where(BatchRecord.run_id == run_id)
+    ).one()
+    record = BatchRecord(
+        run_id=run_id, pipeline=pipeline, stage=int(stage) + 1, batch_size=batch_size, worker=worker
+    )
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> BatchRecord:
+    """Fill a batch record from its result. The caller commits (with the item results)."""
+    record.sqlmodel_update(BatchOutcome.of(result).model_dump())
+    record.finished_at = now()
+    session.add(record)
+    return record
+
+
+# The columns a `BatchResult` needs, not whole `BatchRecord` entities: loading an entity
+# builds an instrumented object and parses two timestamps, half the read of the window.
+_RESULT_COLUMNS = [BatchRecord.__table__.c[name] for name in RESULT_COLUMNS]  # type: ignore[attr-defined]
+
+
+def recent_batches(session: Session, pipeline: str, limit: int) -> list[BatchResult]:
+    """The last `limit` finished batches of `pipeline` across its runs, oldest first.
+
+    A bounded, indexed read (pipeline, id): its cost does not grow with the history.
+    """
+    rows = session.execute(
+        select(*_RESULT_COLUMNS)
+        .where(
+            BatchRecord.pipeline == pipeline,
+            col(BatchRecord.status).in_([BatchStatus.COMPLETED, BatchStatus.FAILED_WHOLE]),
+        )
+        .order_by(col(BatchRecord.id).desc())
+        .limit(limit)
+    ).all()
+    return [to_result(row._mapping) for row in reversed(rows)]
+
+
+def run_batches(session: Session, run_id: str) -> list[BatchRecord]:
+    """Every batch record of a run, in stage order."""
+    return list(
+        session.exec(
+            select(BatchRecord).where(BatchRecord.run_id == run_id).order_by(col(BatchRecord.id))
+        ).all()
+    )
+
+
+def last_batch_id(session: Session, run_id: str) -> int | None:
+    """The id of the run's latest batch, or None before its first."""
+    return session.exec(select(func.max(BatchRecord.id)).where(BatchRecord.run_id == run_id)).one()
+
+
+# -- decisions -------------------------------------------------------------------------------
+
+
+def record_decision(
+    session: Session,
+    *,
+    run_id: str,
+    pipeline: str,
+    batch_id: int | None,
+    old_size: int,
+    decision: ScalingDecision,
+) -> DecisionRecord:
+    """Persist one decision. Commits."""
+    record = DecisionRecord.of(decision, run_id=run_id, pipeline=pipeline, batch_id=batch_id, old_size=old_size)
+    session.add(record)
+    session.commit()
+    session.refresh(record)
+    return record
+
+
+def last_decided_size(session: Session, pipeline: str) -> int | None:
+    """The size the latest decision of `pipeline` chose (warm start for a new run)."""
+    size = session.exec(
+        select(DecisionRecord.new_size)
+        .where(DecisionRecord.pipeline == pipeline)
+        .order_by(col(DecisionRecord.id).desc())
+        .limit(1)
+    ).first()
+    return int(size) if size is not None else None
+
+
+def run_decisions(session: Session, run_id: str) -> list[DecisionRecord]:
+    """Every decision of a run, in the order they were taken."""
+    return list(
+        session.exec(
+            select(DecisionRecord)
+            .where(DecisionRecord.run_id == run_id)
+            .order_by(col(DecisionRecord.id))
+        ).all()
+    )

@@ -1,0 +1,49 @@
+"""Helpers shared by the store tests."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlmodel import select
+
+from scaling_core import BatchResult, ConfidenceLevel
+from scaling_core import store
+
+
+def new_run(engine: Engine, items: int = 10, pipeline: str = "p") -> str:
+    """A loaded run of `items` pending items; returns its id."""
+    with store.open_session(engine) as session:
+        run = store.start_run(session, pipeline=pipeline, source="s.csv", processor="m:f", config={"a": 1})
+        store.load_items(session, run.run_id, [(i, f"item-{i}", {"n": i}) for i in range(items)])
+        session.commit()
+        store.mark_loaded(session, run.run_id)
+        return run.run_id
+
+
+def ledger(engine: Engine) -> dict[str, store.LedgerItem]:
+    """Every ledger row, by item id."""
+    with store.open_session(engine) as session:
+        return {row.item_id: row for row in session.exec(select(store.LedgerItem)).all()}
+
+
+def finished_batch(
+    engine: Engine, run_id: str, size: int, *, high: int, failed_whole: bool = False, pipeline: str = "p"
+) -> int:
+    """Open and close a batch of `size` items, `high` of them High; returns its id."""
+    with store.open_session(engine) as session:
+        record = store.open_batch(session, run_id=run_id, pipeline=pipeline, batch_size=size, worker="w")
+        levels = {} if failed_whole else {ConfidenceLevel.HIGH: high, ConfidenceLevel.LOW: size - high}
+        result = BatchResult(
+            batch_id=str(record.id),
+            batch_size=size,
+            total_items=size,
+            successful_items=0 if failed_whole else size,
+            failed_items=size if failed_whole else 0,
+            processing_time=size / 10,
+            confidence_distribution=levels,
+            failed_whole=failed_whole,
+            error="boom" if failed_whole else None,
+        )
+        store.close_batch(session, record, result)
+        session.commit()
+        assert record.id is not None
+        return record.id
