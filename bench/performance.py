@@ -14,7 +14,7 @@ Figures and targets:
    the processor with the same batch sizes. Target: pipeline wall / loop wall <= 1.10. Also
    the median per-stage overhead (stage cycle minus the processor's own time) against
    Prefect's floor, an empty async stage flow plus an empty sync task called the same way
-   (including the pipeline's `_settle` wait and its one shared API client). Target: <= 2x
+   (including the pipeline's `settle` wait and its one shared API client). Target: <= 2x
    the floor.
 2. store: 1,000,000 items loaded into the ledger (`load_items` per 5,000, as `_prepare_run`
    does) and 1,000,000 results written (`claim_items` + `record_item_results` per 5,000),
@@ -264,7 +264,8 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
     from prefect.context import SyncClientContext
 
     from bench import _perf_processors
-    from flows.pipeline import _settle, batch_pipeline
+    from flows._runtime import settle
+    from flows.pipeline import batch_pipeline
     from flows.report import stage_rows
     from scaling_core import default_database_url
 
@@ -284,7 +285,7 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
     @flow(name="floor-pipeline", validate_parameters=True)
     async def floor_pipeline(cycles: int) -> None:
         # The pipeline's loop without its work: await an async stage subflow, call the sync
-        # scaling task, wait for its record (`_settle`), again; with one sync API client for
+        # scaling task, wait for its record (`settle`), again; with one sync API client for
         # the whole loop, as `batch_pipeline` has.
         size = 1
         with SyncClientContext.get_or_create():
@@ -292,7 +293,7 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
                 await floor_stage(batch_size=size)
                 decided = floor_decide(stage=stage, current_batch_size=size, return_state=True)
                 size = await decided.aresult()
-                await _settle(decided.state_details.task_run_id)
+                await settle(decided.state_details.task_run_id)
 
     @flow(name="warm-up")
     async def warm_up() -> int:
@@ -398,7 +399,7 @@ class OverheadFigures:
     items: int
     current: PipelineTiming
     median_floor: float
-    """Median cycle of an empty async stage flow + an empty sync task + `_settle`."""
+    """Median cycle of an empty async stage flow + an empty sync task + `settle`."""
     server_start_seconds: float
 
     @property
@@ -432,7 +433,7 @@ class OverheadFigures:
             f"median {_ms(now.median_stage_overhead)}, mean {_ms(now.mean_stage_overhead)}; "
             f"inside the stage body: median {_ms(now.median_in_stage)}",
             f"Prefect floor, measured the same way (an async parent flow awaiting an empty async subflow, "
-            f"then calling an empty sync task and the pipeline's own _settle wait, with one shared API "
+            f"then calling an empty sync task and the pipeline's own settle wait, with one shared API "
             f"client, as the pipeline does): "
             f"median {_ms(self.median_floor)}",
             f"stage overhead / floor = {self.overhead_over_floor:.2f} "

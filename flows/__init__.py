@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from flows.database import StoreDatabase
     from flows.models import ExecutionOptions, PipelineSummary, StageSummary
-    from flows.pipeline import batch_pipeline, decide_next_batch_size, process_stage
+    from flows.pipeline import batch_pipeline, decide_next_batch_size
+    from flows.stage import process_stage
     from flows.triggering import trigger
 
 __all__ = [
@@ -35,7 +36,7 @@ _HOMES = {
     "StoreDatabase": "flows.database",
     "batch_pipeline": "flows.pipeline",
     "decide_next_batch_size": "flows.pipeline",
-    "process_stage": "flows.pipeline",
+    "process_stage": "flows.stage",
     "trigger": "flows.triggering",
 }
 

@@ -14,6 +14,8 @@ stored parameters, where Prefect would keep a plain string as it was given.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import Annotated, Any, ClassVar, Literal, Self
 
@@ -21,7 +23,7 @@ from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_valid
 from prefect.blocks.core import Block
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from scaling_core import store
 from scaling_core.settings import StoreSettings
@@ -155,9 +157,13 @@ class StoreDatabase(Block):
         if engine is not None:
             engine.dispose()
 
-    def store_error(self, error: Exception) -> store.StoreError:
-        """`error` as a `StoreError` that names this database (without its password)."""
-        return store.StoreError.wrap(self.display_url(), error)
+    @contextmanager
+    def named_errors(self) -> Iterator[None]:
+        """A SQLAlchemy error leaves the block as a `StoreError` naming this database (no password)."""
+        try:
+            yield
+        except SQLAlchemyError as error:
+            raise store.StoreError.wrap(self.display_url(), error) from error
 
     def __enter__(self) -> Self:
         return self

@@ -1,0 +1,134 @@
+"""One batch stage as a Prefect subflow: claim the items, run the processor, write the results.
+
+`process_stage` runs the whole batch in one call of the processor in this process, or, with
+`parallelism` above 1 or a Dask cluster, as `process_chunk` task runs on the flow's task
+runner (Dask pickles the task by this module's name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+from flows.database import StoreDatabase
+from flows.models import ExecutionOptions, ProcessorPath, StageSummary
+from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
+from scaling_core.processing import call_with_timeout, load_processor, run_processor
+
+STAGE_RETRIES = 2
+"""Retries of a stage whose store failed (a processor failure is not retried this way)."""
+STAGE_RETRY_DELAY = 5
+"""Seconds before a retry: a database that restarts takes a few seconds."""
+
+
+# Never a cached answer: a processor's results come from calling it (an LLM, a service).
+@task(name="process-chunk", task_run_name="process-{size}-items", cache_policy=NO_CACHE)
+def process_chunk(
+    processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
+) -> list[dict[str, Any]]:
+    """Run the processor on one chunk of a batch (on the flow's task runner, Dask included)."""
+    return _process(processor, [Item(id=i["id"], payload=i["payload"]) for i in items], scaling, timeout)
+
+
+def _process(processor: str, items: list[Item], scaling: ScalingConfig, timeout: float) -> list[dict[str, Any]]:
+    function = load_processor(processor)
+    results = call_with_timeout(lambda: run_processor(function, items, scaling), timeout)
+    return [result.model_dump(mode="json") for result in results]
+
+
+async def _run_processor(
+    claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, execution: ExecutionOptions
+) -> list[dict[str, Any]]:
+    timeout = execution.stage_timeout_seconds
+    parts = max(1, min(execution.parallelism, len(claimed.items)))
+    if parts == 1 and not execution.uses_dask:
+        # One chunk in this process: a task run around it would only add its API calls to
+        # the critical path between two processor calls.
+        return await asyncio.to_thread(_process, processor, claimed.items, scaling, timeout)
+    size = -(-len(claimed.items) // parts)
+    chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
+    futures: list[PrefectFuture[list[dict[str, Any]]]] = [
+        process_chunk.submit(
+            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk), timeout
+        )
+        for chunk in chunks
+    ]
+    # `result()` blocks; wait in threads so the event loop stays free for Prefect's own work.
+    results = await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
+    return [result for part in results for result in part]
+
+
+@flow(
+    name="process-stage",
+    flow_run_name="{pipeline}-size-{batch_size}",
+    log_prints=False,
+    validate_parameters=True,
+    # Only infrastructure errors (the store) escape a stage; a processor failure is
+    # recorded as a failed batch. A store that went away may be back after a pause.
+    retries=STAGE_RETRIES,
+    retry_delay_seconds=STAGE_RETRY_DELAY,
+)
+async def process_stage(
+    run_id: str,
+    pipeline: str,
+    batch_size: int,
+    processor: ProcessorPath,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    database: StoreDatabase,
+    worker: str | None = None,
+) -> StageSummary:
+    """One batch: claim `batch_size` pending items, process them, write every result in bulk.
+
+    A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
+    batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
+    A store error fails the stage with a `StoreError` naming the database; Prefect retries it.
+    """
+    logger = get_run_logger()
+    with database.named_errors():
+        batches = BatchManager(
+            database.get_engine(),
+            run_id=run_id,
+            pipeline=pipeline,
+            batch_size=batch_size,
+            max_attempts=execution.max_attempts,
+            worker=worker,
+        )
+        claimed = batches.next_batch()
+        if claimed is None:
+            return StageSummary(stage=0, batch_id=0, batch_size=batch_size)
+        started = time.perf_counter()
+        try:
+            raw = await asyncio.wait_for(
+                _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
+            )
+        except Exception as error:  # a stage fails whole, whatever the processor raised
+            message = (
+                f"stage timed out after {execution.stage_timeout_seconds:g} s"
+                if isinstance(error, TimeoutError)
+                else f"{type(error).__name__}: {error}"
+            )
+            result = batches.fail_batch(claimed, message, time.perf_counter() - started)
+            logger.warning(
+                "Stage %s (%s items) failed whole: %s; its items went back to pending",
+                claimed.stage,
+                len(claimed.items),
+                message,
+            )
+            return StageSummary.of(claimed.stage, claimed.batch_id, result)
+        seconds = time.perf_counter() - started
+        result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
+    logger.info(
+        "Stage %s: %s items, %s succeeded, High share %.2f, %.2f s",
+        claimed.stage,
+        result.total_items,
+        result.successful_items,
+        result.high_share,
+        seconds,
+    )
+    return StageSummary.of(claimed.stage, claimed.batch_id, result)
