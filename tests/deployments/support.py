@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import httpx
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-SERVER_START_SECONDS = 60.0
+SERVER_START_SECONDS = 120.0
 """A fresh server answers its health check in ~10 s on this machine; allow for a slow one."""
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 

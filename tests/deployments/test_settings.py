@@ -123,3 +123,21 @@ def test_serve_refuses_invalid_settings_before_it_serves(tmp_path: Path) -> None
         "error: invalid deployment settings: BATCHPILOT_SCHEDULE_CRON='every night': "
         "not a cron expression of five fields such as '0 2 * * *'"
     )
+
+
+def test_importing_the_packages_changes_no_environment_variable(tmp_path: Path) -> None:
+    environment = {
+        name: value for name, value in child_environment(tmp_path).items() if name != "PREFECT_SERVER_ANALYTICS_ENABLED"
+    }
+    script = (
+        "import os\n"
+        "before = dict(os.environ)\n"
+        "import flows, flows.pipeline, flows.__main__, deployments.serve, deployments.trigger, scaling_core.runs\n"
+        "flows.batch_pipeline, flows.trigger\n"
+        "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}\n"
+        "assert not changed, changed\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]

@@ -85,3 +85,26 @@ def test_report_names_a_missing_store_and_an_empty_one(tmp_path: Path, prefect_a
         2,
         f"error: the store at sqlite:///{database} holds no run yet",
     )
+
+
+MY_PROCESSOR = '''
+def process(items):
+    return [{"item_id": item.id, "success": True, "confidence": 0.9} for item in items]
+'''
+
+
+@pytest.mark.parametrize("entry", ["script", "module"])
+def test_the_script_and_the_module_import_processors_from_the_working_directory(
+    entry: str, tmp_path: Path, prefect_api_url: str
+) -> None:
+    (tmp_path / "mine.py").write_text(MY_PROCESSOR, encoding="utf-8")
+    write_csv(tmp_path / "items.csv", 12)
+    command = [str(Path(sys.executable).with_name("batchpilot"))] if entry == "script" else [sys.executable, "-m", "flows"]
+    completed = subprocess.run(
+        [*command, "run", "--source", "items.csv", "--processor", "mine:process",
+         "--database-url", f"sqlite:///{tmp_path / 'store.db'}"],
+        cwd=tmp_path, env=cli_environment(prefect_api_url, tmp_path / "prefect-home"),
+        capture_output=True, text=True, timeout=180,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "12 of 12 items done" in completed.stdout, completed.stdout

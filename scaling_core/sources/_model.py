@@ -1,0 +1,164 @@
+"""What a source is: the file (`ItemSource`), its items, and how a rejected row is reported."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+SourceFormat = Literal["csv", "jsonl"]
+
+_SUFFIX_FORMATS: dict[str, SourceFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+# Bytes that every supported encoding must decode to the same ASCII text: rows are split
+# on b"\n" before decoding, which is only sound for ASCII-compatible encodings.
+_ASCII_PROBE = bytes(range(0x20, 0x7F)) + b"\t\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One unit of work: its id and everything else the row holds.
+
+    Example:
+        >>> Item(id="P000001", payload={"name": "Oak Chair", "price": "49.99"})
+        Item(id='P000001', payload={'name': 'Oak Chair', 'price': '49.99'})
+    """
+
+    id: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RowProblem:
+    """Why one row (or, with `line=None`, the whole file) was rejected."""
+
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason if self.line is None else f"line {self.line}: {self.reason}"
+
+
+class SourceError(ValueError):
+    """A source that cannot be read, or rows that were rejected.
+
+    `problems` holds the rejected rows in line order; at most `SourceError.MAX_KEPT_PROBLEMS`
+    of them are kept, and `problem_count` counts all of them. The message names the file and
+    shows the first `SourceError.MAX_SHOWN_PROBLEMS`.
+    """
+
+    MAX_SHOWN_PROBLEMS = 20
+    MAX_KEPT_PROBLEMS = 1000
+
+    def __init__(self, path: Path, problems: list[RowProblem], problem_count: int | None = None) -> None:
+        self.path = path
+        self.problems = problems
+        self.problem_count = len(problems) if problem_count is None else problem_count
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.problem_count == 1 and self.problems:
+            return f"{self.path}: {self.problems[0]}"
+        lines = [f"{self.path}: {self.problem_count} rows were rejected:"]
+        shown = self.problems[: self.MAX_SHOWN_PROBLEMS]
+        lines.extend(f"  {problem}" for problem in shown)
+        if self.problem_count > len(shown):
+            lines.append(f"  ... and {self.problem_count - len(shown)} more")
+        return "\n".join(lines)
+
+
+class ItemSource(BaseModel):
+    """A CSV or JSON Lines file of items.
+
+    In a CSV file the header names the columns; `id_field` names the id column and the other
+    columns form the payload (values as strings, empty strings kept). In a JSON Lines file
+    each non-blank line is one JSON object; `id_field` names its id (a string or an integer)
+    and the other keys form the payload.
+
+    Example:
+        >>> ItemSource(path="items.ndjson").format
+        'jsonl'
+        >>> ItemSource(path="items.txt")
+        Traceback (most recent call last):
+        ...
+        pydantic_core._pydantic_core.ValidationError: ... cannot infer the format of 'items.txt' ...
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    path: Path = Field(description="The file of items: a .csv, .jsonl or .ndjson file.")
+    format: SourceFormat | None = Field(
+        default=None,
+        validate_default=True,
+        description="File format; inferred from the file's suffix when left empty.",
+    )
+    id_field: str = Field(
+        default="id",
+        min_length=1,
+        description="CSV column or JSON key that holds each item's unique id.",
+    )
+    encoding: str = Field(
+        default="utf-8",
+        description="Text encoding of the file (an ASCII-compatible one such as utf-8 or latin-1).",
+    )
+    max_field_bytes: int = Field(
+        default=1024 * 1024,
+        gt=0,
+        description="A row with a field larger than this many bytes is rejected.",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _expand_user(cls, path: Path) -> Path:
+        return path.expanduser()
+
+    @field_validator("format")
+    @classmethod
+    def _infer_format(cls, value: SourceFormat | None, info: ValidationInfo) -> SourceFormat | None:
+        path = info.data.get("path")
+        if value is not None or path is None:
+            return value
+        inferred = _SUFFIX_FORMATS.get(path.suffix.lower())
+        if inferred is None:
+            known = ", ".join(_SUFFIX_FORMATS)
+            raise ValueError(
+                f"cannot infer the format of {str(path)!r} from its suffix {path.suffix!r} "
+                f"(known: {known}); set format to 'csv' or 'jsonl'"
+            )
+        return inferred
+
+    @field_validator("encoding")
+    @classmethod
+    def _check_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r}") from None
+        try:
+            ascii_compatible = _ASCII_PROBE.decode(value) == _ASCII_PROBE.decode("ascii")
+        except LookupError:
+            raise ValueError(f"{value!r} is not a text encoding") from None
+        except UnicodeDecodeError:
+            ascii_compatible = False
+        if not ascii_compatible:
+            raise ValueError(
+                f"encoding {value!r} is not ASCII-compatible; convert the file to utf-8 first"
+            )
+        return value
+
+
+class SourceSummary(BaseModel):
+    """What `validate_source` found in a valid source."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    format: SourceFormat
+    item_count: int = Field(ge=1, description="Number of items (up to the limit, when one was given).")
+    first_ids: list[str] = Field(description="Ids of the first few items, to show in a report.")
+    columns: list[str] | None = Field(
+        default=None, description="Payload columns of a CSV source (None for JSON Lines)."
+    )
