@@ -18,10 +18,19 @@ from array import array
 from collections.abc import Iterator
 from itertools import islice
 
-from scaling_core.sources._model import Item, ItemSource, RowProblem, SourceError, SourceFormat, SourceSummary
+from scaling_core.sources._model import (
+    MAX_ID_LENGTH,
+    Item,
+    ItemSource,
+    RowProblem,
+    SourceError,
+    SourceFormat,
+    SourceSummary,
+)
 from scaling_core.sources._rows import _iter_rows
 
 __all__ = [
+    "MAX_ID_LENGTH",
     "Item",
     "ItemSource",
     "RowProblem",

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 SourceFormat = Literal["csv", "jsonl"]
 
+MAX_ID_LENGTH = 500
+"""The longest item id the store keeps (the ledger's key column); longer ids are rejected rows."""
+
 _SUFFIX_FORMATS: dict[str, SourceFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
 # Bytes that every supported encoding must decode to the same ASCII text: rows are split

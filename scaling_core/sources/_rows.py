@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from scaling_core.sources._model import Item, ItemSource, RowProblem, SourceError
+from scaling_core.sources._model import MAX_ID_LENGTH, Item, ItemSource, RowProblem, SourceError
 
 _Row = tuple[int, Item | None, str | None]
 
@@ -24,6 +24,18 @@ def _iter_rows(source: ItemSource) -> Iterator[_Row]:
                 yield from _iter_jsonl_rows(source, handle)
     except OSError as error:
         raise SourceError(source.path, [RowProblem(None, f"cannot be read: {error.strerror or error}")]) from error
+
+
+def _id_problem(item_id: str) -> str | None:
+    """Why the store could not hold `item_id` as a ledger key, or None."""
+    if not item_id.strip():
+        return "empty id"
+    if "\x00" in item_id:
+        # PostgreSQL text cannot hold a NUL character; SQLite would cut the key short.
+        return "the id holds a NUL character"
+    if len(item_id) > MAX_ID_LENGTH:
+        return f"the id is {len(item_id)} characters long; the store keeps ids of up to {MAX_ID_LENGTH}"
+    return None
 
 
 def _decode_problem(error: UnicodeDecodeError, encoding: str) -> str:
@@ -67,8 +79,8 @@ def _iter_jsonl_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
             yield line, None, f"id field {id_field!r} must be a string or an integer, got {_json_type(raw_id)}"
             continue
         item_id = str(raw_id)
-        if not item_id.strip():
-            yield line, None, "empty id"
+        if problem := _id_problem(item_id):
+            yield line, None, problem
             continue
         # No field can exceed the limit when the whole line does not.
         if len(raw) > max_bytes:
@@ -194,8 +206,8 @@ def _iter_csv_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
             yield line, None, f"expected {len(header)} fields, got {len(row)}"
             continue
         item_id = row[id_index]
-        if not item_id.strip():
-            yield line, None, "empty id"
+        if problem := _id_problem(item_id):
+            yield line, None, problem
             continue
         oversized = _oversized_csv_field(header, row, encoding, max_bytes)
         if oversized is not None:

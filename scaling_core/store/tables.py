@@ -21,6 +21,7 @@ from sqlalchemy import JSON, Column, Index
 from sqlmodel import Field, SQLModel
 
 from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
+from scaling_core.sources import MAX_ID_LENGTH
 
 
 def now() -> datetime:
@@ -80,7 +81,7 @@ class LedgerItem(SQLModel, table=True):
     __table_args__ = (Index("ix_ledger_item_claim", "run_id", "status", "seq"),)
 
     run_id: str = Field(primary_key=True, foreign_key="pipeline_run.run_id", max_length=64)
-    item_id: str = Field(primary_key=True, max_length=500)
+    item_id: str = Field(primary_key=True, max_length=MAX_ID_LENGTH)
     seq: int
     """Position in the source; pending items are claimed in this order."""
     status: ItemStatus = Field(default=ItemStatus.PENDING, max_length=20)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,16 @@ import pytest
 from prefect.exceptions import ParameterTypeError
 
 from scaling_core import ItemSource, ProcessorError, SourceError
-from tests.flows.support import FAST_PROCESSOR, call_pipeline, ledger, run_pipeline, stored_rows, write_csv
+from tests.flows.support import (
+    FAST_PROCESSOR,
+    call_pipeline,
+    ledger,
+    postgres_store,
+    run_pipeline,
+    runs,
+    stored_rows,
+    write_csv,
+)
 
 
 def _csv(text: str) -> Callable[[Path], ItemSource]:
@@ -81,3 +91,20 @@ def test_resuming_a_run_by_id_with_another_source_is_refused(
     with pytest.raises(ValueError, match=r"second\.csv"):
         call_pipeline(source=other, run_id=first.run_id, **common)
     assert {item.item_id for item in ledger(sqlite_url, first.run_id)} == {f"i{n}" for n in range(10)}
+
+
+@pytest.mark.postgres
+def test_ids_the_store_cannot_hold_are_refused_with_their_lines_before_postgres_is_written(
+    tmp_path: Path, request: pytest.FixtureRequest, pipeline_name: str
+) -> None:
+    url = postgres_store(request)
+    path = tmp_path / "items.jsonl"
+    rows = [{"id": "ok-1"}, {"id": "nul\u0000id"}, {"id": "x" * 501}, {"id": "x" * 500}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(SourceError) as refused:
+        call_pipeline(source=ItemSource(path=path), processor=FAST_PROCESSOR, pipeline=pipeline_name, database=url)
+    assert [(problem.line, problem.reason) for problem in refused.value.problems] == [
+        (2, "the id holds a NUL character"),
+        (3, "the id is 501 characters long; the store keeps ids of up to 500"),
+    ]
+    assert runs(url, pipeline_name) == []

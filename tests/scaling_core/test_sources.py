@@ -527,3 +527,13 @@ def test_validate_reports_exactly_the_faulty_lines(file_format: str, data: st.Da
             assert not faulty_lines
             assert summary.item_count == len(ok_ids)
             assert [item.id for item in iter_items(source)] == ok_ids
+
+
+def test_ids_the_store_cannot_hold_are_rejected_rows(tmp_path: Path) -> None:
+    csv_path = tmp_path / "items.csv"
+    csv_path.write_text("id,name\nok,a\n" + "y" * 501 + ",b\n" + "z" * 500 + ",c\n", encoding="utf-8")
+    assert _problems(ItemSource(path=csv_path)) == [
+        RowProblem(3, "the id is 501 characters long; the store keeps ids of up to 500"),
+    ]
+    jsonl_path = _write_lines(tmp_path / "items.jsonl", ['{"id": "a\\u0000b"}', '{"id": "fine"}'])
+    assert _problems(ItemSource(path=jsonl_path)) == [RowProblem(1, "the id holds a NUL character")]
