@@ -30,9 +30,6 @@ from scaling_core.settings import StoreSettings
 
 Driver = Literal["postgresql+psycopg", "sqlite"]
 
-_PASSWORD_KEYS = ("password",)
-"""Query keys that carry a password; they are moved into the secret field."""
-
 
 class StoreDatabase(Block):
     """The SQLModel store: a PostgreSQL database shared by workers, or a SQLite file.
@@ -74,7 +71,7 @@ class StoreDatabase(Block):
                 raise ValueError("a SQLite store is a file: give only its path as `database`, no host or user")
         elif not self.host:
             raise ValueError("a PostgreSQL store needs a host")
-        if secret_keys := [key for key in self.query if key.lower() in _PASSWORD_KEYS]:
+        if secret_keys := [key for key in self.query if key.lower() in store.SECRET_QUERY_KEYS]:
             raise ValueError(f"put the password in the password field, not in the options ({', '.join(secret_keys)})")
         return self
 
@@ -106,7 +103,7 @@ class StoreDatabase(Block):
             )
         query = {key: str(value) for key, value in parsed.query.items()}
         password = parsed.password
-        for key in [key for key in query if key.lower() in _PASSWORD_KEYS]:
+        for key in [key for key in query if key.lower() in store.SECRET_QUERY_KEYS]:
             password = password or query[key]
             del query[key]
         return cls(

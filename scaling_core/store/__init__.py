@@ -13,6 +13,7 @@ Use it as one namespace: `from scaling_core import store; store.open_session(eng
 """
 
 from scaling_core.store.engine import (
+    SECRET_QUERY_KEYS,
     StoreError,
     WorkerLock,
     create_schema,
@@ -65,6 +66,7 @@ from scaling_core.store.tables import (
 )
 
 __all__ = [
+    "SECRET_QUERY_KEYS",
     "BatchOutcome",
     "BatchRecord",
     "BatchStatus",

@@ -70,12 +70,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
+"""URL options that carry a password (psycopg and libpq read `password` from the query too)."""
+
+
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`, safe for logs and errors."""
+    """`url` with any password (`user:***@`, `?password=***`) masked, safe for logs and errors.
+
+    Example:
+        >>> redact_url("postgresql://app:pw@db/jobs?sslmode=require&password=pw")
+        'postgresql://app:***@db/jobs?password=***&sslmode=require'
+    """
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:  # an unparsable URL: show no part of it that could hold a secret
         return "<unparsable database URL>"
+    secret_keys = [key for key in parsed.query if key.lower() in SECRET_QUERY_KEYS]
+    if secret_keys:
+        parsed = parsed.update_query_dict({key: "***" for key in secret_keys})
+    # URL-quoting would turn the mask into %2A%2A%2A.
+    return parsed.render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def open_session(engine: Engine) -> Session:

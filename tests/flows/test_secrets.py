@@ -1,8 +1,9 @@
 """A database password given in the store URL stays out of Prefect and out of every output.
 
-The run happens three times on PostgreSQL, with `PASSWORD` in its URL (trust authentication
+The run happens four times on PostgreSQL, with `PASSWORD` in its URL (trust authentication
 ignores it): called in this process with the URL as a `SecretStr`, called in this process with
-a `StoreDatabase` block made from the URL, and as `python -m flows run --database-url ...`.
+a `StoreDatabase` block made from the URL, and twice as `python -m flows run --database-url ...`,
+the password once in the URL's user part and once as a `?password=` option.
 A saved block chosen by name on a Prefect server is tested in tests/deployments/test_served.py.
 Everything the Prefect server keeps of either run is read back through the Prefect client:
 logs of the run and its stages, artifacts, stored flow run parameters. How processors are
@@ -71,10 +72,11 @@ def _run_in_process(request: pytest.FixtureRequest, folder: Path, how: str) -> S
     return SecretRun(how=how, url=url, run_id=summary.run_id, flow_run_id=flow_run_id, output="")
 
 
-def _run_command(request: pytest.FixtureRequest, folder: Path) -> SecretRun:
+def _run_command(request: pytest.FixtureRequest, folder: Path, how: str) -> SecretRun:
     direct = postgres_store(request)
-    url = with_password(direct)
-    pipeline = f"secrets-cli-{uuid.uuid4().hex[:8]}"
+    # The password in the URL's user part, or as an option of the query string.
+    url = with_password(direct) if how == "cli" else f"{direct}{'&' if '?' in direct else '?'}password={PASSWORD}"
+    pipeline = f"secrets-{how}-{uuid.uuid4().hex[:8]}"
     source = write_csv(folder / "items.csv", ITEMS).path
     completed = subprocess.run(
         [
@@ -89,14 +91,14 @@ def _run_command(request: pytest.FixtureRequest, folder: Path) -> SecretRun:
     assert completed.returncode == 0, output
     [run] = runs(direct, pipeline)
     [flow_run] = flow_runs_named(pipeline)
-    return SecretRun(how="cli", url=url, run_id=run.run_id, flow_run_id=flow_run.id, output=output)
+    return SecretRun(how=how, url=url, run_id=run.run_id, flow_run_id=flow_run.id, output=output)
 
 
-@pytest.fixture(scope="module", params=["secret-url", "block", "cli"])
+@pytest.fixture(scope="module", params=["secret-url", "block", "cli", "cli-query-password"])
 def secret_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> SecretRun:
     folder = tmp_path_factory.mktemp(f"secrets-{request.param}")
-    if request.param == "cli":
-        return _run_command(request, folder)
+    if request.param.startswith("cli"):
+        return _run_command(request, folder, request.param)
     return _run_in_process(request, folder, request.param)
 
 

@@ -35,7 +35,7 @@ def test_scaling_core_never_imports_prefect() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, scaling_core, scaling_core.samples.simulated_llm, scaling_core.samples.enhancer;"
+            "import sys, scaling_core, scaling_core.runs, scaling_core.samples.simulated_llm, scaling_core.samples.enhancer;"
             " assert 'prefect' not in sys.modules, 'prefect was imported'",
         ],
         capture_output=True,

@@ -115,3 +115,14 @@ def test_redacted_urls_hide_the_password() -> None:
 def test_store_errors_name_the_database_without_its_password() -> None:
     error = store.StoreError.wrap("postgresql+psycopg://user:s3cret@host/db", ValueError("no route\nmore"))
     assert str(error) == "the store at postgresql+psycopg://user:***@host/db failed: ValueError: no route"
+
+
+@pytest.mark.parametrize(
+    ("url", "redacted"),
+    [
+        ("postgresql://app@db/jobs?password=s3cret", "postgresql://app@db/jobs?password=***"),
+        ("postgresql://app:s3cret@db/jobs?sslmode=require&PWD=s3cret", "postgresql://app:***@db/jobs?PWD=***&sslmode=require"),
+    ],
+)
+def test_a_password_given_as_a_url_option_is_masked_too(url: str, redacted: str) -> None:
+    assert store.redact_url(url) == redacted
