@@ -26,6 +26,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from scaling_core import store
+from scaling_core.store.deadline import DEFAULT_TIMEOUT
 from scaling_core.settings import StoreSettings
 
 Driver = Literal["postgresql+psycopg", "sqlite"]
@@ -61,6 +62,13 @@ class StoreDatabase(Block):
     query: dict[str, str] = Field(
         default_factory=dict, title="Options", description="Extra URL options, e.g. sslmode=require."
     )
+    timeout_seconds: float = Field(
+        default=DEFAULT_TIMEOUT,
+        gt=0,
+        le=3600,
+        title="Timeout Seconds",
+        description="A call to the database that takes longer fails (connect, statement, lock wait, no answer).",
+    )
 
     _engine: Engine | None = PrivateAttr(default=None)
 
@@ -76,7 +84,7 @@ class StoreDatabase(Block):
         return self
 
     @classmethod
-    def from_url(cls, url: str | SecretStr) -> StoreDatabase:
+    def from_url(cls, url: str | SecretStr, *, timeout_seconds: float = DEFAULT_TIMEOUT) -> StoreDatabase:
         """A block from a SQLAlchemy URL; a `?password=` option becomes the secret password.
 
         Raises:
@@ -114,6 +122,7 @@ class StoreDatabase(Block):
             username=parsed.username,
             password=SecretStr(str(password)) if password else None,
             query=query,
+            timeout_seconds=timeout_seconds,
         )
 
     @classmethod
@@ -139,7 +148,7 @@ class StoreDatabase(Block):
     def get_engine(self) -> Engine:
         """This block's engine (one connection pool), made and given its schema on first use."""
         if self._engine is None:
-            engine = store.make_engine(self._url().render_as_string(hide_password=False))
+            engine = store.make_engine(self._url().render_as_string(hide_password=False), timeout=self.timeout_seconds)
             try:
                 store.create_schema(engine)
             except BaseException:

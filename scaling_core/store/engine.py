@@ -18,6 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
+from scaling_core.store.deadline import DEFAULT_TIMEOUT, add_client_deadline, postgres_connect_args
+
 # The tables must be registered on `SQLModel.metadata` before `create_schema` runs.
 from scaling_core.store import tables as _tables  # noqa: F401
 
@@ -32,13 +34,19 @@ class StoreError(RuntimeError):
         return cls(f"the store at {redact_url(url)} failed: {type(error).__name__}: {detail}")
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, timeout: float = DEFAULT_TIMEOUT) -> Engine:
     """Build an engine for `url`: a SQLite file (parent folders created) or PostgreSQL.
 
     `sqlite://` (no path) gives one shared in-memory database, handy in tests.
     PostgreSQL URLs use psycopg 3: `postgresql+psycopg://user@host:5432/db`. Statement
     parameters (item payloads and outputs) are kept out of error messages and logs.
+
+    Every call is bounded by `timeout` seconds: on SQLite the wait for the write lock, on
+    PostgreSQL the connection set-up, a statement, a lock wait, and an answer that never
+    comes (see `scaling_core.store.deadline`).
     """
+    if timeout <= 0:
+        raise ValueError(f"timeout must be positive, got {timeout}")
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
@@ -52,11 +60,18 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             )
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
-            url, echo=echo, hide_parameters=True, connect_args={"check_same_thread": False, "timeout": 60}
+            url, echo=echo, hide_parameters=True, connect_args={"check_same_thread": False, "timeout": timeout}
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, echo=echo, hide_parameters=True, pool_pre_ping=True)
+    engine = create_engine(
+        url,
+        echo=echo,
+        hide_parameters=True,
+        connect_args=postgres_connect_args(timeout, dict(parsed.query)),
+    )
+    add_client_deadline(engine, timeout)
+    return engine
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

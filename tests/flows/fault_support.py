@@ -84,7 +84,9 @@ class TcpProxy:
 
     `stop()` closes the listening socket and every open connection, as a database host
     that goes away does: clients see their connections drop and new ones refused. `start()`
-    listens on the same port again. Threads and sockets are all closed by `close()`.
+    listens on the same port again. `freeze()` stops forwarding without closing anything, as
+    a frozen network path or server does: connections stay open and nothing comes back.
+    Threads and sockets are all closed by `close()`.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -96,6 +98,15 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._threads: list[threading.Thread] = []
         self._timers: list[threading.Timer] = []
+        self._frozen = threading.Event()
+        self._closing = threading.Event()
+
+    def freeze(self) -> None:
+        """Stop forwarding in both directions; connections stay open (`thaw()` resumes)."""
+        self._frozen.set()
+
+    def thaw(self) -> None:
+        self._frozen.clear()
 
     def __enter__(self) -> TcpProxy:
         self.start()
@@ -136,6 +147,7 @@ class TcpProxy:
         timer.start()
 
     def close(self) -> None:
+        self._closing.set()
         with self._lock:
             timers = list(self._timers)
         for timer in timers:
@@ -197,6 +209,8 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                while self._frozen.is_set() and not self._closing.is_set():
+                    time.sleep(0.05)
                 sink.sendall(data)
         except OSError:
             pass

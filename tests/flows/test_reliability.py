@@ -25,7 +25,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from flows.pipeline import STAGE_RETRIES
+from flows.database import StoreDatabase
+from flows.stage import STAGE_RETRIES, STAGE_RETRY_DELAY
 from scaling_core import ScalingConfig, make_engine
 from scaling_core import store
 from tests.flows import fault_processors
@@ -401,3 +402,43 @@ def test_a_database_unreachable_from_the_start_fails_the_run_naming_it(
     assert not [message for message in messages(caught.value) if PASSWORD in message]
     assert isinstance(caught.value, store.StoreError), messages(caught.value)
     assert str(caught.value).startswith(f"the store at postgresql+psycopg://{_database_named(url)} failed: ")
+
+
+@pytest.mark.postgres
+def test_a_frozen_database_fails_the_run_within_its_bound_naming_it_and_a_rerun_finishes(
+    tmp_path: Path, proxied_postgres: ProxiedPostgres, pipeline_name: str, fresh_fault_processors: None
+) -> None:
+    # The proxy stops forwarding without closing anything: connections stay open and no
+    # answer ever comes, which no TCP timer notices. Each call gives up after its bound.
+    proxy, url, direct = proxied_postgres.proxy, proxied_postgres.url, proxied_postgres.direct
+    timeout = 2.0
+    parameters = dict(
+        source=write_csv(tmp_path / "items.csv", OUTAGE_ITEMS),
+        processor=ECHO,
+        pipeline=pipeline_name,
+        scaling=SIZE_10,
+        database=StoreDatabase.from_url(url, timeout_seconds=timeout),
+    )
+    fault_processors.on_call(3, proxy.freeze)
+    started = time.monotonic()
+    with pytest.raises(store.StoreError) as caught:
+        call_pipeline(**parameters)
+    elapsed = time.monotonic() - started
+
+    assert str(caught.value).startswith(f"the store at postgresql+psycopg://{_database_named(url)} failed: ")
+    assert "no answer within 2.5 s" in str(caught.value) or "timeout" in str(caught.value), str(caught.value)
+    assert not [message for message in messages(caught.value) if PASSWORD in message]
+    # The write that met the freeze, then each retry's connect: bounded, not a hang.
+    bound = 1.25 * timeout + STAGE_RETRIES * (STAGE_RETRY_DELAY + 2 * timeout)
+    print(f"\nfrozen store: the run failed after {elapsed:.1f} s (its calls' bound sums to {bound:.1f} s)")
+    assert elapsed < bound + 30, elapsed
+    assert fault_processors.calls() == 3
+
+    # The network heals (its connections were reset): the rerun resumes and finishes.
+    proxy.thaw()
+    proxy.stop()
+    proxy.start()
+    [run] = runs(direct, pipeline_name)
+    summary, _ = run_pipeline(**{**parameters, "database": url})
+    assert summary.run_id == run.run_id
+    assert_every_item_finished_once(direct, run.run_id, _ids(OUTAGE_ITEMS))
