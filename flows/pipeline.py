@@ -215,6 +215,7 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
     worker = uuid4().hex[:16]
     # While this flow runs, its claims are known to be alive (PostgreSQL advisory lock).
     alive = store.hold_worker_lock(engine, worker)
+    opened: OpenedRun | None = None
     try:
         opened = open_run(engine, request)
         tally = RunTally.of(
@@ -258,6 +259,8 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
     finally:
         if alive is not None:
             alive.close()
+        if opened is not None:
+            opened.close()
 
     if in_flight := finish_run(engine, opened.run_id):
         logger.info("%s items are still being processed by another worker", in_flight)

@@ -64,6 +64,13 @@ class OpenedRun:
     batch_size: int
     why: str
     """Why the first stage has that size: the configured start, or what an earlier run learned."""
+    lock: store.RunFileLock | None = None
+    """On a SQLite file, this process's hold on the run; `close()` it when the run stops."""
+
+    def close(self) -> None:
+        """Let go of the run (another process may resume it)."""
+        if self.lock is not None:
+            self.lock.close()
 
     @property
     def run_id(self) -> str:
@@ -115,8 +122,13 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
     processor); otherwise the latest unfinished run of the pipeline on the same source and
     processor. Items a dead stage left in processing go back to pending.
 
+    On a SQLite file the run is held by this process until `OpenedRun.close()`: SQLite's
+    claims carry no liveness, so a second live process on the run is refused rather than
+    left to take back (and repeat) the first one's claims.
+
     Raises:
         ValueError: `run_id` names a run of another pipeline, source or processor.
+        store.RunBusy: another live process holds the run on the same SQLite file.
     """
     source = str(request.source.path)
     with store.open_session(engine) as session:
@@ -140,14 +152,20 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
             config={"scaling": request.scaling.model_dump(mode="json"), "limit": request.limit},
             run_id=existing.run_id if existing is not None else request.run_id,
         )
-        resumed = existing is not None
-        if resumed:
-            store.recover_dead_claims(session, run.run_id)
-        if not run.items_loaded:
-            _load_ledger(session, run.run_id, request)
-            run.item_count = store.mark_loaded(session, run.run_id)
-    batch_size, why = _first_size(engine, request)
-    return OpenedRun(run=run, resumed=resumed, batch_size=batch_size, why=why)
+        lock = store.hold_run_lock(engine, run.run_id)
+        try:
+            resumed = existing is not None
+            if resumed:
+                store.recover_dead_claims(session, run.run_id)
+            if not run.items_loaded:
+                _load_ledger(session, run.run_id, request)
+                run.item_count = store.mark_loaded(session, run.run_id)
+            batch_size, why = _first_size(engine, request)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+    return OpenedRun(run=run, resumed=resumed, batch_size=batch_size, why=why, lock=lock)
 
 
 def _load_ledger(session: Session, run_id: str, request: RunRequest) -> None:

@@ -14,9 +14,12 @@ Use it as one namespace: `from scaling_core import store; store.open_session(eng
 
 from scaling_core.store.engine import (
     SECRET_QUERY_KEYS,
+    RunBusy,
+    RunFileLock,
     StoreError,
     WorkerLock,
     create_schema,
+    hold_run_lock,
     hold_worker_lock,
     is_postgres,
     make_engine,
@@ -67,6 +70,8 @@ from scaling_core.store.tables import (
 
 __all__ = [
     "SECRET_QUERY_KEYS",
+    "RunBusy",
+    "RunFileLock",
     "BatchOutcome",
     "BatchRecord",
     "BatchStatus",
@@ -90,6 +95,7 @@ __all__ = [
     "finish_run",
     "get_run",
     "has_pending",
+    "hold_run_lock",
     "hold_worker_lock",
     "is_postgres",
     "last_batch_id",

@@ -11,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -210,6 +210,54 @@ def hold_worker_lock(engine: Engine, worker: str) -> WorkerLock | None:
     if not is_postgres(engine):
         return None
     return WorkerLock(engine, worker)
+
+
+class RunBusy(RuntimeError):
+    """Another live process holds the run on this SQLite store."""
+
+
+class RunFileLock:
+    """On a SQLite file, the lock that says a live process works on a run: one per run and file.
+
+    An exclusive lock on a file beside the database (`<database>.run-<run_id>.lock`); the
+    operating system drops it with the process, crash included, so a rerun after a crash is
+    never refused. SQLite has a single writer, and its claims carry no liveness of their own:
+    without this lock a second process would take back the first one's claims and process
+    them again.
+    """
+
+    def __init__(self, database: str, run_id: str) -> None:
+        self.path = f"{database}.run-{run_id}.lock"
+        self.run_id = run_id
+        self._lock = FileLock(self.path, timeout=0)
+
+    def acquire(self) -> None:
+        """Take the lock, or raise `RunBusy` at once when another live process holds it."""
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunBusy(
+                f"run {self.run_id} is being processed by another live process on this SQLite store "
+                f"(it holds {self.path}); wait for it to finish, or use PostgreSQL to run several workers"
+            ) from None
+
+    def close(self) -> None:
+        """Release the lock (the process is done with the run)."""
+        self._lock.release(force=True)
+
+
+def hold_run_lock(engine: Engine, run_id: str) -> RunFileLock | None:
+    """On a SQLite file, take `RunFileLock` for `run_id` (raises `RunBusy` if another process holds it).
+
+    PostgreSQL needs none (its workers share a run; see `hold_worker_lock`); neither does an
+    in-memory database, which no other process can open. Close it when the run stops.
+    """
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        return None
+    lock = RunFileLock(database, run_id)
+    lock.acquire()
+    return lock
 
 
 def insert_ignoring_conflicts(session: Session, table: Any) -> Any:

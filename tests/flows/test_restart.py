@@ -130,3 +130,53 @@ def test_a_killed_run_resumes_and_finishes_every_item_once(
     assert sum(record.total_items for record in records if record.status == store.BatchStatus.COMPLETED) == ITEMS
     [finished] = runs(url, pipeline)
     assert finished.status == store.RunStatus.COMPLETED
+
+
+def test_a_second_process_on_a_run_of_a_sqlite_store_is_refused_while_the_first_lives(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    pipeline = f"one-writer-{uuid.uuid4().hex[:8]}"
+    command = _command(write_csv(tmp_path / "items.csv", ITEMS).path, url, pipeline)
+    engine = make_engine(url)
+    store.create_schema(engine)
+    # The first process holds its second stage's items for minutes.
+    slow = cli_environment(prefect_api_url, tmp_path / "prefect-home-1", **{SLOW_SECONDS_ENV: "120"})
+    with (tmp_path / "first.log").open("wb") as output:
+        first = subprocess.Popen(command, cwd=REPOSITORY, env=slow, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while _claimed_stage(engine, pipeline) is None:
+            assert first.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "the first process never reached its second stage"
+            time.sleep(0.1)
+        second = subprocess.run(
+            command, cwd=REPOSITORY, env=cli_environment(prefect_api_url, tmp_path / "prefect-home-2"),
+            capture_output=True, text=True, timeout=180,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        [run] = runs(url, pipeline)
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: run {run.run_id} is being processed by another live process on this SQLite store "
+            f"(it holds {tmp_path / 'store.db'}.run-{run.run_id}.lock); wait for it to finish, "
+            "or use PostgreSQL to run several workers"
+        )
+        # The refused process took back none of the first one's claims.
+        assert [item.status for item in ledger(url, run.run_id)].count(store.ItemStatus.PROCESSING) > 0
+    finally:
+        first.kill()  # as a crash: the operating system drops its lock
+        first.wait(timeout=30)
+        engine.dispose()
+
+    rerun = subprocess.run(
+        command, cwd=REPOSITORY, env=cli_environment(prefect_api_url, tmp_path / "prefect-home-3"),
+        capture_output=True, text=True, timeout=180,
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert [resumed.run_id for resumed in runs(url, pipeline)] == [run.run_id]
+    items = ledger(url, run.run_id)
+    assert sorted(item.item_id for item in items) == sorted(f"i{n}" for n in range(ITEMS))
+    assert {item.status for item in items} == {store.ItemStatus.DONE}
+    records = batches(url, run.run_id)
+    # Nothing was processed twice: every item's result came from one completed batch.
+    assert sum(record.total_items for record in records if record.status == store.BatchStatus.COMPLETED) == ITEMS
