@@ -152,14 +152,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from sqlalchemy import inspect
-    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
 
     from flows.report import format_stage_table, run_report
     from scaling_core import default_database_url
-    from scaling_core.store import make_engine, redact_url
+    from scaling_core.store import StoreError, make_engine, parse_url, redact_url
 
     url = args.database_url or default_database_url()
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
         raise LookupError(f"no store at {redact_url(url)}: the SQLite file does not exist")
     engine = make_engine(url)
@@ -167,6 +167,8 @@ def _report(args: argparse.Namespace) -> int:
         if not inspect(engine).has_table("pipeline_run"):
             raise LookupError(f"the store at {redact_url(url)} holds no run yet")
         report = run_report(engine, args.run_id)
+    except SQLAlchemyError as error:
+        raise StoreError.wrap(url, error) from error
     finally:
         engine.dispose()
     if args.json:

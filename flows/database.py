@@ -13,7 +13,6 @@ stored parameters, where Prefect would keep a plain string as it was given.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -22,8 +21,8 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import BeforeValidator, Field, PrivateAttr, SecretStr, model_validator
 from prefect.blocks.core import Block
 from sqlalchemy import Engine
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 
 from scaling_core import store
 from scaling_core.store.deadline import DEFAULT_TIMEOUT
@@ -90,25 +89,8 @@ class StoreDatabase(Block):
         Raises:
             ValueError: naming the URL (without its password) when it cannot be used.
         """
-        text = (url.get_secret_value() if isinstance(url, SecretStr) else url).strip()
-        try:
-            parsed = make_url(text)
-        except ArgumentError:
-            raise ValueError(
-                f"the database URL {_masked(text)} cannot be read: it is not a URL such as "
-                "postgresql+psycopg://user@host:5432/database or sqlite:///path/to/file.db"
-            ) from None
-        except ValueError:  # SQLAlchemy reads the port with int()
-            raise ValueError(f"the database URL {_masked(text)} cannot be read: its port is not a number") from None
-        backend = parsed.get_backend_name()
-        if backend == "sqlite":
-            driver: Driver = "sqlite"
-        elif backend == "postgresql":
-            driver = "postgresql+psycopg"
-        else:
-            raise ValueError(
-                f"the database URL {store.redact_url(text)} is for {backend!r}: the store runs on PostgreSQL or SQLite"
-            )
+        parsed = store.parse_url(url.get_secret_value() if isinstance(url, SecretStr) else url)
+        driver: Driver = "sqlite" if parsed.get_backend_name() == "sqlite" else "postgresql+psycopg"
         query = {key: str(value) for key, value in parsed.query.items()}
         password = parsed.password
         for key in [key for key in query if key.lower() in store.SECRET_QUERY_KEYS]:
@@ -178,12 +160,6 @@ class StoreDatabase(Block):
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self.dispose()
-
-
-def _masked(text: str) -> str:
-    # The URL as the user wrote it, for an error about a URL SQLAlchemy could not read:
-    # whatever stands between `user:` and `@` is taken for a password.
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text)
 
 
 def _as_block(value: Any) -> Any:

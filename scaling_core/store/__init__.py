@@ -24,6 +24,7 @@ from scaling_core.store.engine import (
     is_postgres,
     make_engine,
     open_session,
+    parse_url,
     redact_url,
 )
 from scaling_core.store.ledger import (
@@ -108,6 +109,7 @@ __all__ = [
     "new_run_id",
     "open_batch",
     "open_session",
+    "parse_url",
     "recent_batches",
     "record_decision",
     "record_item_results",

@@ -8,13 +8,14 @@ so that the claims of a dead worker can be told from a live one's.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 from sqlalchemy import Connection, Engine, event, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlmodel import Session, SQLModel, create_engine
 
@@ -87,6 +88,35 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pwd"})
 """URL options that carry a password (psycopg and libpq read `password` from the query too)."""
+
+
+def parse_url(text: str) -> URL:
+    """`text` as a SQLAlchemy URL of a supported database.
+
+    Raises:
+        ValueError: naming the URL (its password masked as written) and what is wrong with it.
+    """
+    try:
+        parsed = make_url(text.strip())
+    except ArgumentError:
+        raise ValueError(
+            f"the database URL {_masked(text)} cannot be read: it is not a URL such as "
+            "postgresql+psycopg://user@host:5432/database or sqlite:///path/to/file.db"
+        ) from None
+    except ValueError:  # SQLAlchemy reads the port with int()
+        raise ValueError(f"the database URL {_masked(text)} cannot be read: its port is not a number") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ValueError(
+            f"the database URL {redact_url(text)} is for {parsed.get_backend_name()!r}: "
+            "the store runs on PostgreSQL or SQLite"
+        )
+    return parsed
+
+
+def _masked(text: str) -> str:
+    # The URL as the user wrote it, for an error about a URL SQLAlchemy could not read:
+    # whatever stands between `user:` and `@` is taken for a password.
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", text.strip())
 
 
 def redact_url(url: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.flows.fault_support import flow_runs_named
 from tests.flows.support import FAST_PROCESSOR, REPOSITORY, cli_environment, stored_rows, write_csv
 
 Run = Callable[[str], subprocess.CompletedProcess[str]]
@@ -108,3 +110,37 @@ def test_the_script_and_the_module_import_processors_from_the_working_directory(
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "12 of 12 items done" in completed.stdout, completed.stdout
+
+
+def test_a_malformed_or_unreachable_store_is_one_line_naming_it_and_no_flow_run(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    write_csv(tmp_path / "items.csv", 5)
+    pipeline = f"bad-store-{tmp_path.name}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    cases = {
+        "run, malformed port": (
+            ["run", "--source", "items.csv", "--processor", FAST_PROCESSOR, "--pipeline", pipeline,
+             "--database-url", "postgresql://app:s3cret@127.0.0.1:54x2/jobs"],
+            "error: the database URL postgresql://app:***@127.0.0.1:54x2/jobs cannot be read: its port is not a number",
+        ),
+        "report, malformed port": (
+            ["report", "--database-url", "postgresql://app:s3cret@127.0.0.1:54x2/jobs"],
+            "error: the database URL postgresql://app:***@127.0.0.1:54x2/jobs cannot be read: its port is not a number",
+        ),
+        "report, nobody listening": (
+            ["report", "--database-url", f"postgresql+psycopg://app:s3cret@127.0.0.1:{closed_port}/jobs"],
+            f"error: the store at postgresql+psycopg://app:***@127.0.0.1:{closed_port}/jobs failed: OperationalError: ",
+        ),
+    }
+    for case, (arguments, expected) in cases.items():
+        completed = subprocess.run(
+            [sys.executable, "-m", "flows", *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+            env=cli_environment(prefect_api_url, tmp_path / "prefect-home"),
+        )
+        assert (completed.returncode, completed.stdout) == (2, ""), f"{case}: {completed.stderr}"
+        assert completed.stderr.count("\n") == 1 and completed.stderr.startswith(expected), f"{case}: {completed.stderr}"
+        assert "s3cret" not in completed.stderr
+    assert flow_runs_named(pipeline) == []
