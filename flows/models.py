@@ -51,6 +51,11 @@ class ExecutionOptions(BaseModel):
     max_failed_stages_in_a_row: int = Field(
         default=8, ge=1, description="Stop the run (resumable) after this many whole-stage failures in a row."
     )
+    max_timed_out_stages_in_a_row: int = Field(
+        default=2,
+        ge=1,
+        description="Stop the run (resumable) after this many stages in a row outlived the stage timeout.",
+    )
     dask_address: str | None = Field(
         default=None,
         description="Run stage chunks on the Dask cluster at this scheduler address (tcp://host:8786).",
@@ -85,10 +90,12 @@ class StageSummary(BaseModel):
     high: int = 0
     seconds: float = 0.0
     failed_whole: bool = False
+    timed_out: bool = False
+    """The stage failed whole because its processor outlived the stage timeout."""
     error: str | None = None
 
     @classmethod
-    def of(cls, stage: int, batch_id: int, result: BatchResult) -> StageSummary:
+    def of(cls, stage: int, batch_id: int, result: BatchResult, *, timed_out: bool = False) -> StageSummary:
         return cls(
             stage=stage,
             batch_id=batch_id,
@@ -99,6 +106,7 @@ class StageSummary(BaseModel):
             high=result.high_count,
             seconds=result.processing_time,
             failed_whole=result.failed_whole,
+            timed_out=timed_out,
             error=result.error,
         )
 

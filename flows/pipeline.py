@@ -141,7 +141,9 @@ async def _run_stages(
         )
         if stage.items == 0:
             continue  # another worker took the last pending items
-        if stop := tally.after_stage(successful=stage.successful, failed_whole=stage.failed_whole, error=stage.error):
+        if stop := tally.after_stage(
+            successful=stage.successful, failed_whole=stage.failed_whole, error=stage.error, timed_out=stage.timed_out
+        ):
             raise stop_run(engine, opened.run_id, stop)
         decided = decide_next_batch_size(
             run_id=opened.run_id,
@@ -219,7 +221,11 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
     try:
         opened = open_run(engine, request)
         tally = RunTally.of(
-            engine, opened, processor=request.processor, max_failed_stages_in_a_row=execution.max_failed_stages_in_a_row
+            engine,
+            opened,
+            processor=request.processor,
+            max_failed_stages_in_a_row=execution.max_failed_stages_in_a_row,
+            max_timed_out_stages_in_a_row=execution.max_timed_out_stages_in_a_row,
         )
         logger.info(
             "%s run %s of %s items from %s (store %s); first batch size %s (%s)",

@@ -120,7 +120,9 @@ async def process_stage(
                 len(claimed.items),
                 message,
             )
-            return StageSummary.of(claimed.stage, claimed.batch_id, result)
+            return StageSummary.of(
+                claimed.stage, claimed.batch_id, result, timed_out=isinstance(error, TimeoutError)
+            )
         seconds = time.perf_counter() - started
         result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
     logger.info(

@@ -221,12 +221,23 @@ class RunTally:
     items: int
     finished: int
     max_failed_stages_in_a_row: int
+    max_timed_out_stages_in_a_row: int | None = None
+    """Fewer than `max_failed_stages_in_a_row` by default: each timeout costs a whole stage timeout."""
     failures_in_a_row: int = 0
+    timeouts_in_a_row: int = 0
     stages: int = 0
     warned: set[str] = field(default_factory=set)
 
     @classmethod
-    def of(cls, engine: Engine, opened: OpenedRun, *, processor: str, max_failed_stages_in_a_row: int) -> RunTally:
+    def of(
+        cls,
+        engine: Engine,
+        opened: OpenedRun,
+        *,
+        processor: str,
+        max_failed_stages_in_a_row: int,
+        max_timed_out_stages_in_a_row: int | None = None,
+    ) -> RunTally:
         with store.open_session(engine) as session:
             counts = store.count_items(session, opened.run_id)
         return cls(
@@ -235,6 +246,7 @@ class RunTally:
             items=opened.run.item_count,
             finished=counts.done + counts.failed,
             max_failed_stages_in_a_row=max_failed_stages_in_a_row,
+            max_timed_out_stages_in_a_row=max_timed_out_stages_in_a_row,
         )
 
     @property
@@ -246,11 +258,21 @@ class RunTally:
         """Finished items in percent."""
         return min(100.0, 100.0 * self.finished / max(self.items, 1))
 
-    def after_stage(self, *, successful: int, failed_whole: bool, error: str | None) -> str | None:
+    def after_stage(
+        self, *, successful: int, failed_whole: bool, error: str | None, timed_out: bool = False
+    ) -> str | None:
         """Count a stage; returns why the run must stop (too many whole failures in a row), else None."""
         self.stages += 1
         self.finished += successful
         self.failures_in_a_row = self.failures_in_a_row + 1 if failed_whole else 0
+        self.timeouts_in_a_row = self.timeouts_in_a_row + 1 if timed_out else 0
+        timeouts_allowed = self.max_timed_out_stages_in_a_row
+        if timeouts_allowed is not None and self.timeouts_in_a_row >= timeouts_allowed:
+            return (
+                f"{self.timeouts_in_a_row} stages in a row outlived the stage timeout (last: {error}); "
+                f"stopping run {self.run_id}: its items are pending again; raise --stage-timeout-seconds "
+                "if the processor needs longer, then rerun to resume"
+            )
         if self.failures_in_a_row >= self.max_failed_stages_in_a_row:
             return (
                 f"{self.failures_in_a_row} stages in a row failed whole (last: {error}); "

@@ -155,3 +155,24 @@ def test_a_run_stops_resumably_after_too_many_whole_failures_in_a_row(
     assert run.status != store.RunStatus.COMPLETED
     assert [record.status for record in batches(sqlite_url, run.run_id)] == [store.BatchStatus.FAILED_WHOLE] * 2
     assert {item.status for item in ledger(sqlite_url, run.run_id)} == {store.ItemStatus.PENDING}
+
+
+def test_a_processor_that_hangs_on_every_call_stops_the_run_after_two_timeouts(
+    tmp_path: Path, sqlite_url: str, pipeline_name: str
+) -> None:
+    processors.reset()
+    with pytest.raises(RuntimeError, match=r"^2 stages in a row outlived the stage timeout \(last: stage timed out"):
+        call_pipeline(
+            source=write_csv(tmp_path / "items.csv", 30),
+            processor="tests.flows.processors:hangs_above_5",
+            pipeline=pipeline_name,
+            # Every size the manager may choose hangs: only the timeouts' count can stop the run.
+            scaling=ScalingConfig(initial_batch_size=10, min_batch_size=10, max_batch_size=20),
+            execution=ExecutionOptions(stage_timeout_seconds=0.5),
+            database=sqlite_url,
+        )
+    processors.reset()
+    [run] = runs(sqlite_url, pipeline_name)
+    assert run.status == store.RunStatus.FAILED
+    assert [record.status for record in batches(sqlite_url, run.run_id)] == [store.BatchStatus.FAILED_WHOLE] * 2
+    assert {item.status for item in ledger(sqlite_url, run.run_id)} == {store.ItemStatus.PENDING}

@@ -55,6 +55,7 @@ def test_a_rerun_resumes_the_unfinished_run_and_takes_back_dead_claims(engine: E
     first = open_run(engine, _request(source))
     dead = BatchManager(engine, run_id=first.run_id, pipeline="p", batch_size=10).next_batch()
     assert dead is not None  # a stage that died holding 10 claims
+    first.close()  # its process is gone
     again = open_run(engine, _request(source))
     assert again.resumed and again.run_id == first.run_id
     with store.open_session(engine) as session:
@@ -137,6 +138,7 @@ def test_a_stopped_run_is_failed_and_resumable(engine: Engine, tmp_path: Path) -
     opened = open_run(engine, _request(source))
     error = stop_run(engine, opened.run_id, "stop now")
     assert str(error) == "stop now"
+    opened.close()
     with store.open_session(engine) as session:
         run = store.get_run(session, opened.run_id)
         assert run is not None and run.status == store.RunStatus.FAILED
@@ -158,3 +160,33 @@ def test_inputs_are_checked_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="module 'nope' not found"):
         check_inputs(_source(tmp_path / "a.csv", 3), "nope:process", None)
     assert check_inputs(_source(tmp_path / "a.csv", 3), PROCESSOR, None).item_count == 3
+
+
+def test_the_tally_stops_after_fewer_timeouts_in_a_row_than_other_failures() -> None:
+    tally = RunTally(
+        run_id="r1", processor="m:f", items=50, finished=0, max_failed_stages_in_a_row=8, max_timed_out_stages_in_a_row=2
+    )
+    assert tally.after_stage(successful=0, failed_whole=True, error="stage timed out after 600 s", timed_out=True) is None
+    assert tally.after_stage(successful=0, failed_whole=True, error="ValueError: x") is None  # not a timeout: reset
+    assert tally.after_stage(successful=0, failed_whole=True, error="stage timed out after 600 s", timed_out=True) is None
+    stop = tally.after_stage(successful=0, failed_whole=True, error="stage timed out after 600 s", timed_out=True)
+    assert stop == (
+        "2 stages in a row outlived the stage timeout (last: stage timed out after 600 s); stopping run r1: "
+        "its items are pending again; raise --stage-timeout-seconds if the processor needs longer, then rerun to resume"
+    )
+
+
+def test_a_run_held_by_a_live_opener_on_sqlite_is_refused_until_it_lets_go(tmp_path: Path) -> None:
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'store.db'}")
+    store.create_schema(engine)
+    source = _source(tmp_path / "a.csv", 5)
+    try:
+        first = open_run(engine, _request(source))
+        with pytest.raises(store.RunBusy, match=f"run {first.run_id} is being processed by another live process"):
+            open_run(engine, _request(source))
+        first.close()
+        again = open_run(engine, _request(source))
+        assert again.run_id == first.run_id and again.resumed
+        again.close()
+    finally:
+        engine.dispose()
