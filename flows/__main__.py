@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         _model_options(command.add_argument_group("scaling limits"), ScalingConfig)
         _model_options(command.add_argument_group("execution"), ExecutionOptions)
         command.add_argument("--no-warm-start", action="store_true", help="ignore sizes learned by earlier runs")
+        command.add_argument(
+            "--new-run",
+            action="store_true",
+            help="start a new run even if the pipeline has an unfinished one (that one is marked superseded)",
+        )
         command.add_argument("--verbose", action="store_true", help="show Prefect's run logs")
 
     demo = commands.add_parser("demo", help="run the bundled sample job on embedded defaults")
@@ -113,6 +118,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "limit": args.limit,
         "run_id": args.run_id,
         "warm_start": not args.no_warm_start,
+        "new_run": args.new_run,
     }
 
 

@@ -179,6 +179,7 @@ async def batch_pipeline(
     limit: int | None = None,
     run_id: str | None = None,
     warm_start: bool = True,
+    new_run: bool = False,
 ) -> PipelineSummary:
     """Process every item of `source` in batch stages sized by the unified `ScalingManager`.
 
@@ -194,6 +195,8 @@ async def batch_pipeline(
         run_id: resume this run; by default the last unfinished run of `pipeline` on the
             same source is resumed.
         warm_start: start from the size the last run of `pipeline` learned.
+        new_run: start a new run even when `pipeline` has an unfinished one on another
+            file or content (that one is marked superseded); without it such a call is refused.
     """
     request = RunRequest(
         source=source,
@@ -203,6 +206,7 @@ async def batch_pipeline(
         limit=limit,
         run_id=run_id,
         warm_start=warm_start,
+        new_run=new_run,
     )
     # Everything that can be refused is checked before the store is touched.
     check_inputs(source, processor, limit)

@@ -20,6 +20,7 @@ None of this knows about Prefect.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
@@ -31,7 +32,15 @@ from scaling_core.controller import ProgressTracker
 from scaling_core.manager import ScalingManager
 from scaling_core.processing import load_processor
 from scaling_core.results import ScalingDecision
-from scaling_core.sources import ItemSource, SourceSummary, iter_item_batches, validate_source
+from scaling_core.sources import (
+    ItemSource,
+    RowProblem,
+    SourceError,
+    SourceFingerprint,
+    SourceSummary,
+    iter_item_batches,
+    validate_source,
+)
 
 LOAD_CHUNK = 5_000
 """Items inserted into the ledger per transaction while loading a source (a crash loses at most one)."""
@@ -53,6 +62,8 @@ class RunRequest(BaseModel):
     limit: int | None = None
     run_id: str | None = None
     warm_start: bool = True
+    new_run: bool = False
+    """Start a new run even when the pipeline has an unfinished one (that one is superseded)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,38 +129,36 @@ def check_inputs(source: ItemSource, processor: str, limit: int | None) -> Sourc
 def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
     """Register the run or resume it, make sure its ledger holds the whole source, size its first stage.
 
-    Resuming: with `run_id`, that run (it must process the same source with the same
-    processor); otherwise the latest unfinished run of the pipeline on the same source and
-    processor. Items a dead stage left in processing go back to pending.
+    A run is its source's content: the file is fingerprinted (resolved path, size, SHA-256)
+    before anything is written. Resuming: with `run_id`, that run; otherwise the latest
+    unfinished run of the pipeline. Either must have been loaded from the same file with
+    the same content and processor, else the call is refused, naming what differs; with
+    `new_run` the unfinished run is marked superseded instead and a new run starts. Items a
+    dead stage left in processing go back to pending.
 
     On a SQLite file the run is held by this process until `OpenedRun.close()`: SQLite's
     claims carry no liveness, so a second live process on the run is refused rather than
     left to take back (and repeat) the first one's claims.
 
     Raises:
-        ValueError: `run_id` names a run of another pipeline, source or processor.
+        RunMismatch: the run to resume was loaded from another file, other content or
+            with another processor.
         store.RunBusy: another live process holds the run on the same SQLite file.
+        SourceError: the file changed while it was being loaded (nothing of it is used).
     """
-    source = str(request.source.path)
+    fingerprint = SourceFingerprint.of(request.source)
     with store.open_session(engine) as session:
-        existing = (
-            store.get_run(session, request.run_id)
-            if request.run_id
-            else store.latest_unfinished_run(session, request.pipeline)
-        )
-        if existing is not None and (existing.source != source or existing.processor != request.processor):
-            if request.run_id is not None:
-                raise ValueError(
-                    f"run {request.run_id!r} processes {existing.source} with {existing.processor}, not "
-                    f"{source} with {request.processor}: resume it with the same source and processor"
-                )
-            existing = None  # an unfinished run of other work: this is a new run
+        existing = _run_to_resume(session, request, fingerprint)
         run = store.start_run(
             session,
             pipeline=request.pipeline,
-            source=source,
+            source=fingerprint.path,
             processor=request.processor,
-            config={"scaling": request.scaling.model_dump(mode="json"), "limit": request.limit},
+            config={
+                "scaling": request.scaling.model_dump(mode="json"),
+                "limit": request.limit,
+                "source": fingerprint.model_dump(mode="json"),
+            },
             run_id=existing.run_id if existing is not None else request.run_id,
         )
         lock = store.hold_run_lock(engine, run.run_id)
@@ -158,7 +167,7 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
             if resumed:
                 store.recover_dead_claims(session, run.run_id)
             if not run.items_loaded:
-                _load_ledger(session, run.run_id, request)
+                _load_ledger(session, run.run_id, request, fingerprint)
                 run.item_count = store.mark_loaded(session, run.run_id)
             batch_size, why = _first_size(engine, request)
         except BaseException:
@@ -168,14 +177,62 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
     return OpenedRun(run=run, resumed=resumed, batch_size=batch_size, why=why, lock=lock)
 
 
-def _load_ledger(session: Session, run_id: str, request: RunRequest) -> None:
-    # One transaction per chunk: a load killed midway resumes where it stopped, and the
-    # ledger ignores the rows it already holds.
+class RunMismatch(ValueError):
+    """The run to resume was loaded from another file, other content, or with another processor."""
+
+
+def _run_to_resume(
+    session: Session, request: RunRequest, fingerprint: SourceFingerprint
+) -> store.PipelineRun | None:
+    """The run this call continues (None: a new run), after the identity checks of `open_run`."""
+    if request.run_id:
+        existing = store.get_run(session, request.run_id)
+        if existing is not None and (difference := _difference(existing, request.processor, fingerprint)):
+            raise RunMismatch(
+                f"run {request.run_id} {difference}: resume it with the same file and processor, "
+                "or start a new run without --run-id"
+            )
+        return existing
+    existing = store.latest_unfinished_run(session, request.pipeline)
+    if existing is None:
+        return None
+    difference = _difference(existing, request.processor, fingerprint)
+    if request.new_run:
+        store.finish_run(session, existing.run_id, store.RunStatus.SUPERSEDED)
+        return None
+    if difference:
+        raise RunMismatch(
+            f"the unfinished run {existing.run_id} of pipeline {request.pipeline!r} {difference}. "
+            f"Give the same file to resume it, or rerun with --new-run to start a new run "
+            f"(run {existing.run_id} is then marked superseded)"
+        )
+    return existing
+
+
+def _difference(run: store.PipelineRun, processor: str, fingerprint: SourceFingerprint) -> str | None:
+    if run.processor != processor:
+        return f"runs processor {run.processor}, not {processor}"
+    stored = run.config.get("source")
+    if stored is None:  # a run registered before fingerprints: its path as it was given
+        same_path = Path(run.source).resolve() == Path(fingerprint.path)
+        return None if same_path else f"was loaded from {run.source}, not {fingerprint.path}"
+    return SourceFingerprint.model_validate(stored).difference(fingerprint)
+
+
+def _load_ledger(session: Session, run_id: str, request: RunRequest, fingerprint: SourceFingerprint) -> None:
+    # One transaction per chunk: a load killed midway resumes where it stopped (from the
+    # same content, which the fingerprint guards), and the ledger ignores the rows it holds.
     seq = 0
     for chunk in iter_item_batches(request.source, chunk_size=LOAD_CHUNK, limit=request.limit):
         store.load_items(session, run_id, [(seq + i, item.id, item.payload) for i, item in enumerate(chunk)])
         session.commit()
         seq += len(chunk)
+    if not fingerprint.unchanged_on_disk():
+        # Rows of two versions of the file may be in the ledger: never mark it loaded.
+        raise SourceError(
+            request.source.path,
+            [RowProblem(None, "changed while it was being loaded; rerun with --new-run to load it again")],
+        )
 
 
 def _first_size(engine: Engine, request: RunRequest) -> tuple[int, str]:

@@ -24,6 +24,7 @@ from scaling_core.sources._model import (
     ItemSource,
     RowProblem,
     SourceError,
+    SourceFingerprint,
     SourceFormat,
     SourceSummary,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "ItemSource",
     "RowProblem",
     "SourceError",
+    "SourceFingerprint",
     "SourceFormat",
     "SourceSummary",
     "iter_item_batches",

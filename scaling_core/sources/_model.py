@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -165,3 +167,49 @@ class SourceSummary(BaseModel):
     columns: list[str] | None = Field(
         default=None, description="Payload columns of a CSV source (None for JSON Lines)."
     )
+
+
+class SourceFingerprint(BaseModel):
+    """Which file a run was loaded from, and what it held: a run is resumed only on the same content."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = Field(description="The file's resolved absolute path.")
+    size: int = Field(ge=0, description="Its size in bytes.")
+    mtime_ns: int = Field(description="Its modification time, in nanoseconds.")
+    sha256: str = Field(description="The SHA-256 of its bytes.")
+
+    @classmethod
+    def of(cls, source: ItemSource) -> SourceFingerprint:
+        """Fingerprint the file of `source` (one streaming read).
+
+        Raises:
+            SourceError: the file cannot be read.
+        """
+        path = source.path.resolve()
+        try:
+            with path.open("rb") as handle:
+                before = os.fstat(handle.fileno())
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as error:
+            raise SourceError(source.path, [RowProblem(None, f"cannot be read: {error.strerror or error}")]) from error
+        return cls(path=str(path), size=before.st_size, mtime_ns=before.st_mtime_ns, sha256=digest)
+
+    def unchanged_on_disk(self) -> bool:
+        """True while the file still has the size and modification time it had when fingerprinted."""
+        try:
+            now = os.stat(self.path)
+        except OSError:
+            return False
+        return (now.st_size, now.st_mtime_ns) == (self.size, self.mtime_ns)
+
+    def difference(self, other: SourceFingerprint) -> str | None:
+        """How `other` differs from this fingerprint, in words, or None when they match."""
+        if other.path != self.path:
+            return f"was loaded from {self.path}, not {other.path}"
+        if other.sha256 != self.sha256:
+            return (
+                f"was loaded from {self.path} when it held other content (then {self.size} bytes, sha256 "
+                f"{self.sha256[:12]}; now {other.size} bytes, sha256 {other.sha256[:12]}): the file changed"
+            )
+        return None

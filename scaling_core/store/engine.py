@@ -159,6 +159,10 @@ def create_schema(engine: Engine) -> None:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('batchpilot.create_schema'))"))
         SQLModel.metadata.create_all(connection)
+        if connection.dialect.name == "postgresql":
+            # A store made before a status existed: PostgreSQL keeps enum values in a type.
+            for value in _tables.RunStatus:
+                connection.execute(text(f"ALTER TYPE runstatus ADD VALUE IF NOT EXISTS '{value.name}'"))
 
 
 def is_postgres(engine: Engine) -> bool:

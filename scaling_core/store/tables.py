@@ -33,6 +33,8 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
+    """A new run of the pipeline replaced this unfinished one (`new_run`); it is never resumed."""
 
 
 class ItemStatus(enum.StrEnum):

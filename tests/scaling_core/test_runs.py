@@ -6,10 +6,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
+from sqlmodel import select
 
+from scaling_core import SourceError
 from scaling_core import BatchManager, ConfidenceLevel, ItemResult, ItemSource, ScalingAction, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
     NextStage,
+    RunMismatch,
     RunRequest,
     RunTally,
     check_inputs,
@@ -63,15 +66,74 @@ def test_a_rerun_resumes_the_unfinished_run_and_takes_back_dead_claims(engine: E
     assert (counts[store.ItemStatus.PENDING], counts[store.ItemStatus.PROCESSING]) == (30, 0)
 
 
-def test_an_unfinished_run_of_another_source_is_not_resumed(engine: Engine, tmp_path: Path) -> None:
+def test_an_unfinished_run_of_another_file_is_neither_resumed_nor_left_behind(engine: Engine, tmp_path: Path) -> None:
     first = open_run(engine, _request(_source(tmp_path / "a.csv", 5)))
-    other = open_run(engine, _request(_source(tmp_path / "b.csv", 5)))
+    first.close()
+    with pytest.raises(RunMismatch, match=rf"the unfinished run {first.run_id} of pipeline 'p' was loaded from "
+                       rf"{tmp_path / 'a.csv'}, not {tmp_path / 'b.csv'}\. .* rerun with --new-run"):
+        open_run(engine, _request(_source(tmp_path / "b.csv", 5)))
+    other = open_run(engine, _request(_source(tmp_path / "b.csv", 5), new_run=True))
     assert not other.resumed and other.run_id != first.run_id
+    with store.open_session(engine) as session:
+        superseded = store.get_run(session, first.run_id)
+        assert superseded is not None and superseded.status == store.RunStatus.SUPERSEDED
+
+
+def test_a_changed_file_is_refused_naming_the_change_and_new_run_loads_it_afresh(engine: Engine, tmp_path: Path) -> None:
+    source = _source(tmp_path / "a.csv", 5)
+    first = open_run(engine, _request(source))
+    first.close()
+    _source(tmp_path / "a.csv", 7)  # rows added after the load
+    with pytest.raises(RunMismatch, match=r"when it held other content .*: the file changed"):
+        open_run(engine, _request(source))
+    fresh = open_run(engine, _request(source, new_run=True))
+    assert fresh.run_id != first.run_id and fresh.run.item_count == 7
+    fresh.close()
+
+
+def test_the_same_file_by_a_relative_or_an_absolute_path_is_the_same_run(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _source(tmp_path / "a.csv", 5)
+    first = open_run(engine, _request(ItemSource(path=Path("a.csv"))))
+    first.close()
+    again = open_run(engine, _request(ItemSource(path=tmp_path / "a.csv")))
+    assert again.resumed and again.run_id == first.run_id
+    assert again.run.source == str(tmp_path / "a.csv")
+    again.close()
+
+
+def test_a_file_that_changes_while_it_is_loaded_is_never_marked_loaded(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from scaling_core import runs as runs_module
+
+    source = _source(tmp_path / "a.csv", 30)
+    real = runs_module.iter_item_batches
+
+    def changing(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        for number, chunk in enumerate(real(*args, **kwargs)):  # type: ignore[arg-type]
+            yield chunk
+            if number == 0:  # someone rewrites the file after the first chunk was loaded
+                with (tmp_path / "a.csv").open("a", encoding="utf-8") as handle:
+                    handle.write("late,row\n")
+
+    monkeypatch.setattr(runs_module, "LOAD_CHUNK", 10)
+    monkeypatch.setattr(runs_module, "iter_item_batches", changing)
+    with pytest.raises(SourceError, match="changed while it was being loaded"):
+        open_run(engine, _request(source))
+    with store.open_session(engine) as session:
+        [run] = session.exec(select(store.PipelineRun)).all()
+    assert not run.items_loaded
+    monkeypatch.setattr(runs_module, "iter_item_batches", real)
+    with pytest.raises(RunMismatch, match="the file changed"):
+        open_run(engine, _request(source))
 
 
 def test_a_run_id_of_other_work_is_refused_naming_both(engine: Engine, tmp_path: Path) -> None:
     first = open_run(engine, _request(_source(tmp_path / "a.csv", 5)))
-    with pytest.raises(ValueError, match=rf"run '{first.run_id}' processes .*a.csv .* not .*b.csv"):
+    with pytest.raises(RunMismatch, match=rf"run {first.run_id} was loaded from .*a.csv, not .*b.csv"):
         open_run(engine, _request(_source(tmp_path / "b.csv", 5), run_id=first.run_id))
 
 
@@ -83,9 +145,11 @@ def test_the_next_run_warm_starts_from_the_last_decision_unless_told_not_to(engi
         decision = ScalingDecision(action=ScalingAction.INCREASE, new_batch_size=90, reason="r", confidence_threshold=0.9)
         store.record_decision(session, run_id=first.run_id, pipeline="p", batch_id=None, old_size=20, decision=decision)
     assert finish_run(engine, first.run_id) == 20  # 20 items still pending: the run stays open
-    warm = open_run(engine, _request(_source(tmp_path / "b.csv", 5), scaling=scaling))
+    first.close()
+    warm = open_run(engine, _request(_source(tmp_path / "b.csv", 5), scaling=scaling, new_run=True))
     assert (warm.batch_size, warm.why) == (60, "warm start from the last learned size 90")
-    cold = open_run(engine, _request(_source(tmp_path / "c.csv", 5), scaling=scaling, warm_start=False))
+    warm.close()
+    cold = open_run(engine, _request(_source(tmp_path / "c.csv", 5), scaling=scaling, warm_start=False, new_run=True))
     assert cold.batch_size == 20
 
 
