@@ -124,6 +124,8 @@ class ScalingManager:
         self._current_batch_size = self.config.initial_batch_size
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
         self._last_history: tuple[list[BatchResult], list[BatchView]] = ([], [])
+        self._shift_memo: dict[int, tuple[object, bool]] = {}
+        """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
 
     # -- the decision protocol ---------------------------------------------------------------
@@ -153,7 +155,9 @@ class ScalingManager:
         base = config.clamp(history[-1].asked_size if history else self._current_batch_size)
         if not history:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
-        window = EvidenceWindow.of(self._views(history), config, base=base, remaining_items=remaining_items)
+        window = EvidenceWindow.of(
+            self._views(history), config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo
+        )
         if window.last.failed:
             return self._after_failure(window)
         limits = [limit for rule in self.limits if (limit := rule.estimate(window)) is not None]
@@ -348,6 +352,7 @@ class ScalingManager:
                 views = [*previous_views[1:], history[-1].view]
         if views is None:
             views = [batch.view for batch in history]
+            self._shift_memo.clear()  # another history: its verdicts are not these
         self._last_history = (history, views)
         return views
 
