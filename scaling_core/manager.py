@@ -199,8 +199,8 @@ class ScalingManager:
             return self._decision(
                 base,
                 first,
-                f"every call fails whatever the size: {failures.streak} whole failures in a row at "
-                f"{min(sizes)} to {max(sizes)} items{detail}; not a size problem, keeping {first}",
+                f"deterministic failure: {failures.streak} whole failures in a row at {min(sizes)} to "
+                f"{max(sizes)} items{detail}; keeping {first}, learning no size from it",
                 metrics,
             )
         if failures.streak == 1:
