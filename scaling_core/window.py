@@ -17,6 +17,7 @@ workload is no longer current:
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -322,30 +323,46 @@ def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last
     to the newer side, one into the reference and one out of the newer side: every sum is
     updated in O(1)."""
     count = len(timings)
-    ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
-    logs = [math.log(t) for _, t in timings]
+    ratio = window.NEIGHBOURHOOD
+    # Bucket and log seconds per batch, computed as the scan reaches them (a remembered scan
+    # stops after a few splits).
+    ids: dict[int, int] = {}
+    logs: dict[int, float] = {}
+
+    def read(index: int) -> tuple[int, float]:
+        if index not in ids:
+            size, seconds = timings[index]
+            ids[index] = _bucket(size, ratio)
+            logs[index] = math.log(seconds)
+        return ids[index], logs[index]
+
     reference, after = window.CHANGE_REFERENCE, window.CHANGE_AFTER
     # Per size bucket: count, sum and sum of squares of the reference (before the split);
     # count and sum of the newer batches.
-    b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
-    a_n, a_sum = [0] * width, [0.0] * width
+    b_n: dict[int, int] = defaultdict(int)
+    b_sum: dict[int, float] = defaultdict(float)
+    b_sq: dict[int, float] = defaultdict(float)
+    a_n: dict[int, int] = defaultdict(int)
+    a_sum: dict[int, float] = defaultdict(float)
     for index in range(max(count - reference, 0), count):
-        key, value = ids[index], logs[index]
+        key, value = read(index)
         b_n[key] += 1
         b_sum[key] += value
         b_sq[key] += value * value
     # The reference's pooled within-bucket sum of squares and its degrees of freedom; the
     # newer batches' shift from the reference means, and its variance in units of s^2.
-    within = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
-    dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
+    within = sum(b_sq[k] - b_sum[k] * b_sum[k] / n for k, n in b_n.items() if n > 1)
+    dof = sum(n - 1 for n in b_n.values() if n > 1)
     difference = spread = 0.0
     for split in range(count - 1, last - 1, -1):
-        moved = ids[split]
-        entering = ids[split - reference] if split >= reference else -1
-        leaving = ids[split + after] if split + after < count else -1
-        touched = (moved,) if entering in (-1, moved) else (moved, entering)
-        if leaving >= 0 and leaving not in touched:
-            touched = (*touched, leaving)
+        moved, moved_log = read(split)
+        entering, entering_log = read(split - reference) if split >= reference else (None, 0.0)
+        leaving, leaving_log = read(split + after) if split + after < count else (None, 0.0)
+        touched = [moved]
+        if entering is not None and entering != moved:
+            touched.append(entering)
+        if leaving is not None and leaving not in touched:
+            touched.append(leaving)
         for key in touched:  # take the buckets' terms out ...
             n_old = b_n[key]
             if n_old:
@@ -356,20 +373,18 @@ def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last
                 n_new = a_n[key]
                 difference -= a_sum[key] - n_new * mean
                 spread -= n_new * (1 + n_new / n_old)
-        value = logs[split]  # ... move the batches ...
-        b_n[moved] -= 1
-        b_sum[moved] -= value
-        b_sq[moved] -= value * value
+        b_n[moved] -= 1  # ... move the batches ...
+        b_sum[moved] -= moved_log
+        b_sq[moved] -= moved_log * moved_log
         a_n[moved] += 1
-        a_sum[moved] += value
-        if entering >= 0:
-            value = logs[split - reference]
+        a_sum[moved] += moved_log
+        if entering is not None:
             b_n[entering] += 1
-            b_sum[entering] += value
-            b_sq[entering] += value * value
-        if leaving >= 0:
+            b_sum[entering] += entering_log
+            b_sq[entering] += entering_log * entering_log
+        if leaving is not None:
             a_n[leaving] -= 1
-            a_sum[leaving] -= logs[split + after]
+            a_sum[leaving] -= leaving_log
         for key in touched:  # ... and put their terms back
             n_old = b_n[key]
             if n_old:
