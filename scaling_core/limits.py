@@ -13,6 +13,7 @@ for a constraint that size does not move, and says so.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -276,12 +277,16 @@ class QualityLimit:
         # or not. Quality does not improve with size, so growth past it is no bet worth
         # making; the size goes back under it and approaches it by probes, and the evidence
         # expires with the recent window.
-        at_or_above = [size for size in recent_sizes if size * self.SAME_SIZE >= base]
+        # A pooled share under the target needs a batch under it among the pooled ones: only
+        # the sizes with one are looked at.
+        doubtful = self._near_low(sizes, observations, target)
+        recent_doubtful = self._near_low(recent_sizes, recent, target)
+        at_or_above = [size for size in recent_doubtful if size * self.SAME_SIZE >= base]
         candidates = [
             found
             for found in (
-                self._ceiling(pool, sizes, target, self.QUALITY_Z),
-                self._ceiling(recent_pool, recent_sizes, target, self.SOFT_Z),
+                self._ceiling(pool, doubtful, target, self.QUALITY_Z),
+                self._ceiling(recent_pool, recent_doubtful, target, self.SOFT_Z),
                 self._ceiling(
                     recent_pool,
                     at_or_above,
@@ -390,6 +395,15 @@ class QualityLimit:
             f"the quality trend: High share falls {-b * 100:.3f} points per 100 items around {base} items "
             f"(t = {t:.1f}) and reaches the target {target:.2f} at {crossing:.0f} items",
         )
+
+    def _near_low(self, sizes: list[float], observations: list[Observation], target: float) -> list[float]:
+        """The `sizes` (ascending) that have a batch under the target within `SAME_SIZE` below them."""
+        low = sorted(size for size, high, items in observations if high < target * items)
+        if not low:
+            return []
+        return [
+            size for size in sizes if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size
+        ]
 
     def _ceiling(
         self, pool: QualityPool, sizes: list[float], target: float, z: float, min_items: float = 0.0
