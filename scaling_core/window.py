@@ -74,15 +74,16 @@ class EvidenceWindow:
     """z of a shift (quality or log seconds) at unchanged sizes that makes the older evidence
     be forgotten: many splits are tried, so a lax z would forget on noise."""
     CHANGE_CHECKPOINT_GROWTH = 1.5
-    """Quality splits are tried this much further back each time (geometric: cheap, and fine
-    enough, as a shift found at one split stays visible from the next)."""
+    """The pooled tests (quality, and cost beyond `SHOCK_SCAN`) try splits this much further
+    back each time (geometric: cheap, and fine enough, as their shift found at one split stays
+    visible from the next)."""
     CHANGE_MIN_ITEMS = 100
     """Older items a size needs before a shift of its quality can be judged."""
     SHOCK_Z = 3.0
     """Recent batches this many noise spreads off the fitted cost (all on one side) mean the
     cost changed: 3 sigma happens to about 1 batch in 700 by chance."""
     SHOCK_SCAN = 8
-    """Trailing batches scanned for a shock."""
+    """Trailing batches scanned for a shock (and every split the pooled cost test tries)."""
     MIN_NOISE = 0.05
     """Floor on the relative timing noise: identical timings must not make every batch a shock."""
     MAX_NOISE = 2.0
@@ -96,6 +97,9 @@ class EvidenceWindow:
     """Batches after a split that a cost shift is judged on: about one probe cycle, after
     which the size has moved to where the new cost puts it (sizes an older regime may
     have used)."""
+    CHANGE_MIN_DOF = 4
+    """Degrees of freedom (same-size pairs, in effect) the reference needs before its spread
+    is trusted: with fewer, one lucky pair of batches would make every difference a shift."""
     SAME_SIZE = FailureClassifier.SAME_SIZE
     """Batches within this size ratio count as the same size."""
     NEIGHBOURHOOD = 1.10
@@ -139,6 +143,9 @@ class EvidenceWindow:
         skipped = max(len(timings) - cls.CHANGE_SCAN - cls.CHANGE_REFERENCE, 0)
         found = cost_change_point(timings[skipped:], cls, keys=timed[skipped:], memo=shift_memo)
         change = skipped + found if found else 0
+        # The pooled test too (a drift at shared sizes): the more recent cut wins.
+        pooled = pooled_change_point(timings, cls)
+        change = max(change, pooled)
         fit, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], fit, noise)
         if shock:
@@ -247,12 +254,21 @@ class EvidenceWindow:
         return None
 
 
-def _shifted(difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow]) -> bool:
+def _shifted(
+    difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow], *, few: bool = True
+) -> bool:
     """|z| > `CHANGE_Z` for the summed shift `difference` with variance `spread` x the pooled
-    within-size variance within/dof (at least `MIN_NOISE` squared)."""
-    if spread <= 0:
+    within-size variance within/dof (at least `MIN_NOISE` squared).
+
+    With `few` (a spread from a short reference) the variance is scaled by dof/(dof - 2), the
+    variance of Student's t over the normal's, and with fewer than `CHANGE_MIN_DOF` degrees of
+    freedom nothing is judged: one lucky pair would make every difference a shift.
+    """
+    if spread <= 0 or (few and dof < window.CHANGE_MIN_DOF):
         return False
     variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
+    if few:
+        variance *= dof / (dof - 2)
     return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
 
 
@@ -396,6 +412,105 @@ def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last
                 difference += a_sum[key] - n_new * mean
                 spread += n_new * (1 + n_new / n_old)
         yield split, _shifted(difference, spread, within, dof, window)
+
+
+def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
+    """Batches after each split tried beyond `SHOCK_SCAN`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
+    backs: list[int] = []
+    back = max(window.SHOCK_SCAN, 1)
+    while True:
+        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
+        if back >= length:
+            return backs
+        backs.append(back)
+
+
+def pooled_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
+    """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
+
+    Every batch after a split is compared with *all* the older batches of about its size, on
+    log seconds, in units of the spread those older batches show within a size: the same z as
+    `cost_change_point`. It sees a lasting shift at sizes that older batches of any regime
+    share (a drift), as its evidence grows with every batch after the split; the local test
+    sees a change at sizes only the regime just before it used (costs that alternate). The
+    most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
+    is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
+    """
+    count = len(timings)
+    if count < 2:
+        return 0
+    ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
+    logs = [math.log(t) for _, t in timings]
+    # Per size bucket, of the older batches (before the split) and of the newer ones.
+    b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
+    a_n, a_sum = [0] * width, [0.0] * width
+    for key, value in zip(ids, logs, strict=True):
+        b_n[key] += 1
+        b_sum[key] += value
+        b_sq[key] += value * value
+    # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
+    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
+    spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
+    difference = spread = 0.0
+    fine = min(window.SHOCK_SCAN, count - 1)
+    for back in range(1, fine + 1):
+        index = count - back
+        key, value = ids[index], logs[index]
+        n_old, n_new = b_n[key], a_n[key]
+        # Take the bucket's old contributions out ...
+        if n_old > 1:
+            spread_sum -= b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof -= n_old - 1
+        if n_new:
+            difference -= a_sum[key] - n_new * b_sum[key] / n_old
+            spread -= n_new * (1 + n_new / n_old)
+        # ... move the batch from the older side to the newer one ...
+        n_old -= 1
+        n_new += 1
+        b_n[key], a_n[key] = n_old, n_new
+        b_sum[key] -= value
+        b_sq[key] -= value * value
+        a_sum[key] += value
+        # ... and put them back. Later batches' log seconds minus what the older mean of
+        # their size predicts; its variance in units of the within-size spread.
+        if n_old > 1:
+            spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof += n_old - 1
+        if n_old:
+            difference += a_sum[key] - n_new * b_sum[key] / n_old
+            spread += n_new * (1 + n_new / n_old)
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
+            return index
+    # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
+    touched = {ids[index] for index in range(count - fine, count)}
+    back = fine
+    for checkpoint in _geometric_backs(count, window):
+        while back < checkpoint:
+            back += 1
+            index = count - back
+            key, value = ids[index], logs[index]
+            b_n[key] -= 1
+            b_sum[key] -= value
+            b_sq[key] -= value * value
+            a_n[key] += 1
+            a_sum[key] += value
+            touched.add(key)
+        spread_sum = spread_dof = difference = spread = 0.0
+        for key in range(width):
+            n_old = b_n[key]
+            if n_old > 1:
+                spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+                spread_dof += n_old - 1
+        for key in touched:
+            n_old, n_new = b_n[key], a_n[key]
+            if n_old:
+                difference += a_sum[key] - n_new * b_sum[key] / n_old
+                spread += n_new * (1 + n_new / n_old)
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
+            return count - checkpoint
+    return 0
+
+
 
 
 def quality_change_point(observations: Sequence[Observation], window: type[EvidenceWindow] = EvidenceWindow) -> int:

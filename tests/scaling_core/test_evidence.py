@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
-from scaling_core.window import cost_change_point
+from scaling_core.window import cost_change_point, pooled_change_point
 
 
 def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
@@ -90,3 +90,15 @@ def test_noise_alone_is_no_cost_change() -> None:
     sizes = [200.0, 230.0, 260.0]
     timings = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 50]
     assert cost_change_point(timings) == 0
+
+
+def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() -> None:
+    rng = random.Random(11)
+    sizes = [200.0, 230.0, 260.0]
+    before = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 30]
+    after = [(n, 1.3 * (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 10]
+    # A 1.3x cost under 15% noise: six batches after a split (the local test) are too few to
+    # tell; the pooled test's evidence grows with every batch, and it cuts within the new cost.
+    assert cost_change_point(before + after) == 0
+    assert len(before) <= pooled_change_point(before + after) < len(before) + len(after)
+    assert pooled_change_point(before) == 0
