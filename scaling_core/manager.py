@@ -29,6 +29,7 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -346,9 +347,9 @@ class ScalingManager:
         previous, previous_views = self._last_history
         views: list[BatchView] | None = None
         if previous and history:
-            if len(history) == len(previous) + 1 and all(a is b for a, b in zip(history, previous)):
+            if len(history) == len(previous) + 1 and all(map(operator.is_, history, previous)):
                 views = [*previous_views, history[-1].view]
-            elif len(history) == len(previous) and all(a is b for a, b in zip(history, previous[1:])):
+            elif len(history) == len(previous) and all(map(operator.is_, history, previous[1:])):
                 views = [*previous_views[1:], history[-1].view]
         if views is None:
             views = [batch.view for batch in history]

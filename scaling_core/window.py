@@ -144,8 +144,7 @@ class EvidenceWindow:
         found = cost_change_point(timings[skipped:], cls, keys=timed[skipped:], memo=shift_memo)
         change = skipped + found if found else 0
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
-        pooled = pooled_change_point(timings, cls)
-        change = max(change, pooled)
+        change = max(change, pooled_change_point(timings, cls, newer_than=change))
         fit, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], fit, noise)
         if shock:
@@ -425,7 +424,9 @@ def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
         backs.append(back)
 
 
-def pooled_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
+def pooled_change_point(
+    timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow, *, newer_than: int = 0
+) -> int:
     """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
 
     Every batch after a split is compared with *all* the older batches of about its size, on
@@ -435,11 +436,12 @@ def pooled_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] 
     sees a change at sizes only the regime just before it used (costs that alternate). The
     most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
     is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
+    Splits at or before `newer_than` (a cut found already) are not tried.
     """
     count = len(timings)
     if count < 2:
         return 0
-    ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
+    ids, width = _dense(_buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
     logs = [math.log(t) for _, t in timings]
     # Per size bucket, of the older batches (before the split) and of the newer ones.
     b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
@@ -455,6 +457,8 @@ def pooled_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] 
     fine = min(window.SHOCK_SCAN, count - 1)
     for back in range(1, fine + 1):
         index = count - back
+        if index <= newer_than:
+            return 0
         key, value = ids[index], logs[index]
         n_old, n_new = b_n[key], a_n[key]
         # Take the bucket's old contributions out ...
@@ -485,6 +489,8 @@ def pooled_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] 
     touched = {ids[index] for index in range(count - fine, count)}
     back = fine
     for checkpoint in _geometric_backs(count, window):
+        if count - checkpoint <= newer_than:
+            return 0
         while back < checkpoint:
             back += 1
             index = count - back
@@ -523,7 +529,7 @@ def quality_change_point(observations: Sequence[Observation], window: type[Evide
     """
     if len(observations) <= window.CHANGE_BATCHES:
         return 0
-    ids, width = _dense([_bucket(size, window.SAME_SIZE) for size, _, _ in observations])
+    ids, width = _dense(_buckets([size for size, _, _ in observations], window.SAME_SIZE))
     total_high, total_items = [0.0] * width, [0.0] * width
     for key, (_, high, items) in zip(ids, observations, strict=True):
         total_high[key] += high
@@ -562,6 +568,12 @@ def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
     """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
     numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
     return [numbers[key] for key in keys], len(numbers)
+
+
+def _buckets(sizes: Sequence[float], ratio: float) -> list[int]:
+    """`_bucket` of every size, in one pass."""
+    log, width = math.log, math.log(ratio)
+    return [int(log(size) / width) for size in sizes]
 
 
 @lru_cache(maxsize=65536)
