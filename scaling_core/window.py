@@ -3,9 +3,10 @@
 A decision reads the history's tail. Within it, evidence older than a change of the
 workload is no longer current:
 
-- **cost**: batch times that shifted at unchanged sizes (`cost_change_point`), or recent
-  batches far off the fitted cost in units of its own noise (a shock: a slower model, a
-  busier service), cut the timings at the change;
+- **cost**: batch times that shifted at unchanged sizes, judged against the regime just
+  before a split (`cost_change_point`) or against all older batches (`pooled_change_point`),
+  or recent batches far off the fitted cost in units of its own noise (a shock: a slower
+  model, a busier service), cut the timings at the change;
 - **quality**: High shares that shifted at unchanged sizes (`quality_change_point`) cut
   the quality observations at the change;
 - **failures**: classified by `FailureClassifier`; a failure ceiling that moved down cuts
