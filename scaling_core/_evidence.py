@@ -172,17 +172,20 @@ class _Moments:
         rss = max(self.yy - sum(c * v for c, v in zip(coefficients, xty)), 0.0)
         return _Solution(powers=powers, coefficients=coefficients, inverse=inverse, rss=rss)
 
-    def best_nonnegative(self, candidates: Sequence[tuple[int, ...]]) -> _Solution | None:
+    def best_nonnegative(
+        self, candidates: Sequence[tuple[int, ...]], first: _Solution | None = None
+    ) -> _Solution | None:
         """The lowest-RSS solution among `candidates` whose coefficients are all >= 0.
 
         Costs are sums of non-negative parts (fixed, per item, per item^2): a negative
         coefficient is the noise talking, and the best model without that term is taken.
         The first candidate holds every power of the others, so when it is non-negative no
-        nested model can fit better and none is solved.
+        nested model can fit better and none is solved. `first`, when given, is the first
+        candidate already solved.
         """
         best: _Solution | None = None
         for number, powers in enumerate(candidates):
-            solution = self.solve(powers)
+            solution = first if number == 0 and first is not None else self.solve(powers)
             if solution is None or any(c < 0 for c in solution.coefficients):
                 continue
             if number == 0:
@@ -309,8 +312,19 @@ def _fit_once(
     count = len(points)
     chosen = moments.best_nonnegative(_LINEAR_MODELS)
     if count >= 8 and moments.distinct >= 4 and moments.scale >= 1.5 * moments.smallest:
-        curved = moments.best_nonnegative(_CURVED_MODELS)
-        if curved is not None and 2 in curved.powers and count > len(curved.powers):
+        full = moments.solve(_CURVED_MODELS[0])
+        # Every curved model holds the quadratic term and at most the full model's others, so
+        # its RSS is at least the full model's and its residual variance at least
+        # RSS_full / (count - 1): F <= (RSS_linear - RSS_full) * (count - 1) / RSS_full. When
+        # even that bound fails the test, no curved model is solved.
+        hopeless = (
+            chosen is not None
+            and full is not None
+            and full.rss > 0
+            and (chosen.rss - full.rss) * (count - 1) <= curvature_t**2 * full.rss
+        )
+        curved = None if hopeless else moments.best_nonnegative(_CURVED_MODELS, first=full)
+        if curved is not None and count > len(curved.powers):
             # F test of the curvature: the RSS it removes against the residual variance
             # (one extra parameter, so F = t^2).
             variance = curved.rss / (count - len(curved.powers))

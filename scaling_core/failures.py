@@ -23,8 +23,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 
 from scaling_core.results import BatchView
+
+_FAILED = attrgetter("failed")
 
 CONTRACT_ERROR = "ProcessorContractError"
 """How a stage records an answer that broke the processor contract (the exception's name)."""
@@ -106,7 +109,7 @@ class FailureClassifier:
 
     def classify(self, views: Sequence[BatchView]) -> FailureReport:
         """Classify every whole failure of `views` (oldest first)."""
-        if not any(view.failed for view in views):
+        if not any(map(_FAILED, views)):
             return FailureReport(failures=(), start=0, streak=0, deterministic=False)
         count = len(views)
         # A failure is refuted by a later success with as many items or more.

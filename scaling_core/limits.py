@@ -13,6 +13,7 @@ for a constraint that size does not move, and says so.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,6 +148,14 @@ class TimeLimit:
         )
 
 
+    def size_within(self, window: EvidenceWindow) -> float:
+        """The size the cost fit puts within the time limit (upper bound); 0.0 when the fit
+        does not set the limit (no fit, recent batches over the threshold, or no size meets it)."""
+        limit = self.estimate(window)
+        fitted = window.fit is not None and limit is not None and not limit.hard and not limit.unmet
+        return limit.size if fitted and limit is not None else 0.0
+
+
 class ThroughputOptimum:
     """The size with the lowest seconds per item when the cost is super-linear.
 
@@ -218,7 +227,9 @@ class QualityLimit:
     QUALITY_Z = 2.0
     SOFT_Z = 1.0
     SOFT_WINDOW = 40
-    """Batches the weaker (z = 1) evidence is remembered."""
+    """Batches the weaker (z = 1, and tentative z = 0) evidence is remembered."""
+    TENTATIVE_Z = 0.0
+    """z of a tentative ceiling at the base or above: a share under the target, proven or not."""
     NEIGHBOURHOOD = EvidenceWindow.NEIGHBOURHOOD
     """Batches within this size ratio pool their quality evidence."""
     SAME_SIZE = EvidenceWindow.SAME_SIZE
@@ -260,17 +271,38 @@ class QualityLimit:
                 {"high_share_near_current": high / items, "high_share_lower_bound": lower, "high_share_upper_bound": upper}
             )
         recent = observations[-self.SOFT_WINDOW :]
+        recent_pool = QualityPool.of(recent)
+        recent_sizes = sorted({o[0] for o in recent})
+        # Tentative: the base or a larger size whose recent share is under the target, proven
+        # or not. Quality does not improve with size, so growth past it is no bet worth
+        # making; the size goes back under it and approaches it by probes, and the evidence
+        # expires with the recent window.
+        # A pooled share under the target needs a batch under it among the pooled ones: only
+        # the sizes with one are looked at.
+        doubtful = self._near_low(sizes, observations, target)
+        recent_doubtful = self._near_low(recent_sizes, recent, target)
+        at_or_above = [size for size in recent_doubtful if size * self.SAME_SIZE >= base]
         candidates = [
             found
             for found in (
-                self._ceiling(pool, sizes, target, self.QUALITY_Z),
-                self._ceiling(QualityPool.of(recent), sorted({o[0] for o in recent}), target, self.SOFT_Z),
+                self._ceiling(pool, doubtful, target, self.QUALITY_Z),
+                self._ceiling(recent_pool, recent_doubtful, target, self.SOFT_Z),
+                self._ceiling(
+                    recent_pool,
+                    at_or_above,
+                    target,
+                    self.TENTATIVE_Z,
+                    # Items enough that a share HEADROOM over the target looks under it
+                    # less than once in six: SOFT_Z * sqrt(t(1-t)/m) <= HEADROOM.
+                    min_items=self.SOFT_Z**2 * target * (1 - target) / self.HEADROOM**2,
+                ),
             )
             if found is not None
         ]
         if not candidates:
             return self._trend(window, observations, target)
-        ceiling, ceiling_share, z = min(candidates)
+        # The smallest ceiling; at one size, the strongest evidence speaks.
+        ceiling, ceiling_share, z = min(candidates, key=lambda found: (found[0], -found[2]))
         window.metrics["quality_ceiling"] = ceiling
         # The floor is the largest size below the ceiling whose own batches met the target:
         # a size merely not yet proven bad is no place to settle.
@@ -282,11 +314,11 @@ class QualityLimit:
             ),
             None,
         )
-        evidence = (
-            f"High share {ceiling_share:.2f} near {ceiling:.0f} items is under the target {target:.2f} "
-            f"(upper bound, z={z:g})"
-        )
-        if floor is None:
+        proof = f"upper bound, z={z:g}" if z != self.TENTATIVE_Z else "tentative: not yet proven"
+        evidence = f"High share {ceiling_share:.2f} near {ceiling:.0f} items is under the target {target:.2f} ({proof})"
+        if floor is None and z == self.TENTATIVE_Z:
+            limit, how = ceiling, "not growing past it (unproven, and no smaller size met the target yet)"
+        elif floor is None:
             unmet = self._no_size_meets(pool, sizes, target, config.min_batch_size)
             if unmet is not None:
                 window.metrics["quality_unmet"] = 1.0
@@ -364,13 +396,22 @@ class QualityLimit:
             f"(t = {t:.1f}) and reaches the target {target:.2f} at {crossing:.0f} items",
         )
 
+    def _near_low(self, sizes: list[float], observations: list[Observation], target: float) -> list[float]:
+        """The `sizes` (ascending) that have a batch under the target within `SAME_SIZE` below them."""
+        low = sorted(size for size, high, items in observations if high < target * items)
+        if not low:
+            return []
+        return [
+            size for size in sizes if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size
+        ]
+
     def _ceiling(
-        self, pool: QualityPool, sizes: list[float], target: float, z: float
+        self, pool: QualityPool, sizes: list[float], target: float, z: float, min_items: float = 0.0
     ) -> tuple[float, float, float] | None:
         """(smallest size whose upper bound is under `target`, its High share, z), if any."""
         for size in sizes:
             high, items = pool.between(size / self.SAME_SIZE, size)
-            if items == 0 or high >= target * items:
+            if items == 0 or items < min_items or high >= target * items:
                 continue  # its own share meets the target: its bound does too
             _, upper = wilson_bounds(high, items, z)
             if upper < target:
@@ -425,6 +466,9 @@ class FailureCeiling:
     upstream), and doubled again because the gain above the ceiling is an extrapolation of
     the cost fit."""
 
+    def __init__(self, time_limit: TimeLimit | None = None) -> None:
+        self.time_limit = time_limit if time_limit is not None else TimeLimit()
+
     def estimate(self, window: EvidenceWindow) -> Limit | None:
         failures = window.failures.size_failures()
         if not failures:
@@ -474,8 +518,8 @@ class FailureCeiling:
         if fit is None or floor is None:
             return float(self.MEMORY)
         # Where the size would go without the ceiling: a step over it, or the time limit
-        # when that is further (the time limit is estimated before this one).
-        reach = min(window.metrics.get("size_within_time_limit", 0.0), float(window.config.max_batch_size))
+        # when that is further.
+        reach = min(self.time_limit.size_within(window), float(window.config.max_batch_size))
         step = max(ceiling * self.APPROACH, reach)
         loss = floor * (fit.seconds(floor) / floor - fit.seconds(step) / step)
         if loss <= 0:
@@ -488,5 +532,12 @@ def _share(counts: tuple[float, float]) -> float:
     return high / items if items else 0.0
 
 
-LIMITS: tuple[SizeLimit, ...] = (MaxSize(), TimeLimit(), ThroughputOptimum(), QualityLimit(), FailureCeiling())
+_TIME_LIMIT = TimeLimit()
+LIMITS: tuple[SizeLimit, ...] = (
+    MaxSize(),
+    _TIME_LIMIT,
+    ThroughputOptimum(),
+    QualityLimit(),
+    FailureCeiling(_TIME_LIMIT),
+)
 """The limits every decision asks, in the order their reasons are read."""

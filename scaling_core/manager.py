@@ -29,6 +29,7 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
 from __future__ import annotations
 
 import math
+import operator
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -128,6 +129,8 @@ class ScalingManager:
         self._current_batch_size = self.config.clamp(start)
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
         self._last_history: tuple[list[BatchResult], list[BatchView]] = ([], [])
+        self._shift_memo: dict[int, tuple[object, bool]] = {}
+        """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
 
     # -- the decision protocol ---------------------------------------------------------------
@@ -157,7 +160,9 @@ class ScalingManager:
         base = config.clamp(history[-1].asked_size if history else self._current_batch_size)
         if not history:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
-        window = EvidenceWindow.of(self._views(history), config, base=base, remaining_items=remaining_items)
+        window = EvidenceWindow.of(
+            self._views(history), config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo
+        )
         if window.last.failed:
             return self._after_failure(window)
         limits = [limit for rule in self.limits if (limit := rule.estimate(window)) is not None]
@@ -199,8 +204,8 @@ class ScalingManager:
             return self._decision(
                 base,
                 first,
-                f"every call fails whatever the size: {failures.streak} whole failures in a row at "
-                f"{min(sizes)} to {max(sizes)} items{detail}; not a size problem, keeping {first}",
+                f"deterministic failure: {failures.streak} whole failures in a row at {min(sizes)} to "
+                f"{max(sizes)} items{detail}; keeping {first}, learning no size from it",
                 metrics,
             )
         if failures.streak == 1:
@@ -346,12 +351,13 @@ class ScalingManager:
         previous, previous_views = self._last_history
         views: list[BatchView] | None = None
         if previous and history:
-            if len(history) == len(previous) + 1 and all(a is b for a, b in zip(history, previous)):
+            if len(history) == len(previous) + 1 and all(map(operator.is_, history, previous)):
                 views = [*previous_views, history[-1].view]
-            elif len(history) == len(previous) and all(a is b for a, b in zip(history, previous[1:])):
+            elif len(history) == len(previous) and all(map(operator.is_, history, previous[1:])):
                 views = [*previous_views[1:], history[-1].view]
         if views is None:
             views = [batch.view for batch in history]
+            self._shift_memo.clear()  # another history: its verdicts are not these
         self._last_history = (history, views)
         return views
 

@@ -3,9 +3,10 @@
 A decision reads the history's tail. Within it, evidence older than a change of the
 workload is no longer current:
 
-- **cost**: batch times that shifted at unchanged sizes (`cost_change_point`), or recent
-  batches far off the fitted cost in units of its own noise (a shock: a slower model, a
-  busier service), cut the timings at the change;
+- **cost**: batch times that shifted at unchanged sizes, judged against the regime just
+  before a split (`cost_change_point`) or against all older batches (`pooled_change_point`),
+  or recent batches far off the fitted cost in units of its own noise (a shock: a slower
+  model, a busier service), cut the timings at the change;
 - **quality**: High shares that shifted at unchanged sizes (`quality_change_point`) cut
   the quality observations at the change;
 - **failures**: classified by `FailureClassifier`; a failure ceiling that moved down cuts
@@ -17,7 +18,8 @@ workload is no longer current:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -54,8 +56,8 @@ class EvidenceWindow:
     EVIDENCE = 150
     """Batches the quality and cost evidence reads (a change forgets sooner); a super-linear
     cost's curvature needs the wide sizes of the ramp-up."""
-    COST_SCAN = 150
-    """Batches the cost shift test reads: as far back as the throughput optimum's fit."""
+    CHANGE_SCAN = 80
+    """Splits the cost shift test tries: as far back as the time limit's fit reads."""
     RECENT_COST = 80
     """Batches the recent cost fit reads (the time limit's)."""
     COST_HALF_LIFE = 40.0
@@ -68,26 +70,37 @@ class EvidenceWindow:
     so the time limit takes curvature on weaker evidence than the throughput optimum
     (`limits.ThroughputOptimum.CURVATURE_T`), which shrinks the size on it."""
     CHANGE_BATCHES = 3
-    """Recent batches tested against older ones for a shift of quality at unchanged sizes
-    (a cost shift is tested from the newest batch on: a slower call is plain in one batch)."""
+    """Recent batches tested against older ones for a shift of quality at unchanged sizes."""
     CHANGE_Z = 4.0
     """z of a shift (quality or log seconds) at unchanged sizes that makes the older evidence
     be forgotten: many splits are tried, so a lax z would forget on noise."""
     CHANGE_CHECKPOINT_GROWTH = 1.5
-    """Splits are tried this much further back each time (geometric: cheap, and fine enough,
-    as a shift found at one split stays visible from the next)."""
+    """The pooled tests (quality, and cost beyond `SHOCK_SCAN`) try splits this much further
+    back each time (geometric: cheap, and fine enough, as their shift found at one split stays
+    visible from the next)."""
     CHANGE_MIN_ITEMS = 100
     """Older items a size needs before a shift of its quality can be judged."""
     SHOCK_Z = 3.0
     """Recent batches this many noise spreads off the fitted cost (all on one side) mean the
     cost changed: 3 sigma happens to about 1 batch in 700 by chance."""
     SHOCK_SCAN = 8
-    """Trailing batches scanned for a shock."""
+    """Trailing batches scanned for a shock (and every split the pooled cost test tries)."""
     MIN_NOISE = 0.05
     """Floor on the relative timing noise: identical timings must not make every batch a shock."""
     MAX_NOISE = 2.0
     """Ceiling on the relative timing noise (a factor of e^2 = 7.4 per sigma): beyond it the
     timings say nothing a limit could use."""
+    CHANGE_REFERENCE = 20
+    """Batches before a split that a cost shift is judged against: about three probe cycles
+    (`ScalingManager.PROBE_EVERY`), enough neighbours at the sizes in use for the spread,
+    and short enough to hold only the regime just before the split."""
+    CHANGE_AFTER = 6
+    """Batches after a split that a cost shift is judged on: about one probe cycle, after
+    which the size has moved to where the new cost puts it (sizes an older regime may
+    have used)."""
+    CHANGE_MIN_DOF = 4
+    """Degrees of freedom (same-size pairs, in effect) the reference needs before its spread
+    is trusted: with fewer, one lucky pair of batches would make every difference a shift."""
     SAME_SIZE = FailureClassifier.SAME_SIZE
     """Batches within this size ratio count as the same size."""
     NEIGHBOURHOOD = 1.10
@@ -112,18 +125,27 @@ class EvidenceWindow:
         *,
         base: int,
         remaining_items: int | None = None,
+        shift_memo: dict[int, tuple[object, bool]] | None = None,
     ) -> EvidenceWindow:
-        """Build the window of `views` (oldest first), cut at the changes they show."""
+        """Build the window of `views` (oldest first), cut at the changes they show.
+
+        `shift_memo`, kept by the caller between calls on a growing history (the same view
+        objects, one more each time), remembers the final verdicts of the cost shift test
+        (`cost_change_point`); the window is the same with it or without.
+        """
         views = views[-cls.HISTORY :]
         metrics: dict[str, float] = {"current_batch_size": float(base)}
         failures = FailureClassifier(config.min_batch_size).classify(views)
         recent = [v for v in views[-cls.EVIDENCE :] if v.items > 0 and not v.failed]
 
-        timings = [(float(v.items), v.seconds) for v in recent if v.seconds > 0]
-        # A change further back than the long cost fit reads would cut nothing it uses.
-        skipped = max(len(timings) - cls.COST_SCAN, 0)
-        found = cost_change_point(timings[skipped:], cls)
+        timed = [v for v in recent if v.seconds > 0]
+        timings = [(float(v.items), v.seconds) for v in timed]
+        # The shift test reads its splits and the reference before the oldest.
+        skipped = max(len(timings) - cls.CHANGE_SCAN - cls.CHANGE_REFERENCE, 0)
+        found = cost_change_point(timings[skipped:], cls, keys=timed[skipped:], memo=shift_memo)
         change = skipped + found if found else 0
+        # The pooled test too (a drift at shared sizes): the more recent cut wins.
+        change = max(change, pooled_change_point(timings, cls, newer_than=change))
         fit, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], fit, noise)
         if shock:
@@ -232,6 +254,166 @@ class EvidenceWindow:
         return None
 
 
+def _shifted(
+    difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow], *, few: bool = True
+) -> bool:
+    """|z| > `CHANGE_Z` for the summed shift `difference` with variance `spread` x the pooled
+    within-size variance within/dof (at least `MIN_NOISE` squared).
+
+    With `few` (a spread from a short reference) the variance is scaled by dof/(dof - 2), the
+    variance of Student's t over the normal's, and with fewer than `CHANGE_MIN_DOF` degrees of
+    freedom nothing is judged: one lucky pair would make every difference a shift.
+    """
+    if spread <= 0 or (few and dof < window.CHANGE_MIN_DOF):
+        return False
+    variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
+    if few:
+        variance *= dof / (dof - 2)
+    return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
+
+
+def cost_change_point(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow] = EvidenceWindow,
+    *,
+    keys: Sequence[object] | None = None,
+    memo: dict[int, tuple[object, bool]] | None = None,
+) -> int:
+    """Index from which the cost evidence is current (0 when the cost did not shift).
+
+    A split is judged on the `CHANGE_AFTER` batches after it, each compared with the batches
+    of about its size (buckets `NEIGHBOURHOOD` wide: timing noise dwarfs the size effect
+    within them) among the `CHANGE_REFERENCE` batches just before it, on log seconds:
+
+        z = sum(after - mean_before) / sqrt(s^2 * sum(n_a * (1 + n_a/n_b)))
+
+    s^2 the spread those older batches show within a size (the newer ones would inflate it
+    with the very shift under test). Only the regime just before the split is the reference:
+    a cost that alternates has batches of the new cost at the new sizes further back, and
+    pooling them would hide the change and inflate the spread. Only the first batches after
+    the split are judged: they ran at the sizes of before, and later ones at sizes that older
+    regimes may have used. So a split's verdict is final once its batches are in, and a change
+    stays found while it is in the window. A batch with no such neighbour adds nothing. Every
+    split up to `CHANGE_SCAN` back is tried, newest first; the first with |z| > `CHANGE_Z`
+    wins.
+
+    With `keys` (one object per timing, its batch) and a `memo` that the caller keeps between
+    calls on a growing history, final verdicts are remembered by key: only the newest
+    `CHANGE_AFTER` + 1 splits are judged again, with the same answer.
+    """
+    count = len(timings)
+    if count < 2:
+        return 0
+    last = max(count - window.CHANGE_SCAN, 1)
+    kept: dict[int, tuple[object, bool]] = {}
+    lookup = memo if keys is not None else None
+    found = 0
+    for split, shifted in _judged_splits(timings, window, last):
+        final = split + window.CHANGE_AFTER <= count
+        if final and keys is not None:
+            kept[id(keys[split])] = (keys[split], shifted)
+        if shifted:
+            found = split
+            break
+        if final and lookup and keys is not None:
+            # The older splits' verdicts are final: remembered, they need no steps.
+            older = [(back, lookup.get(id(keys[back]))) for back in range(split - 1, last - 1, -1)]
+            if all(entry is not None and entry[0] is keys[back] for back, entry in older):
+                remembered = [(back, entry) for back, entry in older if entry is not None]
+                for back, entry in remembered:
+                    kept[id(keys[back])] = entry
+                    if entry[1]:
+                        found = back
+                        break
+                break
+            lookup = None  # some are not remembered: judge them
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
+    return found
+
+
+def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last: int) -> Iterator[tuple[int, bool]]:
+    """(split, |z| > CHANGE_Z) for every split from the newest back to `last` (see
+    `cost_change_point`). Moving the split back one batch moves one batch from the reference
+    to the newer side, one into the reference and one out of the newer side: every sum is
+    updated in O(1)."""
+    count = len(timings)
+    ratio = window.NEIGHBOURHOOD
+    # Bucket and log seconds per batch, computed as the scan reaches them (a remembered scan
+    # stops after a few splits).
+    ids: dict[int, int] = {}
+    logs: dict[int, float] = {}
+
+    def read(index: int) -> tuple[int, float]:
+        if index not in ids:
+            size, seconds = timings[index]
+            ids[index] = _bucket(size, ratio)
+            logs[index] = math.log(seconds)
+        return ids[index], logs[index]
+
+    reference, after = window.CHANGE_REFERENCE, window.CHANGE_AFTER
+    # Per size bucket: count, sum and sum of squares of the reference (before the split);
+    # count and sum of the newer batches.
+    b_n: dict[int, int] = defaultdict(int)
+    b_sum: dict[int, float] = defaultdict(float)
+    b_sq: dict[int, float] = defaultdict(float)
+    a_n: dict[int, int] = defaultdict(int)
+    a_sum: dict[int, float] = defaultdict(float)
+    for index in range(max(count - reference, 0), count):
+        key, value = read(index)
+        b_n[key] += 1
+        b_sum[key] += value
+        b_sq[key] += value * value
+    # The reference's pooled within-bucket sum of squares and its degrees of freedom; the
+    # newer batches' shift from the reference means, and its variance in units of s^2.
+    within = sum(b_sq[k] - b_sum[k] * b_sum[k] / n for k, n in b_n.items() if n > 1)
+    dof = sum(n - 1 for n in b_n.values() if n > 1)
+    difference = spread = 0.0
+    for split in range(count - 1, last - 1, -1):
+        moved, moved_log = read(split)
+        entering, entering_log = read(split - reference) if split >= reference else (None, 0.0)
+        leaving, leaving_log = read(split + after) if split + after < count else (None, 0.0)
+        touched = [moved]
+        if entering is not None and entering != moved:
+            touched.append(entering)
+        if leaving is not None and leaving not in touched:
+            touched.append(leaving)
+        for key in touched:  # take the buckets' terms out ...
+            n_old = b_n[key]
+            if n_old:
+                mean = b_sum[key] / n_old
+                if n_old > 1:
+                    within -= b_sq[key] - b_sum[key] * mean
+                    dof -= n_old - 1
+                n_new = a_n[key]
+                difference -= a_sum[key] - n_new * mean
+                spread -= n_new * (1 + n_new / n_old)
+        b_n[moved] -= 1  # ... move the batches ...
+        b_sum[moved] -= moved_log
+        b_sq[moved] -= moved_log * moved_log
+        a_n[moved] += 1
+        a_sum[moved] += moved_log
+        if entering is not None:
+            b_n[entering] += 1
+            b_sum[entering] += entering_log
+            b_sq[entering] += entering_log * entering_log
+        if leaving is not None:
+            a_n[leaving] -= 1
+            a_sum[leaving] -= leaving_log
+        for key in touched:  # ... and put their terms back
+            n_old = b_n[key]
+            if n_old:
+                mean = b_sum[key] / n_old
+                if n_old > 1:
+                    within += b_sq[key] - b_sum[key] * mean
+                    dof += n_old - 1
+                n_new = a_n[key]
+                difference += a_sum[key] - n_new * mean
+                spread += n_new * (1 + n_new / n_old)
+        yield split, _shifted(difference, spread, within, dof, window)
+
+
 def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
     """Batches after each split tried beyond `SHOCK_SCAN`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
     backs: list[int] = []
@@ -243,30 +425,24 @@ def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
         backs.append(back)
 
 
-def _shifted(difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow]) -> bool:
-    """|z| > `CHANGE_Z` for the summed shift `difference` with variance `spread` x the pooled
-    within-size variance within/dof (at least `MIN_NOISE` squared)."""
-    if spread <= 0:
-        return False
-    variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
-    return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
+def pooled_change_point(
+    timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow, *, newer_than: int = 0
+) -> int:
+    """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
 
-
-def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = EvidenceWindow) -> int:
-    """Index from which the cost evidence is current (0 when the cost did not shift).
-
-    Each batch after a split is compared with the older batches of about its size (buckets
-    `NEIGHBOURHOOD` wide: timing noise dwarfs the size effect within them), on log seconds,
-    in units of the spread that the older batches of one size show (the newer ones would
-    inflate it with the very shift under test). The most recent split with |z| > `CHANGE_Z`
-    wins; every split up to `SHOCK_SCAN` batches back is tried (a change of cost is plain in
-    the first batch after it at a size that ran before), geometric ones beyond. Moving the
-    split back one batch updates every sum in O(1).
+    Every batch after a split is compared with *all* the older batches of about its size, on
+    log seconds, in units of the spread those older batches show within a size: the same z as
+    `cost_change_point`. It sees a lasting shift at sizes that older batches of any regime
+    share (a drift), as its evidence grows with every batch after the split; the local test
+    sees a change at sizes only the regime just before it used (costs that alternate). The
+    most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
+    is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
+    Splits at or before `newer_than` (a cut found already) are not tried.
     """
     count = len(timings)
     if count < 2:
         return 0
-    ids, width = _dense([_bucket(n, window.NEIGHBOURHOOD) for n, _ in timings])
+    ids, width = _dense(_buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
     logs = [math.log(t) for _, t in timings]
     # Per size bucket, of the older batches (before the split) and of the newer ones.
     b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
@@ -282,6 +458,8 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
     fine = min(window.SHOCK_SCAN, count - 1)
     for back in range(1, fine + 1):
         index = count - back
+        if index <= newer_than:
+            return 0
         key, value = ids[index], logs[index]
         n_old, n_new = b_n[key], a_n[key]
         # Take the bucket's old contributions out ...
@@ -306,12 +484,14 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
         if n_old:
             difference += a_sum[key] - n_new * b_sum[key] / n_old
             spread += n_new * (1 + n_new / n_old)
-        if _shifted(difference, spread, spread_sum, spread_dof, window):
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
             return index
     # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
     touched = {ids[index] for index in range(count - fine, count)}
     back = fine
     for checkpoint in _geometric_backs(count, window):
+        if count - checkpoint <= newer_than:
+            return 0
         while back < checkpoint:
             back += 1
             index = count - back
@@ -333,9 +513,11 @@ def cost_change_point(timings: Sequence[Timing], window: type[EvidenceWindow] = 
             if n_old:
                 difference += a_sum[key] - n_new * b_sum[key] / n_old
                 spread += n_new * (1 + n_new / n_old)
-        if _shifted(difference, spread, spread_sum, spread_dof, window):
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
             return count - checkpoint
     return 0
+
+
 
 
 def quality_change_point(observations: Sequence[Observation], window: type[EvidenceWindow] = EvidenceWindow) -> int:
@@ -348,7 +530,7 @@ def quality_change_point(observations: Sequence[Observation], window: type[Evide
     """
     if len(observations) <= window.CHANGE_BATCHES:
         return 0
-    ids, width = _dense([_bucket(size, window.SAME_SIZE) for size, _, _ in observations])
+    ids, width = _dense(_buckets([size for size, _, _ in observations], window.SAME_SIZE))
     total_high, total_items = [0.0] * width, [0.0] * width
     for key, (_, high, items) in zip(ids, observations, strict=True):
         total_high[key] += high
@@ -387,6 +569,12 @@ def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
     """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
     numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
     return [numbers[key] for key in keys], len(numbers)
+
+
+def _buckets(sizes: Sequence[float], ratio: float) -> list[int]:
+    """`_bucket` of every size, in one pass."""
+    log, width = math.log, math.log(ratio)
+    return [int(log(size) / width) for size in sizes]
 
 
 @lru_cache(maxsize=65536)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
+from scaling_core.window import cost_change_point, pooled_change_point
 
 
 def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
@@ -65,3 +66,39 @@ def test_the_two_proportion_z_and_the_robust_spread() -> None:
     normal = rng.normal(0.0, 0.3, 4001).tolist()
     assert robust_spread(normal) == pytest.approx(0.3, rel=0.05)
     assert robust_spread([*normal, *[50.0] * 100]) == pytest.approx(0.3, rel=0.1)  # outliers barely move it
+
+
+def _alternating(slow_after_switch: int) -> list[tuple[float, float]]:
+    """A slow cost (1 s + 18 ms/item) at 250 items, then a fast one (1 s + 10 ms/item) at 450
+    with a probe at 300 every sixth batch, then the slow cost again: one batch at 450, then at 250."""
+    slow = [(250.0, 1 + 0.018 * 250)] * 30
+    fast = [(300.0, 1 + 0.01 * 300) if i % 6 == 5 else (450.0, 1 + 0.01 * 450) for i in range(30)]
+    again = [(450.0, 1 + 0.018 * 450)] + [(250.0, 1 + 0.018 * 250)] * slow_after_switch
+    return slow + fast + again
+
+
+def test_a_cost_change_is_judged_against_the_regime_just_before_it_and_stays_found() -> None:
+    # The batches at 250 after the switch have neighbours only in the older slow regime, which
+    # the test must not pool: the change is the first batch at 450 that took 9.1 s, at index 60,
+    # and it is still found 40 batches later.
+    for after in (1, 5, 12, 40):
+        assert cost_change_point(_alternating(after)) == 60, after
+
+
+def test_noise_alone_is_no_cost_change() -> None:
+    rng = random.Random(7)
+    sizes = [200.0, 230.0, 260.0]
+    timings = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 50]
+    assert cost_change_point(timings) == 0
+
+
+def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() -> None:
+    rng = random.Random(11)
+    sizes = [200.0, 230.0, 260.0]
+    before = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 30]
+    after = [(n, 1.3 * (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 10]
+    # A 1.3x cost under 15% noise: six batches after a split (the local test) are too few to
+    # tell; the pooled test's evidence grows with every batch, and it cuts within the new cost.
+    assert cost_change_point(before + after) == 0
+    assert len(before) <= pooled_change_point(before + after) < len(before) + len(after)
+    assert pooled_change_point(before) == 0
