@@ -148,10 +148,18 @@ def _run(args: argparse.Namespace) -> int:
         rows = stage_rows(database.get_engine(), summary.run_id)
     print(format_stage_table(rows))
     print()
+    ending = (
+        "; this worker completed the run"
+        if summary.completed_here
+        else f"; {summary.in_progress} items are still being processed by other workers of the run"
+        if summary.in_progress
+        else ""
+    )
     print(
         f"run {summary.run_id}: {summary.done} of {summary.items} items done, {summary.failed} failed for good, "
         f"{summary.pending} pending; {summary.stages} stages, sizes {min(summary.sizes_used, default=0)}"
         f"..{max(summary.sizes_used, default=0)}, High share {summary.high_share:.3f}, {summary.seconds:.1f} s"
+        f"{ending}"
     )
     return 0 if summary.pending == 0 else 1
 

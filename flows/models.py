@@ -124,6 +124,8 @@ class PipelineSummary(BaseModel):
     done: int
     failed: int
     pending: int
+    in_progress: int = Field(default=0, description="Items other workers of the run were still processing.")
+    completed_here: bool = Field(default=False, description="This worker completed the run.")
     stages: int
     failed_stages: int
     sizes_used: list[int]
@@ -131,7 +133,7 @@ class PipelineSummary(BaseModel):
     seconds: float
 
     @classmethod
-    def of(cls, totals: store.RunTotals, *, seconds: float) -> PipelineSummary:
+    def of(cls, totals: store.RunTotals, *, seconds: float, completed_here: bool = False) -> PipelineSummary:
         """The summary of a run from the store's totals, and the seconds its stage loop took."""
         return cls(
             run_id=totals.run_id,
@@ -139,7 +141,9 @@ class PipelineSummary(BaseModel):
             items=totals.items.total,
             done=totals.items.done,
             failed=totals.items.failed,
-            pending=totals.items.unfinished,
+            pending=totals.items.pending,
+            in_progress=totals.items.processing,
+            completed_here=completed_here,
             stages=totals.stages,
             failed_stages=totals.failed_stages,
             sizes_used=totals.sizes_used,

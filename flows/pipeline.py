@@ -123,11 +123,16 @@ async def _run_stages(
         keep_alive(alive)
         with store.open_session(engine) as session:
             if not store.has_pending(session, opened.run_id):
-                # Claims of this run's own stages that a failed stage left behind go back to
-                # pending; those of other workers are theirs to finish.
-                if not store.recover_abandoned(session, opened.run_id, worker=worker):
+                # Claims that a failed stage of this worker left behind, and those of workers
+                # that died (their liveness lock is gone), go back to pending; live workers'
+                # claims are theirs to finish.
+                own = store.recover_abandoned(session, opened.run_id, worker=worker)
+                dead = store.recover_dead_claims(session, opened.run_id)
+                if not own + dead:
                     return
-                get_run_logger().warning("Took back items a failed stage of this run had claimed")
+                get_run_logger().warning(
+                    "Took back %s items claimed by a failed stage of this worker and %s by dead workers", own, dead
+                )
                 continue
         stage: StageSummary = await stage_flow(
             run_id=opened.run_id,
@@ -272,11 +277,14 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
         if opened is not None:
             opened.close()
 
-    if in_flight := finish_run(engine, opened.run_id):
-        logger.info("%s items are still being processed by another worker", in_flight)
+    ended = finish_run(engine, opened.run_id)
+    if ended.completed_here:
+        logger.info("Run %s: every item is finished; this worker completed the run", opened.run_id)
+    elif ended.in_progress:
+        logger.info("Run %s: %s items are still being processed by other workers", opened.run_id, ended.in_progress)
     with store.open_session(engine) as session:
         totals = store.run_totals(session, opened.run_id)
-    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started)
+    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started, completed_here=ended.completed_here)
     await aupdate_progress_artifact(progress_id, progress=100.0)
     rows = stage_rows(engine, opened.run_id)
     await acreate_table_artifact(

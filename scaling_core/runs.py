@@ -12,7 +12,7 @@ stages (the Prefect flows in `flows`, or a plain loop) follows the same walk:
         next_stage = decide_next_stage(engine, opened.run, scaling, size, tally.remaining)
         tally.after_decision(next_stage)             # raises RunStopped for a broken processor
         size = next_stage.batch_size
-    finish_run(engine, run_id)
+    finish_run(engine, run_id)                      # completed by exactly one worker
 
 None of this knows about Prefect.
 """
@@ -361,14 +361,21 @@ def stop_run(engine: Engine, run_id: str, message: str) -> RunStopped:
     return RunStopped(message)
 
 
-def finish_run(engine: Engine, run_id: str) -> int:
-    """Mark the run completed when nothing is left to do; returns the items still in processing.
+@dataclass(frozen=True, slots=True)
+class RunEnd:
+    """How a worker's part of a run ended."""
 
-    Items another worker of the run still processes keep the run running: that worker
-    completes it.
-    """
+    completed_here: bool
+    """This worker completed the run (of several finishing at once, exactly one does)."""
+    in_progress: int
+    """Items other workers of the run are still processing: the last of them completes it."""
+
+
+def finish_run(engine: Engine, run_id: str) -> RunEnd:
+    """Mark the run completed when nothing is left to do, unless another worker already has."""
     with store.open_session(engine) as session:
-        in_flight = store.count_items(session, run_id).unfinished
-        if in_flight == 0:
-            store.finish_run(session, run_id, store.RunStatus.COMPLETED)
-    return in_flight
+        unfinished = store.count_items(session, run_id).unfinished
+        completed = unfinished == 0 and store.finish_run(
+            session, run_id, store.RunStatus.COMPLETED, only_if=store.RunStatus.RUNNING
+        )
+    return RunEnd(completed_here=completed, in_progress=unfinished)

@@ -12,6 +12,7 @@ from scaling_core import SourceError
 from scaling_core import BatchManager, ConfidenceLevel, ItemResult, ItemSource, ScalingAction, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
     NextStage,
+    RunEnd,
     RunMismatch,
     RunRequest,
     RunTally,
@@ -144,7 +145,7 @@ def test_the_next_run_warm_starts_from_the_last_decision_unless_told_not_to(engi
     with store.open_session(engine) as session:
         decision = ScalingDecision(action=ScalingAction.INCREASE, new_batch_size=90, reason="r", confidence_threshold=0.9)
         store.record_decision(session, run_id=first.run_id, pipeline="p", batch_id=None, old_size=20, decision=decision)
-    assert finish_run(engine, first.run_id) == 20  # 20 items still pending: the run stays open
+    assert finish_run(engine, first.run_id) == RunEnd(completed_here=False, in_progress=20)  # the run stays open
     first.close()
     warm = open_run(engine, _request(_source(tmp_path / "b.csv", 5), scaling=scaling, new_run=True))
     assert (warm.batch_size, warm.why) == (60, "warm start from the last learned size 90")
@@ -212,7 +213,9 @@ def test_a_stopped_run_is_failed_and_resumable(engine: Engine, tmp_path: Path) -
 def test_a_finished_run_is_completed(engine: Engine, tmp_path: Path) -> None:
     opened = open_run(engine, _request(_source(tmp_path / "a.csv", 10)))
     _complete_a_batch(engine, opened.run_id, 10)
-    assert finish_run(engine, opened.run_id) == 0
+    assert finish_run(engine, opened.run_id) == RunEnd(completed_here=True, in_progress=0)
+    # A second worker finishing the same run at once does not complete it again.
+    assert finish_run(engine, opened.run_id) == RunEnd(completed_here=False, in_progress=0)
     with store.open_session(engine) as session:
         run = store.get_run(session, opened.run_id)
         assert run is not None and run.status == store.RunStatus.COMPLETED
