@@ -37,8 +37,10 @@ from scaling_core.store.ledger import (
 from scaling_core.store.pipeline_store import PipelineStore
 from scaling_core.store.queries import (
     close_batch,
+    finish_batch,
     finish_run,
     get_run,
+    insert_batch,
     last_batch_id,
     last_decided_size,
     latest_run,
@@ -85,10 +87,12 @@ __all__ = [
     "close_batch",
     "count_items",
     "create_schema",
+    "finish_batch",
     "finish_run",
     "get_run",
     "has_pending",
     "hold_worker_lock",
+    "insert_batch",
     "is_postgres",
     "last_batch_id",
     "last_decided_size",
