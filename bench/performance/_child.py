@@ -2,7 +2,7 @@
 
 It starts the ephemeral server with a warm-up flow (not part of any figure), runs each job of
 the spec through `batch_pipeline` with wall times taken inside the process, measures Prefect's
-floor around an overhead job (half before, half after), and writes the raw data as JSON for the parent to turn into
+floor around a job that asks for it (half before, half after), and writes the raw data as JSON for the parent to turn into
 figures.
 """
 
@@ -177,13 +177,13 @@ def _child_main(spec_path: str) -> int:  # pragma: no cover - runs in the child 
     asyncio.run(warm_up())  # starts the ephemeral server: not part of any figure
     results: list[dict[str, Any]] = [{"server_start_seconds": time.perf_counter() - started}]
     for job in spec["jobs"]:
-        wanted = job.get("floor_min_cycles", 10)
+        wanted = job.get("floor_min_cycles", 0)
         # Half the floor before the pipeline and half after: the load of a shared machine
         # drifts over minutes, and the floor must see the same drift as the pipeline.
-        floor_cycles = floor(wanted // 2 + 1) if job["kind"] == "overhead" else []
+        floor_cycles = floor(wanted // 2 + 1) if wanted else []
         result = run(job)
         result["kind"] = job["kind"]
-        if job["kind"] == "overhead":
+        if wanted:
             after = max(len(result["stage_items"]), wanted) - len(floor_cycles)
             result["floor_cycles"] = floor_cycles + floor(max(after, 1) + 1)
         results.append(result)

@@ -48,7 +48,12 @@ class PipelineTiming:
 
     @property
     def wall_ratio(self) -> float:
+        """Pipeline wall over the plain loop's."""
         return self.pipeline_wall / self.loop_wall
+
+    def floor_ratio(self, floor: float) -> float:
+        """The wall ratio a pipeline would reach whose stages each cost `floor` seconds."""
+        return (self.loop_wall + self.stages * floor) / self.loop_wall
 
     def back_off_note(self) -> str:
         if not self.back_offs:
@@ -80,7 +85,7 @@ class OverheadFigures:
     @property
     def floor_wall_ratio(self) -> float:
         """The wall ratio a pipeline would reach whose stages cost exactly the floor."""
-        return (self.current.loop_wall + self.current.stages * self.median_floor) / self.current.loop_wall
+        return self.current.floor_ratio(self.median_floor)
 
     @property
     def met(self) -> bool:
