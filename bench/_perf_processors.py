@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-__all__ = ["calls", "reset", "sleep_briefly", "sleep_one_second"]
+__all__ = ["calls", "reset", "sleep_briefly", "sleep_five_seconds", "sleep_one_second"]
 
 
 class _Item(Protocol):
@@ -42,6 +42,11 @@ def _sleep_and_answer(items: Sequence[_Item], seconds: float) -> list[dict[str, 
 def sleep_one_second(items: Sequence[_Item]) -> list[dict[str, Any]]:
     """A model call with a fixed cost of 1.0 s whatever the batch size."""
     return _sleep_and_answer(items, 1.0)
+
+
+def sleep_five_seconds(items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """A slow model call: a fixed 5.0 s whatever the batch size."""
+    return _sleep_and_answer(items, 5.0)
 
 
 def sleep_briefly(items: Sequence[_Item]) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ afford.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 from uuid import UUID, uuid4
@@ -33,6 +34,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import SyncClientContext
+from sqlalchemy import Engine
 
 from flows._runtime import dask_cluster, dask_runner, keep_alive, settle
 from flows.database import DatabaseParameter, StoreDatabase
@@ -78,10 +80,13 @@ def decide_next_batch_size(
     stage: int,
     database: StoreDatabase,
     remaining_items: int | None = None,
+    batch_id: int | None = None,
 ) -> NextStage:
     """Read the pipeline's batch history from the store, decide, persist, return the next stage.
 
-    A store error raises a `StoreError` naming the database; Prefect retries the task.
+    `batch_id` is the batch of the stage just finished, recorded with the decision (the
+    store looks the run's latest batch up when it is not given). A store error raises a
+    `StoreError` naming the database; Prefect retries the task.
     """
     with database.named_errors():
         next_stage, decision = decide_next_stage(
@@ -91,6 +96,7 @@ def decide_next_batch_size(
             scaling=scaling,
             batch_size=current_batch_size,
             remaining_items=remaining_items,
+            batch_id=batch_id,
         )
     get_run_logger().info(
         "Stage %s: %s %s -> %s: %s",
@@ -119,21 +125,22 @@ async def _run_stages(
     engine = database.get_engine()
     size = opened.batch_size
     progress_shown = time.monotonic()
+    pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
     while True:
-        keep_alive(alive)
-        with store.open_session(engine) as session:
-            if not store.has_pending(session, opened.run_id):
-                # Claims that a failed stage of this worker left behind, and those of workers
-                # that died (their liveness lock is gone), go back to pending; live workers'
-                # claims are theirs to finish.
+        if not pending:
+            # Claims that a failed stage of this worker left behind, and those of workers
+            # that died (their liveness lock is gone), go back to pending; live workers'
+            # claims are theirs to finish.
+            with store.open_session(engine) as session:
                 own = store.recover_abandoned(session, opened.run_id, worker=worker)
                 dead = store.recover_dead_claims(session, opened.run_id)
-                if not own + dead:
-                    return
-                get_run_logger().warning(
-                    "Took back %s items claimed by a failed stage of this worker and %s by dead workers", own, dead
-                )
-                continue
+            if not own + dead:
+                return
+            get_run_logger().warning(
+                "Took back %s items claimed by a failed stage of this worker and %s by dead workers", own, dead
+            )
+            pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+            continue
         stage: StageSummary = await stage_flow(
             run_id=opened.run_id,
             pipeline=request.pipeline,
@@ -144,8 +151,9 @@ async def _run_stages(
             database=database,
             worker=worker,
         )
-        if stage.items == 0:
-            continue  # another worker took the last pending items
+        if stage.items == 0:  # another worker took the last pending items
+            pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+            continue
         if stop := tally.after_stage(
             successful=stage.successful, failed_whole=stage.failed_whole, error=stage.error, timed_out=stage.timed_out
         ):
@@ -158,10 +166,16 @@ async def _run_stages(
             stage=stage.stage,
             database=database,
             remaining_items=tally.remaining,
+            batch_id=stage.batch_id,
             return_state=True,
         )
         next_stage: NextStage = await decided.aresult()
-        await settle(decided.state_details.task_run_id)
+        # The next stage's check runs while the server records the task's state: both sit
+        # between two processor calls, and neither needs the other.
+        _, pending = await asyncio.gather(
+            settle(decided.state_details.task_run_id),
+            asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive),
+        )
         if stop := tally.after_decision(next_stage):
             raise stop_run(engine, opened.run_id, stop)
         if tally.new_unmet(next_stage):
@@ -171,6 +185,16 @@ async def _run_stages(
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             await aupdate_progress_artifact(progress_id, progress=tally.progress)
             progress_shown = time.monotonic()
+
+
+def _ready_for_stage(engine: Engine, run_id: str, alive: store.WorkerLock | None) -> bool:
+    """Keep this worker's liveness lock, and say whether the run has an item to claim.
+
+    Runs in a thread, so that it can overlap the wait for the server (`settle`).
+    """
+    keep_alive(alive)
+    with store.open_session(engine) as session:
+        return store.has_pending(session, run_id)
 
 
 @flow(name=PIPELINE_FLOW, flow_run_name="{pipeline}", validate_parameters=True)

@@ -68,30 +68,29 @@ class BatchManager:
         self.worker = worker or uuid.uuid4().hex[:16]
 
     def next_batch(self, size: int | None = None) -> ClaimedBatch | None:
-        """Claim up to `size` (default: the current size) pending items; None when none are left."""
+        """Claim up to `size` (default: the current size) pending items; None when none are left.
+
+        The batch record and the claim are one transaction, with no pending check before it:
+        a claim that finds nothing is rolled back, so no record is left behind, and a process
+        killed in between leaves neither a record nor a claim.
+        """
         size = size if size is not None else self.batch_size
         with store.open_session(self.engine) as session:
-            if not store.has_pending(session, self.run_id):
-                return None
-            record = store.open_batch(
+            batch_id, stage = store.insert_batch(
                 session, run_id=self.run_id, pipeline=self.pipeline, batch_size=size, worker=self.worker
             )
-            assert record.id is not None
-            claimed = store.claim_items(session, self.run_id, size, batch_id=record.id, worker=self.worker)
-            session.commit()
+            claimed = store.claim_items(session, self.run_id, size, batch_id=batch_id, worker=self.worker)
             if not claimed:
-                # Another worker took the last items between the check and the claim.
-                record.status = store.BatchStatus.ABANDONED
-                session.add(record)
-                session.commit()
+                session.rollback()  # nothing pending, or another worker took the last items
                 return None
-            return ClaimedBatch(
-                batch_id=record.id,
-                stage=record.stage,
-                batch_size=size,
-                items=[Item(id=row.item_id, payload=row.payload) for row in claimed],
-                attempts={row.item_id: row.attempts for row in claimed},
-            )
+            session.commit()
+        return ClaimedBatch(
+            batch_id=batch_id,
+            stage=stage,
+            batch_size=size,
+            items=[Item(id=row.item_id, payload=row.payload) for row in claimed],
+            attempts={row.item_id: row.attempts for row in claimed},
+        )
 
     def complete_batch(
         self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float
@@ -107,9 +106,7 @@ class BatchManager:
                 attempts_before=batch.attempts,
                 max_attempts=self.max_attempts,
             )
-            record = session.get(store.BatchRecord, batch.batch_id)
-            assert record is not None
-            store.close_batch(session, record, summary)
+            store.finish_batch(session, batch.batch_id, summary)
             session.commit()
         return summary
 
@@ -128,9 +125,7 @@ class BatchManager:
         )
         with store.open_session(self.engine) as session:
             store.release_items(session, self.run_id, batch_id=batch.batch_id)
-            record = session.get(store.BatchRecord, batch.batch_id)
-            assert record is not None
-            store.close_batch(session, record, summary)
+            store.finish_batch(session, batch.batch_id, summary)
             session.commit()
         return summary
 

@@ -252,12 +252,14 @@ def decide_next_stage(
     scaling: ScalingConfig,
     batch_size: int,
     remaining_items: int | None,
+    batch_id: int | None = None,
 ) -> tuple[NextStage, ScalingDecision]:
     """Ask the `ScalingManager` for the size after a stage of `batch_size`, and persist its decision.
 
-    Reads the pipeline's recent batches (across its runs) from the store.
+    Reads the pipeline's recent batches (across its runs) from the store. `batch_id`, the
+    batch of the stage just finished, is recorded with the decision (looked up when None).
     """
-    bound = store.PipelineStore(engine, pipeline=pipeline, run_id=run_id)
+    bound = store.PipelineStore(engine, pipeline=pipeline, run_id=run_id, batch_id=batch_id)
     manager = ScalingManager(scaling, store=bound, batch_size=batch_size)
     history = ProgressTracker(engine, pipeline=pipeline).recent_results(ScalingManager.HISTORY)
     decision = manager.evaluate_scaling(history, remaining_items=remaining_items)

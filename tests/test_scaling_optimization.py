@@ -384,7 +384,13 @@ def test_controller_runs_the_manager_without_any_predictor(engine: Engine) -> No
     assert batches.counts()[store.ItemStatus.DONE] == 600
     with store.open_session(engine) as session:
         decisions = store.run_decisions(session, run_id)
+        records = store.run_batches(session, run_id)
     assert len(decisions) == len(sizes)
+    # The last claim found nothing: it was rolled back with its batch record.
+    assert [record.stage for record in records] == list(range(1, len(sizes) + 1))
+    assert {record.status for record in records} == {store.BatchStatus.COMPLETED}
+    # Without a batch id handed in, each decision names the run's latest batch.
+    assert [decision.batch_id for decision in decisions] == [record.id for record in records]
     assert [d.new_size for d in decisions[:3]] == [20, 20, 30]
 
     status = controller.get_scaling_status()

@@ -55,6 +55,32 @@ _RESULT_UPDATE = (
 )
 
 
+# A materialised CTE, not `IN (subquery)`: PostgreSQL may run an IN-subquery once per outer
+# row, and with LIMIT + SKIP LOCKED each run picks other rows, so the update would claim far
+# more than `limit` items. Built once with bind parameters (compiled once, not per stage), on
+# the Core table: the ORM's bulk UPDATE path costs a few ms per claim.
+_CLAIMABLE = (
+    select(_LEDGER.c.item_id)
+    .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.status == ItemStatus.PENDING)
+    .order_by(_LEDGER.c.seq)
+    .limit(bindparam("claim_limit"))
+    .with_for_update(skip_locked=True)
+    .cte("claimable")
+    .prefix_with("MATERIALIZED", dialect="postgresql")
+)
+_CLAIM = (
+    update(_LEDGER)
+    .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.item_id == _CLAIMABLE.c.item_id)
+    .values(
+        status=ItemStatus.PROCESSING,
+        batch_id=bindparam("claim_batch_id"),
+        claimed_by=bindparam("claim_worker"),
+        claimed_at=bindparam("claim_at"),
+    )
+    .returning(_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.payload, _LEDGER.c.attempts)
+)
+
+
 class ItemCounts(BaseModel):
     """A run's items by ledger status (one field per `ItemStatus`), and the sums reports show."""
 
@@ -132,30 +158,14 @@ def claim_items(
     """
     if limit <= 0:
         return []
-    # A materialised CTE, not `IN (subquery)`: PostgreSQL may run an IN-subquery once per
-    # outer row, and with LIMIT + SKIP LOCKED each run picks other rows, so the update
-    # would claim far more than `limit` items.
-    candidates = (
-        select(LedgerItem.item_id)
-        .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PENDING)
-        .order_by(col(LedgerItem.seq))
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("claimable")
-        .prefix_with("MATERIALIZED", dialect="postgresql")
-    )
-    statement = (
-        update(LedgerItem)
-        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.item_id) == candidates.c.item_id)
-        .values(
-            status=ItemStatus.PROCESSING,
-            batch_id=batch_id,
-            claimed_by=worker,
-            claimed_at=now(),
-        )
-        .returning(LedgerItem.item_id, LedgerItem.seq, LedgerItem.payload, LedgerItem.attempts)
-    )
-    rows = session.execute(statement, execution_options={"synchronize_session": False}).all()
+    parameters = {
+        "claim_run_id": run_id,
+        "claim_limit": limit,
+        "claim_batch_id": batch_id,
+        "claim_worker": worker,
+        "claim_at": now(),
+    }
+    rows = session.execute(_CLAIM, parameters).all()
     # Plain rows, not `LedgerItem` table models: building a table model runs defaults and
     # instrumented setattr for all 13 fields, about nine tenths of a claim's time.
     items = [ClaimedItem(**row._mapping) for row in rows]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlmodel import Session, col, select
 
 from scaling_core.results import BatchResult, ScalingDecision
@@ -117,20 +117,50 @@ def finish_run(session: Session, run_id: str, status: RunStatus, *, only_if: Run
 
 # -- batches ---------------------------------------------------------------------------------
 
+# The stage's own statements go to the Core table, not the ORM entity: the ORM's bulk
+# INSERT and UPDATE paths cost a few ms per statement, on the critical path between two
+# processor calls.
+_BATCHES = BatchRecord.__table__  # type: ignore[attr-defined]
+
+# Built once, with bind parameters, so that it is compiled once. The stage number is counted
+# inside the INSERT (bind names must differ from the column names the VALUES clause binds).
+_INSERT_BATCH = (
+    insert(_BATCHES)
+    .values(
+        run_id=bindparam("new_run_id"),
+        pipeline=bindparam("new_pipeline"),
+        stage=select(func.count() + 1)
+        .select_from(_BATCHES)
+        .where(_BATCHES.c.run_id == bindparam("new_run_id"))
+        .scalar_subquery(),
+        batch_size=bindparam("new_batch_size"),
+        worker=bindparam("new_worker"),
+    )
+    .returning(_BATCHES.c.id, _BATCHES.c.stage)
+)
+
+
+def insert_batch(session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str) -> tuple[int, int]:
+    """Insert the record of a starting batch, numbered as the run's next stage; returns its (id, stage).
+
+    One statement: the stage number is counted inside the INSERT and the keys come back by
+    RETURNING, so that a stage can claim its items in the same transaction. The caller commits.
+    """
+    row = session.execute(
+        _INSERT_BATCH,
+        {"new_run_id": run_id, "new_pipeline": pipeline, "new_batch_size": batch_size, "new_worker": worker},
+    ).one()
+    return int(row.id), int(row.stage)
+
 
 def open_batch(
     session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str
 ) -> BatchRecord:
     """Create the record of a starting batch, numbered as the run's next stage. Commits."""
-    stage = session.exec(
-        select(func.count()).select_from(BatchRecord).where(BatchRecord.run_id == run_id)
-    ).one()
-    record = BatchRecord(
-        run_id=run_id, pipeline=pipeline, stage=int(stage) + 1, batch_size=batch_size, worker=worker
-    )
-    session.add(record)
+    batch_id, _ = insert_batch(session, run_id=run_id, pipeline=pipeline, batch_size=batch_size, worker=worker)
     session.commit()
-    session.refresh(record)
+    record = session.get(BatchRecord, batch_id)
+    assert record is not None
     return record
 
 
@@ -140,6 +170,19 @@ def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> B
     record.finished_at = now()
     session.add(record)
     return record
+
+
+def finish_batch(session: Session, batch_id: int, result: BatchResult) -> None:
+    """Fill the record of batch `batch_id` from its result, by key. The caller commits.
+
+    `close_batch` for a caller that knows only the id: one UPDATE, where loading the record
+    first would cost a SELECT on the stage's critical path.
+    """
+    session.execute(
+        update(_BATCHES)
+        .where(_BATCHES.c.id == batch_id)
+        .values(**BatchOutcome.of(result).model_dump(), finished_at=now())
+    )
 
 
 # The columns a `BatchResult` needs, not whole `BatchRecord` entities: loading an entity
@@ -190,11 +233,14 @@ def record_decision(
     old_size: int,
     decision: ScalingDecision,
 ) -> DecisionRecord:
-    """Persist one decision. Commits."""
+    """Persist one decision. Commits.
+
+    The record keeps its values after the commit (the store's sessions do not expire them)
+    and its id from the INSERT: reading it back would cost the scaling task a SELECT.
+    """
     record = DecisionRecord.of(decision, run_id=run_id, pipeline=pipeline, batch_id=batch_id, old_size=old_size)
     session.add(record)
     session.commit()
-    session.refresh(record)
     return record
 
 

@@ -69,6 +69,16 @@ def test_every_figure_is_computed_at_tiny_sizes() -> None:
         assert figures.lines()
 
 
+def test_the_long_batch_figure_is_computed_at_tiny_sizes() -> None:
+    figures = performance.measure_long_batches(stages=3, batch_size=5, processor=BRIEF_PROCESSOR)
+
+    timing = figures.timing
+    assert (figures.items, figures.batch_size, timing.stages) == (15, 5, 3)
+    assert all(_positive(value) for value in (figures.ratio, figures.stage_loop_ratio, figures.floor_ratio))
+    assert _positive(figures.call_seconds) and _positive(figures.median_floor)
+    assert isinstance(figures.met, bool) and figures.lines()
+
+
 def test_the_command_rejects_unknown_figures(capsys: object) -> None:
     import pytest
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import Engine
 
-from scaling_core import ConfidenceLevel, ScalingAction, ScalingDecision
+from scaling_core import BatchResult, ConfidenceLevel, ScalingAction, ScalingDecision
 from scaling_core import store
 from tests.scaling_core.store.support import finished_batch, new_run
 
@@ -77,3 +77,43 @@ def test_decisions_persist_and_give_the_warm_start(engine: Engine) -> None:
     assert (saved.batch_id, saved.old_size, saved.new_size, saved.action) == (batch_id, 50, 75, "increase")
     assert saved.metrics == {"fixed_seconds": 1.0}
     assert [b.batch_size for b in bound.recent_batches(5)] == [50]
+
+
+def test_a_batch_inserted_by_key_is_numbered_and_finished_by_key(engine: Engine) -> None:
+    run_id, other = new_run(engine, items=1), new_run(engine, items=1)
+    with store.open_session(engine) as session:
+        first = store.insert_batch(session, run_id=run_id, pipeline="p", batch_size=20, worker="w")
+        second = store.insert_batch(session, run_id=run_id, pipeline="p", batch_size=30, worker="w")
+        elsewhere = store.insert_batch(session, run_id=other, pipeline="p", batch_size=5, worker="w")
+        result = BatchResult(
+            batch_id=str(second[0]),
+            batch_size=30,
+            total_items=30,
+            successful_items=30,
+            failed_items=0,
+            processing_time=1.5,
+            confidence_distribution={ConfidenceLevel.HIGH: 25, ConfidenceLevel.LOW: 5},
+        )
+        store.finish_batch(session, second[0], result)
+        session.commit()
+        records = store.run_batches(session, run_id)
+    # Stages are counted per run; the keys come back from the INSERT itself.
+    assert (first[1], second[1], elsewhere[1]) == (1, 2, 1)
+    assert [(record.id, record.stage, record.batch_size) for record in records] == [(first[0], 1, 20), (second[0], 2, 30)]
+    assert records[0].status == store.BatchStatus.PROCESSING and records[0].finished_at is None
+    finished = records[1]
+    assert (finished.status, finished.total_items, finished.high, finished.low) == (store.BatchStatus.COMPLETED, 30, 25, 5)
+    assert finished.seconds == 1.5 and finished.finished_at is not None
+
+
+def test_a_decision_records_the_batch_it_is_given(engine: Engine) -> None:
+    run_id = new_run(engine, items=1)
+    earlier = finished_batch(engine, run_id, 50, high=50)
+    finished_batch(engine, run_id, 60, high=60)
+    decision = ScalingDecision(
+        action=ScalingAction.MAINTAIN, new_batch_size=50, reason="steady", confidence_threshold=0.9
+    )
+    store.PipelineStore(engine, pipeline="p", run_id=run_id, batch_id=earlier).record_decision(50, decision)
+    with store.open_session(engine) as session:
+        [saved] = store.run_decisions(session, run_id)
+    assert saved.batch_id == earlier  # the given batch, not the run's latest
