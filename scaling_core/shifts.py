@@ -261,9 +261,8 @@ def pooled_change_point(
     for checkpoint in _geometric_backs(count, window):
         if count - checkpoint <= newer_than:
             return 0
-        while back < checkpoint:
-            back += 1
-            index = count - back
+        # Move the batches from back + 1 to the checkpoint to the newer side, newest first.
+        for index in range(count - back - 1, count - checkpoint - 1, -1):
             key, value = ids[index], logs[index]
             b_n[key] -= 1
             b_sum[key] -= value
@@ -271,6 +270,7 @@ def pooled_change_point(
             a_n[key] += 1
             a_sum[key] += value
             touched.add(key)
+        back = checkpoint
         spread_sum = spread_dof = difference = spread = 0.0
         for key in range(width):
             n_old = b_n[key]
@@ -305,10 +305,10 @@ def quality_change_point(observations: Sequence[Observation], window: type[Evide
     after_high, after_items = [0.0] * width, [0.0] * width
     touched: list[int] = []
     checkpoint = window.CHANGE_BATCHES
-    for back in range(1, len(observations)):
-        index = len(observations) - back
-        key = ids[index]
-        _, high, items = observations[index]
+    count = len(observations)
+    # Newest first, every batch but the oldest (a split needs a batch before it).
+    newest_first = zip(range(count - 1, 0, -1), reversed(ids), reversed(observations))
+    for back, (index, key, (_, high, items)) in enumerate(newest_first, start=1):
         if not after_items[key]:
             touched.append(key)
         after_high[key] += high
