@@ -21,9 +21,9 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
    smallest: down at once when the evidence is about the current size, through a dead band
    when it is a cost estimate; up by `scaling_factor` (squared while a determined cost fit
    shows every limit far away, 1.15 near one; straight back to a size that ran within every
-   limit lately, `_known_ground`); and, at rest where cost sets the size, a probe
-   `PROBE_DEPTHS` smaller every `PROBE_EVERY` batches keeps the cost curve measured, unless
-   too few items remain to repay it.
+   limit lately); and, at rest where cost sets the size, a probe `PROBE_DEPTHS` smaller
+   every `PROBE_EVERY` batches keeps the cost curve measured, unless too few items remain
+   to repay it. These growth and probe rules are small functions in `scaling_core.growth`.
 
 The prediction methods (`predict_optimal_batch_size` and the others) are answered by
 `scaling_core.predictions`; they are not part of the decision.
@@ -37,12 +37,11 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from scaling_core import predictions
+from scaling_core import growth, predictions
 from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
-from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
+from scaling_core.limits import LIMITS, SizeLimit
 from scaling_core.predictions import PerformanceSnapshot
-from scaling_core.quality import QualityLimit
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow
 
@@ -238,18 +237,18 @@ class ScalingManager:
         if target < base and (binding.hard or target < base * (1 - self.DEAD_BAND)):
             return self._decision(base, target, binding.reason + note, metrics)
         if target > base * (1 + self.DEAD_BAND):
-            if config.stability_required and self._failed_for_size_lately(window):
+            if config.stability_required and growth.failed_for_size_lately(window):
                 return self._decision(
                     base, base, f"holding: a batch failed whole for its size within the last few batches{note}", metrics
                 )
-            growth, pace = self._growth(window, bounds)
-            step = config.clamp(min(target, base * growth))
-            known = self._known_ground(window, target)
+            factor, pace = growth.growth_step(window, bounds, type(self))
+            step = config.clamp(min(target, base * factor))
+            known = growth.known_ground(window, target, type(self))
             if known > step:
                 step, pace = known, f"back to {known}, where recent batches ran within every limit"
             if step > base:
                 return self._decision(base, step, f"{pace}: toward {binding.reason}{note}", metrics)
-        probe = self._probe(window, binding)
+        probe = growth.probe(window, binding, type(self))
         if probe is not None:
             return self._decision(
                 base,
@@ -258,80 +257,6 @@ class ScalingManager:
                 metrics,
             )
         return self._decision(base, base, f"at the best size: {binding.reason}{note}", metrics)
-
-    def _growth(self, window: EvidenceWindow, bounds: Sequence[Limit]) -> tuple[float, str]:
-        """The growth factor of one step, and how to say it."""
-        config = self.config
-        base = window.base
-        share = window.metrics.get("high_share_near_current")
-        quality_near = (
-            "quality_unmet" not in window.metrics
-            and share is not None
-            and share < config.high_confidence_threshold + QualityLimit.HEADROOM
-        )
-        reach = [limit.size for limit in bounds if limit.name != "max"]
-        fast = config.scaling_factor**2
-        if quality_near:
-            return self.NEAR_LIMIT_GROWTH, "near the quality limit, growing slowly"
-        fit = window.fit
-        if (
-            fit is not None
-            and fit.seconds_upper(base * fast, TimeLimit.TIME_Z) <= config.processing_time_threshold * self.FAST_GROWTH_SHARE
-            and all(size >= base * fast * self.NEIGHBOURHOOD for size in reach)
-        ):
-            return fast, "far from every limit, with a determined cost fit"
-        if all(size >= base * config.scaling_factor * self.NEIGHBOURHOOD for size in reach):
-            return config.scaling_factor, "far from every limit"
-        return self.NEAR_LIMIT_GROWTH, "near a limit, growing slowly"
-
-    def _known_ground(self, window: EvidenceWindow, target: int) -> int:
-        """The largest size up to `target` that ran within the time limit and the quality
-        target in the last `KNOWN_GROUND` batches, and did not fail: no step is needed to go
-        back there (after a probe, or a shrink for one slow batch). 0 when there is none."""
-        config = self.config
-        known = 0
-        # Only batches of the current cost regime: a size that ran well before the cost
-        # changed is no known ground now.
-        current = len(window.timings)
-        for view in window.views[-self.KNOWN_GROUND :][::-1]:
-            if not view.failed:
-                current -= 1
-                if current < 0:
-                    break
-            if (
-                not view.failed
-                and known < view.asked <= target
-                and view.seconds <= config.processing_time_threshold
-                and view.items
-                and view.high >= config.high_confidence_threshold * view.items
-            ):
-                known = view.asked
-        return known
-
-    def _failed_for_size_lately(self, window: EvidenceWindow) -> bool:
-        recent = len(window.views) - self.config.min_batches_for_scaling
-        return any(failure.index >= recent for failure in window.failures.size_failures())
-
-    def _probe(self, window: EvidenceWindow, binding: Limit) -> int | None:
-        """A size below the base to try once, or None (see the module docstring, step 4)."""
-        base = window.base
-        if binding.name in ("time", "throughput", "max"):
-            depths = self.PROBE_DEPTHS
-        else:
-            sizes = [v.items for v in window.views[-EvidenceWindow.RECENT_COST :] if v.items > 0 and not v.failed]
-            if len(sizes) < 2 or max(sizes) >= EvidenceWindow.FIT_SPREAD * min(sizes):
-                return None
-            depths = (self.SPREAD_PROBE_DEPTH,)
-        if window.remaining_items is not None and window.remaining_items < self.PROBE_HORIZON * base:
-            return None
-        previous = window.last_probe(depths[0] / 2)
-        if previous is not None and previous[0] < self.PROBE_EVERY:
-            return None
-        depth = depths[0]
-        if len(depths) > 1 and previous is not None and previous[1].asked / base >= 1 - (depths[0] + depths[1]) / 2:
-            depth = depths[1]  # the last probe was the shallow one
-        probe = self.config.clamp(base * (1 - depth))
-        return probe if probe < base else None
 
     def _views(self, history: list[BatchResult]) -> list[BatchView]:
         """The batches as `BatchView`s, reusing the previous call's when the history only grew.

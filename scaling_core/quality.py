@@ -55,7 +55,7 @@ class QualityLimit:
     a while, and never shrinks the size."""
     HEADROOM = 0.04
     """High share over the target under which quality counts as near its limit: the trend
-    is read, and growth slows (`ScalingManager._growth`)."""
+    is read, and growth slows (`scaling_core.growth.growth_step`)."""
     SIZE_EFFECT_SPAN = 1.8
     """Sizes this many times the smallest tried are compared with it for an effect of size."""
     SIZE_EFFECT_Z = 1.0
