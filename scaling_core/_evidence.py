@@ -11,6 +11,8 @@ import statistics
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from itertools import accumulate
 from operator import itemgetter
 
 
@@ -273,11 +275,7 @@ def _fit_costs_pair(
         return None, None
     if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
         return None, None
-    if half_life:
-        decay = 0.5 ** (1.0 / half_life)
-        recency = [decay ** (count - 1 - i) for i in range(count)]
-    else:
-        recency = [1.0] * count
+    recency = _recency(count, half_life) if half_life else [1.0] * count
     first = guide or _fit_once(points, curvature_t, recency if half_life else None)
     if first is None:
         return None, None
@@ -299,6 +297,14 @@ def _fit_costs_pair(
         if refit is not None:
             return fit, refit
     return fit, fit
+
+
+@lru_cache(maxsize=64)
+def _recency(count: int, half_life: float) -> tuple[float, ...]:
+    """Weights halving every `half_life` points back from the newest of `count` (the same
+    few lengths recur every decision: computed once)."""
+    decay = 0.5 ** (1.0 / half_life)
+    return tuple(decay ** (count - 1 - i) for i in range(count))
 
 
 _LINEAR_MODELS = ((0, 1), (1,), (0,))
@@ -388,17 +394,11 @@ class QualityPool:
     def of(cls, observations: Sequence[tuple[float, int, int]]) -> QualityPool:
         """Build from `(size, high, items)` triples."""
         ordered = sorted(observations, key=itemgetter(0))
-        high_total, item_total = 0.0, 0.0
-        cumulative_high, cumulative_items = [0.0], [0.0]
-        for _, high, items in ordered:
-            high_total += high
-            item_total += items
-            cumulative_high.append(high_total)
-            cumulative_items.append(item_total)
+        sizes, highs, items = zip(*ordered) if ordered else ((), (), ())
         return cls(
-            sizes=tuple(size for size, _, _ in ordered),
-            cumulative_high=tuple(cumulative_high),
-            cumulative_items=tuple(cumulative_items),
+            sizes=sizes,
+            cumulative_high=tuple(accumulate(highs, initial=0.0)),
+            cumulative_items=tuple(accumulate(items, initial=0.0)),
         )
 
     def between(self, low: float, high: float) -> tuple[float, float]:

@@ -21,9 +21,12 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
    smallest: down at once when the evidence is about the current size, through a dead band
    when it is a cost estimate; up by `scaling_factor` (squared while a determined cost fit
    shows every limit far away, 1.15 near one; straight back to a size that ran within every
-   limit lately, `_known_ground`); and, at rest where cost sets the size, a probe
-   `PROBE_DEPTHS` smaller every `PROBE_EVERY` batches keeps the cost curve measured, unless
-   too few items remain to repay it.
+   limit lately); and, at rest where cost sets the size, a probe `PROBE_DEPTHS` smaller
+   every `PROBE_EVERY` batches keeps the cost curve measured, unless too few items remain
+   to repay it. These growth and probe rules are small functions in `scaling_core.growth`.
+
+The prediction methods (`predict_optimal_batch_size` and the others) are answered by
+`scaling_core.predictions`; they are not part of the decision.
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from scaling_core._evidence import CostFit, fit_costs, wilson_bounds
+from scaling_core import growth, predictions
+from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
-from scaling_core.limits import LIMITS, Limit, QualityLimit, SizeLimit, TimeLimit
-from scaling_core.results import BatchResult, BatchView, ScalingAction, ScalingDecision
+from scaling_core.limits import LIMITS, SizeLimit
+from scaling_core.predictions import PerformanceSnapshot
+from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow
 
 
@@ -49,19 +52,6 @@ class DecisionStore(Protocol):
     def recent_batches(self, limit: int) -> list[BatchResult]: ...
 
     def record_decision(self, old_size: int, decision: ScalingDecision) -> None: ...
-
-
-class PerformanceSnapshot(BaseModel):
-    """Recent performance of a pipeline, as `ProgressTracker.get_performance_metrics` gives it."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    current_batch_size: int = Field(default=0, ge=0)
-    high_confidence_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    average_processing_time: float = Field(default=0.0, ge=0.0)
-    success_rate: float = Field(default=0.0, ge=0.0, le=1.0)
-    stability: float = Field(default=0.0, ge=0.0, le=1.0)
-    batches: int = Field(default=0, ge=0)
 
 
 class ScalingManager:
@@ -247,18 +237,18 @@ class ScalingManager:
         if target < base and (binding.hard or target < base * (1 - self.DEAD_BAND)):
             return self._decision(base, target, binding.reason + note, metrics)
         if target > base * (1 + self.DEAD_BAND):
-            if config.stability_required and self._failed_for_size_lately(window):
+            if config.stability_required and growth.failed_for_size_lately(window):
                 return self._decision(
                     base, base, f"holding: a batch failed whole for its size within the last few batches{note}", metrics
                 )
-            growth, pace = self._growth(window, bounds)
-            step = config.clamp(min(target, base * growth))
-            known = self._known_ground(window, target)
+            factor, pace = growth.growth_step(window, bounds, type(self))
+            step = config.clamp(min(target, base * factor))
+            known = growth.known_ground(window, target, type(self))
             if known > step:
                 step, pace = known, f"back to {known}, where recent batches ran within every limit"
             if step > base:
                 return self._decision(base, step, f"{pace}: toward {binding.reason}{note}", metrics)
-        probe = self._probe(window, binding)
+        probe = growth.probe(window, binding, type(self))
         if probe is not None:
             return self._decision(
                 base,
@@ -267,80 +257,6 @@ class ScalingManager:
                 metrics,
             )
         return self._decision(base, base, f"at the best size: {binding.reason}{note}", metrics)
-
-    def _growth(self, window: EvidenceWindow, bounds: Sequence[Limit]) -> tuple[float, str]:
-        """The growth factor of one step, and how to say it."""
-        config = self.config
-        base = window.base
-        share = window.metrics.get("high_share_near_current")
-        quality_near = (
-            "quality_unmet" not in window.metrics
-            and share is not None
-            and share < config.high_confidence_threshold + QualityLimit.HEADROOM
-        )
-        reach = [limit.size for limit in bounds if limit.name != "max"]
-        fast = config.scaling_factor**2
-        if quality_near:
-            return self.NEAR_LIMIT_GROWTH, "near the quality limit, growing slowly"
-        fit = window.fit
-        if (
-            fit is not None
-            and fit.seconds_upper(base * fast, TimeLimit.TIME_Z) <= config.processing_time_threshold * self.FAST_GROWTH_SHARE
-            and all(size >= base * fast * self.NEIGHBOURHOOD for size in reach)
-        ):
-            return fast, "far from every limit, with a determined cost fit"
-        if all(size >= base * config.scaling_factor * self.NEIGHBOURHOOD for size in reach):
-            return config.scaling_factor, "far from every limit"
-        return self.NEAR_LIMIT_GROWTH, "near a limit, growing slowly"
-
-    def _known_ground(self, window: EvidenceWindow, target: int) -> int:
-        """The largest size up to `target` that ran within the time limit and the quality
-        target in the last `KNOWN_GROUND` batches, and did not fail: no step is needed to go
-        back there (after a probe, or a shrink for one slow batch). 0 when there is none."""
-        config = self.config
-        known = 0
-        # Only batches of the current cost regime: a size that ran well before the cost
-        # changed is no known ground now.
-        current = len(window.timings)
-        for view in window.views[-self.KNOWN_GROUND :][::-1]:
-            if not view.failed:
-                current -= 1
-                if current < 0:
-                    break
-            if (
-                not view.failed
-                and known < view.asked <= target
-                and view.seconds <= config.processing_time_threshold
-                and view.items
-                and view.high >= config.high_confidence_threshold * view.items
-            ):
-                known = view.asked
-        return known
-
-    def _failed_for_size_lately(self, window: EvidenceWindow) -> bool:
-        recent = len(window.views) - self.config.min_batches_for_scaling
-        return any(failure.index >= recent for failure in window.failures.size_failures())
-
-    def _probe(self, window: EvidenceWindow, binding: Limit) -> int | None:
-        """A size below the base to try once, or None (see the module docstring, step 4)."""
-        base = window.base
-        if binding.name in ("time", "throughput", "max"):
-            depths = self.PROBE_DEPTHS
-        else:
-            sizes = [v.items for v in window.views[-EvidenceWindow.RECENT_COST :] if v.items > 0 and not v.failed]
-            if len(sizes) < 2 or max(sizes) >= EvidenceWindow.FIT_SPREAD * min(sizes):
-                return None
-            depths = (self.SPREAD_PROBE_DEPTH,)
-        if window.remaining_items is not None and window.remaining_items < self.PROBE_HORIZON * base:
-            return None
-        previous = window.last_probe(depths[0] / 2)
-        if previous is not None and previous[0] < self.PROBE_EVERY:
-            return None
-        depth = depths[0]
-        if len(depths) > 1 and previous is not None and previous[1].asked / base >= 1 - (depths[0] + depths[1]) / 2:
-            depth = depths[1]  # the last probe was the shallow one
-        probe = self.config.clamp(base * (1 - depth))
-        return probe if probe < base else None
 
     def _views(self, history: list[BatchResult]) -> list[BatchView]:
         """The batches as `BatchView`s, reusing the previous call's when the history only grew.
@@ -398,114 +314,29 @@ class ScalingManager:
         target_confidence_rate: float = 0.9,
         target_processing_time: float = 2.0,
     ) -> int:
-        """A size expected to meet both targets, from one performance snapshot.
-
-        Time is taken as proportional to size from the snapshot (a conservative reading when
-        batches have a fixed cost); a High rate under the target shrinks the size by the
-        shortfall, one above it leaves room to grow by at most `scaling_factor`.
-        """
-        snapshot = PerformanceSnapshot.model_validate(current_performance)
-        size = snapshot.current_batch_size or self._current_batch_size
-        if target_processing_time <= 0:
-            raise ValueError(f"target_processing_time must be positive, got {target_processing_time}")
-        if not 0 < target_confidence_rate <= 1:
-            raise ValueError(f"target_confidence_rate must be in (0, 1], got {target_confidence_rate}")
-        by_time = (
-            size * target_processing_time / snapshot.average_processing_time
-            if snapshot.average_processing_time > 0
-            else size * self.config.scaling_factor
+        """A size expected to meet both targets, from one performance snapshot
+        (`scaling_core.predictions.optimal_batch_size`)."""
+        return predictions.optimal_batch_size(
+            self.config, current_performance, self._current_batch_size, target_confidence_rate, target_processing_time
         )
-        if snapshot.batches == 0:
-            by_quality = float(size)
-        elif snapshot.high_confidence_rate < target_confidence_rate:
-            by_quality = size * snapshot.high_confidence_rate / target_confidence_rate
-        else:
-            by_quality = size * self.config.scaling_factor
-        return self.config.clamp(min(by_time, by_quality, size * self.config.scaling_factor))
 
     def should_scale_now(
         self,
         performance_trend: Sequence[PerformanceSnapshot | Mapping[str, Any] | BatchResult],
         min_confidence_threshold: float = 0.8,
     ) -> tuple[bool, str]:
-        """Whether the trend is clear enough to change the size now, and why.
-
-        Too few points: no. The latest High rate under `min_confidence_threshold`: yes, at
-        once. A trend whose High rate swings by more than 0.15: no, it is not stable yet.
-        Otherwise yes.
-        """
-        rates = [_high_rate(point) for point in performance_trend]
-        needed = self.config.min_batches_for_scaling
-        if len(rates) < needed:
-            return False, f"only {len(rates)} of {needed} observations"
-        if rates[-1] < min_confidence_threshold:
-            return True, f"High rate {rates[-1]:.2f} is under {min_confidence_threshold:.2f}: scale down now"
-        window = rates[-needed:]
-        swing = max(window) - min(window)
-        if swing > 0.15:
-            return False, f"High rate swings by {swing:.2f} over the last {needed} observations: wait"
-        return True, f"stable High rate {sum(window) / len(window):.2f} over the last {needed} observations"
+        """Whether the trend is clear enough to change the size now, and why
+        (`scaling_core.predictions.scale_now`)."""
+        return predictions.scale_now(self.config, performance_trend, min_confidence_threshold)
 
     def analyze_batch_size_efficiency(self, performance_data: Sequence[BatchResult]) -> dict[str, Any]:
-        """Per size: batches, seconds per successful item, High share; and the best of them.
-
-        `most_efficient_batch_size` is the size with the lowest seconds per successful item
-        among those whose pooled High share meets `high_confidence_threshold` (None when none
-        does); `cost_model` is the fitted fixed and per-item cost when the data determine it.
-        """
-        groups: dict[int, list[BatchResult]] = {}
-        for batch in performance_data:
-            if batch.total_items > 0:
-                groups.setdefault(batch.asked_size, []).append(batch)
-        by_size: dict[int, dict[str, float]] = {}
-        for size, group in sorted(groups.items()):
-            items = sum(batch.total_items for batch in group)
-            successes = sum(batch.successful_items for batch in group)
-            seconds = sum(batch.processing_time for batch in group)
-            by_size[size] = {
-                "batches": len(group),
-                "items": items,
-                "average_seconds": seconds / len(group),
-                "seconds_per_successful_item": seconds / successes if successes else math.inf,
-                "high_confidence_rate": sum(batch.high_count for batch in group) / items,
-                "success_rate": successes / items,
-                "whole_failures": sum(batch.is_whole_failure for batch in group),
-            }
-        eligible = {
-            size: row
-            for size, row in by_size.items()
-            if row["high_confidence_rate"] >= self.config.high_confidence_threshold
-            and row["average_seconds"] <= self.config.processing_time_threshold
-            and row["whole_failures"] == 0
-        }
-        best = min(eligible, key=lambda s: eligible[s]["seconds_per_successful_item"]) if eligible else None
-        fit = self._fit([batch for batch in performance_data if not batch.is_whole_failure])
-        return {
-            "by_size": by_size,
-            "most_efficient_batch_size": best,
-            "cost_model": (
-                {"fixed_seconds": fit.fixed, "seconds_per_item": fit.per_item, "quadratic": fit.quadratic}
-                if fit is not None
-                else None
-            ),
-        }
+        """Per size: batches, seconds per successful item, High share; and the best of them
+        (`scaling_core.predictions.size_efficiency`)."""
+        return predictions.size_efficiency(self.config, performance_data)
 
     def predict_processing_time(self, batch_size: int, recent_performance: Sequence[BatchResult]) -> float:
-        """Expected seconds for a batch of `batch_size` items.
-
-        From the fitted cost model when the recent batches determine it, else by scaling the
-        recent mean seconds per item; 0.0 when there is nothing to go on.
-        """
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        usable = [b for b in recent_performance if b.total_items > 0 and not b.is_whole_failure]
-        fit = self._fit(usable)
-        if fit is not None:
-            return max(fit.seconds(batch_size), 0.0)
-        items = sum(batch.total_items for batch in usable)
-        if items == 0:
-            return 0.0
-        return batch_size * sum(batch.processing_time for batch in usable) / items
+        """Expected seconds for a batch of `batch_size` items (`scaling_core.predictions.processing_time`)."""
+        return predictions.processing_time(batch_size, recent_performance)
 
     def get_comprehensive_scaling_recommendation(
         self,
@@ -548,15 +379,7 @@ class ScalingManager:
             },
         }
 
-    # -- shared by the predictions -------------------------------------------------------------
-
-    def _fit(self, batches: Sequence[BatchResult]) -> CostFit | None:
-        usable = [b for b in batches if b.total_items > 0]
-        return fit_costs(
-            [b.total_items for b in usable],
-            [b.processing_time for b in usable],
-            min_spread=EvidenceWindow.FIT_SPREAD,
-        )
+    # -- shared ------------------------------------------------------------------------------
 
     def _decision(self, base: int, new_size: int, reason: str, metrics: Mapping[str, float]) -> ScalingDecision:
         new_size = self.config.clamp(new_size)
@@ -580,9 +403,3 @@ class ScalingManager:
 def _unmet_note(limits: Sequence[Limit]) -> str:
     """What a decision's reason adds for each constraint that no size meets."""
     return "".join(f"; {limit.reason}" for limit in limits if limit.unmet)
-
-
-def _high_rate(point: PerformanceSnapshot | Mapping[str, Any] | BatchResult) -> float:
-    if isinstance(point, BatchResult):
-        return point.high_share
-    return PerformanceSnapshot.model_validate(point).high_confidence_rate

@@ -1,4 +1,4 @@
-"""Domain types that the manager reasons about: item and batch results, scaling decisions.
+"""Domain types that the manager reasons about: item and batch results, limits, scaling decisions.
 
 These are plain pydantic models, kept apart from the SQLModel tables in `scaling_core.store.tables`.
 """
@@ -6,6 +6,7 @@ These are plain pydantic models, kept apart from the SQLModel tables in `scaling
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Self
 
@@ -127,6 +128,26 @@ class BatchResult(BaseModel):
             failed=self.is_whole_failure,
             error=self.error,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bound on the next size and the evidence behind it.
+
+    Attributes:
+        name: which rule: "max", "time", "throughput", "quality" or "failures".
+        size: the largest size the rule allows (math.inf when it allows any).
+        reason: the evidence, in words.
+        hard: the evidence says the current size itself is too large, so the move is made
+            however small it is (no dead band).
+        unmet: no size meets this constraint; the manager ignores it and says so.
+    """
+
+    name: str
+    size: float
+    reason: str
+    hard: bool = False
+    unmet: bool = False
 
 
 class ScalingAction(enum.StrEnum):

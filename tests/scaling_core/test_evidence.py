@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
-from scaling_core.window import cost_change_point, pooled_change_point
+from scaling_core.shifts import cost_change_point, pooled_change_point
+from scaling_core.window import EvidenceWindow
 
 
 def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
@@ -82,14 +83,14 @@ def test_a_cost_change_is_judged_against_the_regime_just_before_it_and_stays_fou
     # the test must not pool: the change is the first batch at 450 that took 9.1 s, at index 60,
     # and it is still found 40 batches later.
     for after in (1, 5, 12, 40):
-        assert cost_change_point(_alternating(after)) == 60, after
+        assert cost_change_point(_alternating(after), EvidenceWindow) == 60, after
 
 
 def test_noise_alone_is_no_cost_change() -> None:
     rng = random.Random(7)
     sizes = [200.0, 230.0, 260.0]
     timings = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 50]
-    assert cost_change_point(timings) == 0
+    assert cost_change_point(timings, EvidenceWindow) == 0
 
 
 def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() -> None:
@@ -99,6 +100,6 @@ def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() ->
     after = [(n, 1.3 * (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.15))) for n in sizes * 10]
     # A 1.3x cost under 15% noise: six batches after a split (the local test) are too few to
     # tell; the pooled test's evidence grows with every batch, and it cuts within the new cost.
-    assert cost_change_point(before + after) == 0
-    assert len(before) <= pooled_change_point(before + after) < len(before) + len(after)
-    assert pooled_change_point(before) == 0
+    assert cost_change_point(before + after, EvidenceWindow) == 0
+    assert len(before) <= pooled_change_point(before + after, EvidenceWindow) < len(before) + len(after)
+    assert pooled_change_point(before, EvidenceWindow) == 0

@@ -1,0 +1,350 @@
+"""The shift tests of the evidence window: where the cost or the quality of a workload changed.
+
+`EvidenceWindow.of` cuts its evidence at the splits these tests find; their thresholds are
+the window's constants (`EvidenceWindow.CHANGE_Z` and the rest), passed in as `window`.
+
+- `cost_change_point`: the first batches after a split against the regime just before it,
+  on log seconds at unchanged sizes (costs that alternate);
+- `pooled_change_point`: every later batch against all older batches of its size (a drift
+  at sizes every regime shares);
+- `quality_change_point`: later High counts against those the older share at the same size
+  predicts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scaling_core.window import EvidenceWindow, Observation, Timing
+
+
+def _shifted(
+    difference: float, spread: float, within: float, dof: float, window: type[EvidenceWindow], *, few: bool = True
+) -> bool:
+    """|z| > `CHANGE_Z` for the summed shift `difference` with variance `spread` x the pooled
+    within-size variance within/dof (at least `MIN_NOISE` squared).
+
+    With `few` (a spread from a short reference) the variance is scaled by dof/(dof - 2), the
+    variance of Student's t over the normal's, and with fewer than `CHANGE_MIN_DOF` degrees of
+    freedom nothing is judged: one lucky pair would make every difference a shift.
+    """
+    if spread <= 0 or (few and dof < window.CHANGE_MIN_DOF):
+        return False
+    variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
+    if few:
+        variance *= dof / (dof - 2)
+    return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
+
+
+def cost_change_point(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    *,
+    keys: Sequence[object] | None = None,
+    memo: dict[int, tuple[object, bool]] | None = None,
+) -> int:
+    """Index from which the cost evidence is current (0 when the cost did not shift).
+
+    A split is judged on the `CHANGE_AFTER` batches after it, each compared with the batches
+    of about its size (buckets `NEIGHBOURHOOD` wide: timing noise dwarfs the size effect
+    within them) among the `CHANGE_REFERENCE` batches just before it, on log seconds:
+
+        z = sum(after - mean_before) / sqrt(s^2 * sum(n_a * (1 + n_a/n_b)))
+
+    s^2 the spread those older batches show within a size (the newer ones would inflate it
+    with the very shift under test). Only the regime just before the split is the reference:
+    a cost that alternates has batches of the new cost at the new sizes further back, and
+    pooling them would hide the change and inflate the spread. Only the first batches after
+    the split are judged: they ran at the sizes of before, and later ones at sizes that older
+    regimes may have used. So a split's verdict is final once its batches are in, and a change
+    stays found while it is in the window. A batch with no such neighbour adds nothing. Every
+    split up to `CHANGE_SCAN` back is tried, newest first; the first with |z| > `CHANGE_Z`
+    wins.
+
+    With `keys` (one object per timing, its batch) and a `memo` that the caller keeps between
+    calls on a growing history, final verdicts are remembered by key: only the newest
+    `CHANGE_AFTER` + 1 splits are judged again, with the same answer.
+    """
+    count = len(timings)
+    if count < 2:
+        return 0
+    last = max(count - window.CHANGE_SCAN, 1)
+    kept: dict[int, tuple[object, bool]] = {}
+    lookup = memo if keys is not None else None
+    found = 0
+    for split, shifted in _judged_splits(timings, window, last):
+        final = split + window.CHANGE_AFTER <= count
+        if final and keys is not None:
+            kept[id(keys[split])] = (keys[split], shifted)
+        if shifted:
+            found = split
+            break
+        if final and lookup and keys is not None:
+            # The older splits' verdicts are final: remembered, they need no steps.
+            older = [(back, lookup.get(id(keys[back]))) for back in range(split - 1, last - 1, -1)]
+            if all(entry is not None and entry[0] is keys[back] for back, entry in older):
+                remembered = [(back, entry) for back, entry in older if entry is not None]
+                for back, entry in remembered:
+                    kept[id(keys[back])] = entry
+                    if entry[1]:
+                        found = back
+                        break
+                break
+            lookup = None  # some are not remembered: judge them
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
+    return found
+
+
+def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last: int) -> Iterator[tuple[int, bool]]:
+    """(split, |z| > CHANGE_Z) for every split from the newest back to `last` (see
+    `cost_change_point`). Moving the split back one batch moves one batch from the reference
+    to the newer side, one into the reference and one out of the newer side: every sum is
+    updated in O(1)."""
+    count = len(timings)
+    ratio = window.NEIGHBOURHOOD
+    # Bucket and log seconds per batch, computed as the scan reaches them (a remembered scan
+    # stops after a few splits).
+    ids: dict[int, int] = {}
+    logs: dict[int, float] = {}
+
+    def read(index: int) -> tuple[int, float]:
+        if index not in ids:
+            size, seconds = timings[index]
+            ids[index] = _bucket(size, ratio)
+            logs[index] = math.log(seconds)
+        return ids[index], logs[index]
+
+    reference, after = window.CHANGE_REFERENCE, window.CHANGE_AFTER
+    # Per size bucket: count, sum and sum of squares of the reference (before the split);
+    # count and sum of the newer batches.
+    b_n: dict[int, int] = defaultdict(int)
+    b_sum: dict[int, float] = defaultdict(float)
+    b_sq: dict[int, float] = defaultdict(float)
+    a_n: dict[int, int] = defaultdict(int)
+    a_sum: dict[int, float] = defaultdict(float)
+    for index in range(max(count - reference, 0), count):
+        key, value = read(index)
+        b_n[key] += 1
+        b_sum[key] += value
+        b_sq[key] += value * value
+    # The reference's pooled within-bucket sum of squares and its degrees of freedom; the
+    # newer batches' shift from the reference means, and its variance in units of s^2.
+    within = sum(b_sq[k] - b_sum[k] * b_sum[k] / n for k, n in b_n.items() if n > 1)
+    dof = sum(n - 1 for n in b_n.values() if n > 1)
+    difference = spread = 0.0
+    for split in range(count - 1, last - 1, -1):
+        moved, moved_log = read(split)
+        entering, entering_log = read(split - reference) if split >= reference else (None, 0.0)
+        leaving, leaving_log = read(split + after) if split + after < count else (None, 0.0)
+        touched = [moved]
+        if entering is not None and entering != moved:
+            touched.append(entering)
+        if leaving is not None and leaving not in touched:
+            touched.append(leaving)
+        for key in touched:  # take the buckets' terms out ...
+            n_old = b_n[key]
+            if n_old:
+                mean = b_sum[key] / n_old
+                if n_old > 1:
+                    within -= b_sq[key] - b_sum[key] * mean
+                    dof -= n_old - 1
+                n_new = a_n[key]
+                difference -= a_sum[key] - n_new * mean
+                spread -= n_new * (1 + n_new / n_old)
+        b_n[moved] -= 1  # ... move the batches ...
+        b_sum[moved] -= moved_log
+        b_sq[moved] -= moved_log * moved_log
+        a_n[moved] += 1
+        a_sum[moved] += moved_log
+        if entering is not None:
+            b_n[entering] += 1
+            b_sum[entering] += entering_log
+            b_sq[entering] += entering_log * entering_log
+        if leaving is not None:
+            a_n[leaving] -= 1
+            a_sum[leaving] -= leaving_log
+        for key in touched:  # ... and put their terms back
+            n_old = b_n[key]
+            if n_old:
+                mean = b_sum[key] / n_old
+                if n_old > 1:
+                    within += b_sq[key] - b_sum[key] * mean
+                    dof += n_old - 1
+                n_new = a_n[key]
+                difference += a_sum[key] - n_new * mean
+                spread += n_new * (1 + n_new / n_old)
+        yield split, _shifted(difference, spread, within, dof, window)
+
+
+def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
+    """Batches after each split tried beyond `SHOCK_SCAN`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
+    backs: list[int] = []
+    back = max(window.SHOCK_SCAN, 1)
+    while True:
+        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
+        if back >= length:
+            return backs
+        backs.append(back)
+
+
+def pooled_change_point(
+    timings: Sequence[Timing], window: type[EvidenceWindow], *, newer_than: int = 0
+) -> int:
+    """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
+
+    Every batch after a split is compared with *all* the older batches of about its size, on
+    log seconds, in units of the spread those older batches show within a size: the same z as
+    `cost_change_point`. It sees a lasting shift at sizes that older batches of any regime
+    share (a drift), as its evidence grows with every batch after the split; the local test
+    sees a change at sizes only the regime just before it used (costs that alternate). The
+    most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
+    is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
+    Splits at or before `newer_than` (a cut found already) are not tried.
+    """
+    count = len(timings)
+    if count < 2:
+        return 0
+    ids, width = _dense(_buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
+    logs = [math.log(t) for _, t in timings]
+    # Per size bucket, of the older batches (before the split) and of the newer ones.
+    b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
+    a_n, a_sum = [0] * width, [0.0] * width
+    for key, value in zip(ids, logs, strict=True):
+        b_n[key] += 1
+        b_sum[key] += value
+        b_sq[key] += value * value
+    # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
+    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
+    spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
+    difference = spread = 0.0
+    fine = min(window.SHOCK_SCAN, count - 1)
+    for back in range(1, fine + 1):
+        index = count - back
+        if index <= newer_than:
+            return 0
+        key, value = ids[index], logs[index]
+        n_old, n_new = b_n[key], a_n[key]
+        # Take the bucket's old contributions out ...
+        if n_old > 1:
+            spread_sum -= b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof -= n_old - 1
+        if n_new:
+            difference -= a_sum[key] - n_new * b_sum[key] / n_old
+            spread -= n_new * (1 + n_new / n_old)
+        # ... move the batch from the older side to the newer one ...
+        n_old -= 1
+        n_new += 1
+        b_n[key], a_n[key] = n_old, n_new
+        b_sum[key] -= value
+        b_sq[key] -= value * value
+        a_sum[key] += value
+        # ... and put them back. Later batches' log seconds minus what the older mean of
+        # their size predicts; its variance in units of the within-size spread.
+        if n_old > 1:
+            spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+            spread_dof += n_old - 1
+        if n_old:
+            difference += a_sum[key] - n_new * b_sum[key] / n_old
+            spread += n_new * (1 + n_new / n_old)
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
+            return index
+    # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
+    touched = {ids[index] for index in range(count - fine, count)}
+    back = fine
+    for checkpoint in _geometric_backs(count, window):
+        if count - checkpoint <= newer_than:
+            return 0
+        # Move the batches from back + 1 to the checkpoint to the newer side, newest first.
+        for index in range(count - back - 1, count - checkpoint - 1, -1):
+            key, value = ids[index], logs[index]
+            b_n[key] -= 1
+            b_sum[key] -= value
+            b_sq[key] -= value * value
+            a_n[key] += 1
+            a_sum[key] += value
+            touched.add(key)
+        back = checkpoint
+        spread_sum = spread_dof = difference = spread = 0.0
+        for key in range(width):
+            n_old = b_n[key]
+            if n_old > 1:
+                spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
+                spread_dof += n_old - 1
+        for key in touched:
+            n_old, n_new = b_n[key], a_n[key]
+            if n_old:
+                difference += a_sum[key] - n_new * b_sum[key] / n_old
+                spread += n_new * (1 + n_new / n_old)
+        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
+            return count - checkpoint
+    return 0
+
+
+def quality_change_point(observations: Sequence[Observation], window: type[EvidenceWindow]) -> int:
+    """Index from which the quality evidence is current (0 when nothing shifted).
+
+    Each candidate split compares the batches after it with the batches before it at the
+    same size (buckets `SAME_SIZE` wide): observed High counts against those the older share
+    at that size predicts, summed into one z. The most recent split with |z| > `CHANGE_Z`
+    wins, so a shift found once stays found while its evidence lasts.
+    """
+    if len(observations) <= window.CHANGE_BATCHES:
+        return 0
+    ids, width = _dense(_buckets([size for size, _, _ in observations], window.SAME_SIZE))
+    total_high, total_items = [0.0] * width, [0.0] * width
+    for key, (_, high, items) in zip(ids, observations, strict=True):
+        total_high[key] += high
+        total_items[key] += items
+    after_high, after_items = [0.0] * width, [0.0] * width
+    touched: list[int] = []
+    checkpoint = window.CHANGE_BATCHES
+    count = len(observations)
+    # Newest first, every batch but the oldest (a split needs a batch before it).
+    newest_first = zip(range(count - 1, 0, -1), reversed(ids), reversed(observations))
+    for back, (index, key, (_, high, items)) in enumerate(newest_first, start=1):
+        if not after_items[key]:
+            touched.append(key)
+        after_high[key] += high
+        after_items[key] += items
+        if back < checkpoint:
+            continue
+        checkpoint = max(checkpoint + 1, int(checkpoint * window.CHANGE_CHECKPOINT_GROWTH))
+        observed = expected = variance = 0.0
+        for key in touched:
+            n_after = after_items[key]
+            n_before = total_items[key] - n_after
+            if n_before < window.CHANGE_MIN_ITEMS:
+                continue
+            share = (total_high[key] - after_high[key]) / n_before
+            observed += after_high[key]
+            expected += n_after * share
+            # Binomial spread of the new counts plus the uncertainty of the old share.
+            variance += n_after * share * (1 - share) * (1 + n_after / n_before)
+        if variance > 0 and abs(observed - expected) / math.sqrt(variance) > window.CHANGE_Z:
+            return index
+    return 0
+
+
+def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
+    """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
+    numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
+    return [numbers[key] for key in keys], len(numbers)
+
+
+def _buckets(sizes: Sequence[float], ratio: float) -> list[int]:
+    """`_bucket` of every size, in one pass."""
+    log, width = math.log, math.log(ratio)
+    return [int(log(size) / width) for size in sizes]
+
+
+@lru_cache(maxsize=65536)
+def _bucket(size: float, ratio: float) -> int:
+    """Index of the geometric size bucket (`ratio` wide) that `size` falls in."""
+    return int(math.log(size) / math.log(ratio))
