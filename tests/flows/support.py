@@ -15,7 +15,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
-from sqlalchemy import func, inspect
+from sqlalchemy import Engine, func, inspect
 from sqlmodel import col, select
 
 from flows.models import PipelineSummary
@@ -148,3 +148,23 @@ def cli_environment(api_url: str, prefect_home: Path, **extra: str) -> dict[str,
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")]))
     env.update(extra)
     return env
+
+
+def claimed_later_stage(engine: Engine, pipeline: str) -> store.BatchRecord | None:
+    """The batch of a later stage that is processing with its items claimed, if any."""
+    with store.open_session(engine) as session:
+        record = session.exec(
+            select(store.BatchRecord).where(
+                store.BatchRecord.pipeline == pipeline,
+                store.BatchRecord.status == store.BatchStatus.PROCESSING,
+                store.BatchRecord.stage >= 2,
+            )
+        ).first()
+        if record is None:
+            return None
+        claimed = session.exec(
+            select(func.count()).select_from(store.LedgerItem).where(
+                store.LedgerItem.batch_id == record.id, store.LedgerItem.status == store.ItemStatus.PROCESSING
+            )
+        ).one()
+        return record if claimed else None

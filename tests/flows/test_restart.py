@@ -15,13 +15,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, func
-from sqlmodel import select
 
 from scaling_core import make_engine
 from scaling_core import store
 from tests.flows.processors import SLOW_SECONDS_ENV
-from tests.flows.support import REPOSITORY, batches, cli_environment, ledger, runs, write_csv
+from tests.flows.support import REPOSITORY, batches, claimed_later_stage, cli_environment, ledger, runs, write_csv
 
 ITEMS = 60
 
@@ -38,26 +36,6 @@ def _command(source: Path, url: str, pipeline: str, *extra: str) -> list[str]:
     ]
 
 
-def _claimed_stage(engine: Engine, pipeline: str) -> store.BatchRecord | None:
-    """The batch of a later stage that is processing with its items claimed, if any."""
-    with store.open_session(engine) as session:
-        record = session.exec(
-            select(store.BatchRecord).where(
-                store.BatchRecord.pipeline == pipeline,
-                store.BatchRecord.status == store.BatchStatus.PROCESSING,
-                store.BatchRecord.stage >= 2,
-            )
-        ).first()
-        if record is None:
-            return None
-        claimed = session.exec(
-            select(func.count()).select_from(store.LedgerItem).where(
-                store.LedgerItem.batch_id == record.id, store.LedgerItem.status == store.ItemStatus.PROCESSING
-            )
-        ).one()
-        return record if claimed else None
-
-
 def _kill_during_second_stage(command: list[str], env: dict[str, str], url: str, pipeline: str, log: Path) -> int:
     """Start `command`, SIGKILL it once its second stage has claimed items; the claimed batch's id."""
     engine = make_engine(url)
@@ -66,7 +44,7 @@ def _kill_during_second_stage(command: list[str], env: dict[str, str], url: str,
         process = subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while (record := _claimed_stage(engine, pipeline)) is None:
+        while (record := claimed_later_stage(engine, pipeline)) is None:
             if process.poll() is not None:
                 pytest.fail(f"the pipeline exited ({process.returncode}) before its second stage:\n{log.read_text()}")
             if time.monotonic() > deadline:
@@ -146,7 +124,7 @@ def test_a_second_process_on_a_run_of_a_sqlite_store_is_refused_while_the_first_
         first = subprocess.Popen(command, cwd=REPOSITORY, env=slow, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
-        while _claimed_stage(engine, pipeline) is None:
+        while claimed_later_stage(engine, pipeline) is None:
             assert first.poll() is None, (tmp_path / "first.log").read_text()
             assert time.monotonic() < deadline, "the first process never reached its second stage"
             time.sleep(0.1)

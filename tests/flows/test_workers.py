@@ -17,11 +17,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlalchemy import Engine
 
 from scaling_core import make_engine, store
 from tests.flows.processors import SLOW_SECONDS_ENV
-from tests.flows.support import REPOSITORY, batches, cli_environment, ledger, runs, write_csv
+from tests.flows.support import REPOSITORY, batches, claimed_later_stage, cli_environment, ledger, runs, write_csv
 
 pytestmark = pytest.mark.postgres
 
@@ -54,7 +54,7 @@ def test_four_workers_one_killed_mid_stage_finish_every_item_once(
                     subprocess.Popen(command, cwd=REPOSITORY, env=env, stdout=log, stderr=subprocess.STDOUT)
                 )
             if number == 0:
-                _wait_for_a_long_claim(engine, run_id, processes[0], tmp_path / "worker-0.log")
+                _wait_for_a_long_claim(engine, pipeline, processes[0], tmp_path / "worker-0.log")
         os.kill(processes[0].pid, signal.SIGKILL)
         assert processes[0].wait(timeout=30) == -signal.SIGKILL
         codes = [process.wait(timeout=300) for process in processes[1:]]
@@ -80,19 +80,9 @@ def test_four_workers_one_killed_mid_stage_finish_every_item_once(
     assert sum("completed the run" in output for output in outputs) == 1, outputs
 
 
-def _wait_for_a_long_claim(engine: object, run_id: str, process: subprocess.Popen[bytes], log: Path) -> None:
+def _wait_for_a_long_claim(engine: Engine, pipeline: str, process: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 120
-    while True:
-        with store.open_session(engine) as session:  # type: ignore[arg-type]
-            claimed = session.exec(
-                select(store.BatchRecord).where(
-                    store.BatchRecord.run_id == run_id,
-                    store.BatchRecord.status == store.BatchStatus.PROCESSING,
-                    store.BatchRecord.stage >= 2,
-                )
-            ).first()
-        if claimed is not None:
-            return
+    while claimed_later_stage(engine, pipeline) is None:
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
