@@ -221,8 +221,8 @@ async def batch_pipeline(
         database: the store, a `StoreDatabase` block (from Python also a URL, best as a
             `SecretStr`); `$BATCHPILOT_DATABASE_URL` or the embedded SQLite file when empty.
         limit: process at most this many items of the source.
-        run_id: resume this run; by default the last unfinished run of `pipeline` on the
-            same source is resumed.
+        run_id: resume this run; by default the last unfinished run of `pipeline` is
+            resumed, which must have been loaded from the same file with the same content.
         warm_start: start from the size the last run of `pipeline` learned.
         new_run: start a new run even when `pipeline` has an unfinished one on another
             file or content (that one is marked superseded); without it such a call is refused.

@@ -28,7 +28,6 @@ from sqlmodel import Session
 
 from scaling_core import store
 from scaling_core.config import ScalingConfig
-from scaling_core.controller import ProgressTracker
 from scaling_core.manager import ScalingManager
 from scaling_core.processing import load_processor
 from scaling_core.results import ScalingDecision
@@ -261,8 +260,7 @@ def decide_next_stage(
     """
     bound = store.PipelineStore(engine, pipeline=pipeline, run_id=run_id, batch_id=batch_id)
     manager = ScalingManager(scaling, store=bound, batch_size=batch_size)
-    history = ProgressTracker(engine, pipeline=pipeline).recent_results(ScalingManager.HISTORY)
-    decision = manager.evaluate_scaling(history, remaining_items=remaining_items)
+    decision = manager.evaluate_scaling(remaining_items=remaining_items)  # the history from `bound`
     manager.apply_scaling_decision(decision)
     return NextStage.of(decision), decision
 
