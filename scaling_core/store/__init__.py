@@ -41,7 +41,6 @@ from scaling_core.store.ledger import (
 )
 from scaling_core.store.pipeline_store import PipelineStore
 from scaling_core.store.queries import (
-    close_batch,
     finish_batch,
     finish_run,
     get_run,
@@ -51,7 +50,6 @@ from scaling_core.store.queries import (
     latest_run,
     latest_unfinished_run,
     new_run_id,
-    open_batch,
     recent_batches,
     record_decision,
     run_batches,
@@ -92,7 +90,6 @@ __all__ = [
     "StoreError",
     "WorkerLock",
     "claim_items",
-    "close_batch",
     "count_items",
     "create_schema",
     "finish_batch",
@@ -111,7 +108,6 @@ __all__ = [
     "make_engine",
     "mark_loaded",
     "new_run_id",
-    "open_batch",
     "open_session",
     "parse_url",
     "recent_batches",

@@ -153,30 +153,10 @@ def insert_batch(session: Session, *, run_id: str, pipeline: str, batch_size: in
     return int(row.id), int(row.stage)
 
 
-def open_batch(
-    session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str
-) -> BatchRecord:
-    """Create the record of a starting batch, numbered as the run's next stage. Commits."""
-    batch_id, _ = insert_batch(session, run_id=run_id, pipeline=pipeline, batch_size=batch_size, worker=worker)
-    session.commit()
-    record = session.get(BatchRecord, batch_id)
-    assert record is not None
-    return record
-
-
-def close_batch(session: Session, record: BatchRecord, result: BatchResult) -> BatchRecord:
-    """Fill a batch record from its result. The caller commits (with the item results)."""
-    record.sqlmodel_update(BatchOutcome.of(result).model_dump())
-    record.finished_at = now()
-    session.add(record)
-    return record
-
-
 def finish_batch(session: Session, batch_id: int, result: BatchResult) -> None:
     """Fill the record of batch `batch_id` from its result, by key. The caller commits.
 
-    `close_batch` for a caller that knows only the id: one UPDATE, where loading the record
-    first would cost a SELECT on the stage's critical path.
+    One UPDATE by key: loading the record first would cost a SELECT on the stage's critical path.
     """
     session.execute(
         update(_BATCHES)

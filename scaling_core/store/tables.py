@@ -119,7 +119,7 @@ class ClaimedItem:
 class BatchOutcome(SQLModel):
     """What a finished batch writes into its record: counts, quality, time, and how it ended.
 
-    The base of `BatchRecord`, and the input `close_batch` writes into a record.
+    The base of `BatchRecord`, and the input `finish_batch` writes into a record.
     """
 
     total_items: int = 0

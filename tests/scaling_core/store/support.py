@@ -30,10 +30,10 @@ def finished_batch(
 ) -> int:
     """Open and close a batch of `size` items, `high` of them High; returns its id."""
     with store.open_session(engine) as session:
-        record = store.open_batch(session, run_id=run_id, pipeline=pipeline, batch_size=size, worker="w")
+        batch_id, _ = store.insert_batch(session, run_id=run_id, pipeline=pipeline, batch_size=size, worker="w")
         levels = {} if failed_whole else {ConfidenceLevel.HIGH: high, ConfidenceLevel.LOW: size - high}
         result = BatchResult(
-            batch_id=str(record.id),
+            batch_id=str(batch_id),
             batch_size=size,
             total_items=size,
             successful_items=0 if failed_whole else size,
@@ -43,7 +43,6 @@ def finished_batch(
             failed_whole=failed_whole,
             error="boom" if failed_whole else None,
         )
-        store.close_batch(session, record, result)
+        store.finish_batch(session, batch_id, result)
         session.commit()
-        assert record.id is not None
-        return record.id
+        return batch_id

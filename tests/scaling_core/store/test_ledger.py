@@ -87,9 +87,8 @@ def test_results_are_written_in_bulk_with_retries(engine: Engine) -> None:
 def test_abandoned_claims_go_back_to_pending(engine: Engine) -> None:
     run_id = new_run(engine, items=6)
     with store.open_session(engine) as session:
-        batch = store.open_batch(session, run_id=run_id, pipeline="p", batch_size=4, worker="dead")
-        assert batch.id is not None
-        store.claim_items(session, run_id, 4, batch_id=batch.id, worker="dead")
+        batch_id, _ = store.insert_batch(session, run_id=run_id, pipeline="p", batch_size=4, worker="dead")
+        store.claim_items(session, run_id, 4, batch_id=batch_id, worker="dead")
         session.commit()
         assert store.recover_abandoned(session, run_id, older_than=timedelta(hours=1)) == 0
         assert store.recover_abandoned(session, run_id) == 4

@@ -22,9 +22,8 @@ def _decide(engine: Engine, run_id: str, old_size: int, new_size: int, reason: s
 
 def _abandoned_batch(engine: Engine, run_id: str, size: int) -> None:
     with store.open_session(engine) as session:
-        record = store.open_batch(session, run_id=run_id, pipeline="p", batch_size=size, worker="dead")
-        assert record.id is not None
-        store.claim_items(session, run_id, size, batch_id=record.id, worker="dead")
+        batch_id, _ = store.insert_batch(session, run_id=run_id, pipeline="p", batch_size=size, worker="dead")
+        store.claim_items(session, run_id, size, batch_id=batch_id, worker="dead")
         session.commit()
         store.recover_abandoned(session, run_id, worker="dead")
 
