@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -18,6 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from flows._terminal import TerminalProgress
+    from flows.database import StoreDatabase
 
 _Model = TypeVar("_Model", bound="BaseModel")
 
@@ -128,8 +130,12 @@ def _run(args: argparse.Namespace) -> int:
     parameters = _pipeline_parameters(args)
     from pydantic import TypeAdapter
 
+    from flows._interrupt import INTERRUPTED_EXIT_CODE, Interrupted, Interruptible
+    from flows._server import temporary_server
+    from flows._terminal import TerminalProgress
     from flows.models import ProcessorPath
     from flows.pipeline import batch_pipeline
+    from flows.progress import observing
     from flows.report import format_stage_table, stage_rows
     from scaling_core.runs import check_inputs
 
@@ -143,7 +149,22 @@ def _run(args: argparse.Namespace) -> int:
     check_inputs(parameters["source"], parameters["processor"], parameters["limit"])
 
     database = parameters["database"]
-    summary = asyncio.run(batch_pipeline(**parameters))
+    with temporary_server() as server, TerminalProgress(verbose=args.verbose) as shown, observing(shown):
+        runner = Interruptible(
+            on_stop=lambda: _stopping(shown, quiet=not args.verbose),
+            hard_stop=lambda: (shown.close(), server.kill() if server is not None else None),
+        )
+        try:
+            summary = runner.run(lambda: batch_pipeline(**parameters))
+        except Interrupted:
+            shown.close()
+            print(_interrupted_line(shown, database, stopped=runner.stopped), file=sys.stderr)
+            if not runner.stopped:  # a processor call that cannot be stopped holds a thread
+                if server is not None:
+                    server.stop()
+                sys.stdout.flush()
+                os._exit(INTERRUPTED_EXIT_CODE)
+            return INTERRUPTED_EXIT_CODE
     with database:
         rows = stage_rows(database.get_engine(), summary.run_id)
     print(format_stage_table(rows))
@@ -162,6 +183,36 @@ def _run(args: argparse.Namespace) -> int:
         f"{ending}"
     )
     return 0 if summary.pending == 0 else 1
+
+
+def _stopping(shown: TerminalProgress, *, quiet: bool) -> None:
+    """The first Ctrl-C or SIGTERM: say what happens, and keep Prefect's crash lines off the screen."""
+    import logging
+
+    shown.close()
+    if quiet:
+        logging.getLogger("prefect").setLevel(logging.CRITICAL)
+    # From a signal handler: a plain write, no buffered stream.
+    os.write(2, b"\nstopping: this stage's items go back to pending (Ctrl-C again to stop at once)\n")
+
+
+def _interrupted_line(shown: TerminalProgress, database: StoreDatabase, *, stopped: bool) -> str:
+    """The one line after an interrupted run: how far it got and how to go on."""
+    from scaling_core import store
+
+    if shown.run_id is None:
+        return "interrupted before the run started; nothing was processed. Rerun the same command to start it"
+    if shown.interrupted is not None:
+        finished, total = shown.interrupted.finished, shown.interrupted.total
+    else:
+        with database, store.open_session(database.get_engine()) as session:
+            counts = store.count_items(session, shown.run_id)
+        finished, total = counts.done + counts.failed, counts.total
+    late = "" if stopped else " (a processor call was still running and was abandoned)"
+    return (
+        f"interrupted after {finished} of {total} items{late}; run {shown.run_id} is resumable: "
+        "rerun the same command to resume"
+    )
 
 
 def _report(args: argparse.Namespace) -> int:

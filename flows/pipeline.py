@@ -34,6 +34,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.context import SyncClientContext
+from prefect.exceptions import TerminationSignal
 from sqlalchemy import Engine
 
 from flows._runtime import dask_cluster, dask_runner, keep_alive, settle
@@ -47,6 +48,7 @@ from flows.models import (
     StageSummary,
     artifact_key,
 )
+from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import stage_rows
 from flows.stage import STAGE_RETRIES, STAGE_RETRY_DELAY, process_stage
 from scaling_core import ItemSource, ScalingConfig, store
@@ -58,6 +60,7 @@ from scaling_core.runs import (
     check_inputs,
     decide_next_stage,
     finish_run,
+    interrupt_run,
     open_run,
     stop_run,
 )
@@ -180,6 +183,22 @@ async def _run_stages(
             raise stop_run(engine, opened.run_id, stop)
         if tally.new_unmet(next_stage):
             get_run_logger().warning("Stage %s: %s", stage.stage, next_stage.reason)
+        notify(
+            StageDone(
+                run_id=opened.run_id,
+                stage=stage.stage,
+                batch_size=size,
+                items=stage.items,
+                successful=stage.successful,
+                high_share=stage.high_share,
+                seconds=stage.seconds,
+                finished=tally.finished,
+                total=tally.items,
+                next_batch_size=next_stage.batch_size,
+                reason=next_stage.reason,
+                error=stage.error,
+            )
+        )
         size = next_stage.batch_size
         # An API call each: at most one per interval (the run's end sets 100 %).
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
@@ -270,6 +289,16 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
             opened.batch_size,
             opened.why,
         )
+        notify(
+            RunOpened(
+                run_id=opened.run_id,
+                pipeline=request.pipeline,
+                items=tally.items,
+                finished=tally.finished,
+                batch_size=opened.batch_size,
+                resumed=opened.resumed,
+            )
+        )
         key = artifact_key(request.pipeline)
         progress_id = await acreate_progress_artifact(
             progress=0.0, key=f"{key}-progress", description=f"Items finished in run {opened.run_id}"
@@ -295,6 +324,20 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
                     worker=worker,
                     alive=alive,
                 )
+    except (asyncio.CancelledError, KeyboardInterrupt, TerminationSignal):
+        # Ctrl-C, SIGTERM or a cancellation (from the command's signal handler, Python's, or
+        # Prefect's in a served or worker run): the stage's items go back to pending, and the
+        # run waits, interrupted, for the next run of the pipeline to resume it.
+        if opened is not None:
+            counts = interrupt_run(engine, opened.run_id, worker)  # blocking on purpose: the loop may be closing
+            logger.warning(
+                "Run %s interrupted after %s of %s items; rerun to resume it",
+                opened.run_id,
+                counts.done + counts.failed,
+                counts.total,
+            )
+            notify(RunInterrupted(run_id=opened.run_id, finished=counts.done + counts.failed, total=counts.total))
+        raise
     finally:
         if alive is not None:
             alive.close()

@@ -18,7 +18,7 @@ from prefect.futures import PrefectFuture
 from flows.database import StoreDatabase
 from flows.models import ExecutionOptions, ProcessorPath, StageSummary
 from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
-from scaling_core.processing import call_with_timeout, load_processor, run_processor
+from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
 
 STAGE_RETRIES = 2
 """Retries of a stage whose store failed (a processor failure is not retried this way)."""
@@ -32,12 +32,12 @@ def process_chunk(
     processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
 ) -> list[dict[str, Any]]:
     """Run the processor on one chunk of a batch (on the flow's task runner, Dask included)."""
-    return _process(processor, [Item(id=i["id"], payload=i["payload"]) for i in items], scaling, timeout)
+    chunk = [Item(id=i["id"], payload=i["payload"]) for i in items]
+    return call_with_timeout(lambda: _process(processor, chunk, scaling), timeout)
 
 
-def _process(processor: str, items: list[Item], scaling: ScalingConfig, timeout: float) -> list[dict[str, Any]]:
-    function = load_processor(processor)
-    results = call_with_timeout(lambda: run_processor(function, items, scaling), timeout)
+def _process(processor: str, items: list[Item], scaling: ScalingConfig) -> list[dict[str, Any]]:
+    results = run_processor(load_processor(processor), items, scaling)
     return [result.model_dump(mode="json") for result in results]
 
 
@@ -48,8 +48,10 @@ async def _run_processor(
     parts = max(1, min(execution.parallelism, len(claimed.items)))
     if parts == 1 and not execution.uses_dask:
         # One chunk in this process: a task run around it would only add its API calls to
-        # the critical path between two processor calls.
-        return await asyncio.to_thread(_process, processor, claimed.items, scaling, timeout)
+        # the critical path between two processor calls. A daemon thread, not the loop's
+        # executor: an interrupted stage must not wait for the processor's answer to exit
+        # (the stage's `wait_for` bounds the wait otherwise).
+        return await asyncio.wrap_future(call_in_daemon_thread(lambda: _process(processor, claimed.items, scaling)))
     size = -(-len(claimed.items) // parts)
     chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
     futures: list[PrefectFuture[list[dict[str, Any]]]] = [

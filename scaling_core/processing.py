@@ -308,6 +308,19 @@ def call_with_timeout(call: Callable[[], _T], timeout: float) -> _T:
     runs in a copy of this context: processors that read context variables (Prefect's run
     context, Dask's current worker) see what the caller sees.
     """
+    try:
+        return call_in_daemon_thread(call).result(timeout=timeout)
+    except FutureTimeout:
+        raise TimeoutError(f"the processor did not answer within {timeout:g} s") from None
+
+
+def call_in_daemon_thread(call: Callable[[], _T]) -> Future[_T]:
+    """Start `call()` in a daemon thread of its own and return the future of its answer.
+
+    A daemon thread never holds the process's exit, and nothing waits for it unless asked:
+    an event loop awaits it with `asyncio.wrap_future` and stays free to be interrupted.
+    The thread runs in a copy of this context.
+    """
     done: Future[_T] = Future()
 
     def target() -> None:
@@ -318,7 +331,4 @@ def call_with_timeout(call: Callable[[], _T], timeout: float) -> _T:
 
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(target,), name="batchpilot-processor", daemon=True).start()
-    try:
-        return done.result(timeout=timeout)
-    except FutureTimeout:
-        raise TimeoutError(f"the processor did not answer within {timeout:g} s") from None
+    return done

@@ -376,6 +376,26 @@ def finish_run(engine: Engine, run_id: str) -> RunEnd:
     with store.open_session(engine) as session:
         unfinished = store.count_items(session, run_id).unfinished
         completed = unfinished == 0 and store.finish_run(
-            session, run_id, store.RunStatus.COMPLETED, only_if=store.RunStatus.RUNNING
+            session, run_id, store.RunStatus.COMPLETED, only_if=_UNFINISHED
         )
     return RunEnd(completed_here=completed, in_progress=unfinished)
+
+
+_UNFINISHED = (store.RunStatus.RUNNING, store.RunStatus.INTERRUPTED)
+"""A run in one of these states can still be completed (by its last worker, or a rerun)."""
+
+
+def interrupt_run(engine: Engine, run_id: str, worker: str) -> store.ItemCounts:
+    """Give `worker`'s claims back and, unless other workers still hold claims, mark the run interrupted.
+
+    No attempt is counted against the items: a stop asked for by the user is not their fault.
+    The run stays resumable (the next run of the pipeline takes it up); while other workers
+    still work on it, it stays running and the last of them completes it. Returns the run's
+    item counts after the claims went back.
+    """
+    with store.open_session(engine) as session:
+        store.recover_abandoned(session, run_id, worker=worker)
+        counts = store.count_items(session, run_id)
+        if counts.processing == 0:
+            store.finish_run(session, run_id, store.RunStatus.INTERRUPTED, only_if=store.RunStatus.RUNNING)
+    return counts

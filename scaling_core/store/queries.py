@@ -101,15 +101,17 @@ def latest_unfinished_run(session: Session, pipeline: str) -> PipelineRun | None
     return session.exec(query).first()
 
 
-def finish_run(session: Session, run_id: str, status: RunStatus, *, only_if: RunStatus | None = None) -> bool:
-    """Set the run's final `status` (with `only_if`, only while the run has that status). Commits.
+def finish_run(
+    session: Session, run_id: str, status: RunStatus, *, only_if: RunStatus | tuple[RunStatus, ...] | None = None
+) -> bool:
+    """Set the run's `status` (with `only_if`, only while the run has that status, or one of them). Commits.
 
     Returns whether this call changed the run: of several workers that finish a run at
     once, exactly one completes it.
     """
     statement = update(PipelineRun).where(col(PipelineRun.run_id) == run_id)
     if only_if is not None:
-        statement = statement.where(col(PipelineRun.status) == only_if)
+        statement = statement.where(col(PipelineRun.status).in_(only_if if isinstance(only_if, tuple) else (only_if,)))
     changed = session.execute(statement.values(status=status, updated_at=now())).rowcount
     session.commit()
     return bool(changed)

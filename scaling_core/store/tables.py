@@ -35,6 +35,8 @@ class RunStatus(enum.StrEnum):
     FAILED = "failed"
     SUPERSEDED = "superseded"
     """A new run of the pipeline replaced this unfinished one (`new_run`); it is never resumed."""
+    INTERRUPTED = "interrupted"
+    """Stopped by Ctrl-C, SIGTERM or a cancellation, its claims given back; the next run resumes it."""
 
 
 class ItemStatus(enum.StrEnum):

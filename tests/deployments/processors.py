@@ -73,3 +73,13 @@ def on_dask_worker(items: Sequence[_Item]) -> list[dict[str, Any]]:
     time.sleep(CALL_SECONDS)
     pid = os.getpid()
     return [_answer(item, {"pid": pid}) for item in items]
+
+
+SLOW_CALL_SECONDS = 1.0
+"""How long every call of `slow` takes: long enough for a cancellation to land mid-stage."""
+
+
+def slow(items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """Answers every item after `SLOW_CALL_SECONDS`."""
+    time.sleep(SLOW_CALL_SECONDS)
+    return [_answer(item, {"pid": os.getpid()}) for item in items]

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import select
 
 from flows.models import ExecutionOptions
@@ -317,3 +318,64 @@ def test_the_trigger_command_starts_a_run_and_reports_how_it_ended(
     assert refused.returncode == 2
     assert refused.stderr.startswith("error: deployment 'batch-pipeline/on-demand' refused the parameters: ")
     assert "execution.max_attempts" in refused.stderr
+
+
+def test_a_cancellation_from_the_ui_gives_the_stage_back_and_a_rerun_finishes(
+    served: Served, api: httpx.Client, tmp_path: Path, prefect_server: PrefectServer
+) -> None:
+    database_url = f"sqlite:///{tmp_path / 'store.db'}"
+    block_id = save_store_block(prefect_server.api_url, database_url, f"cancel-{tmp_path.name}".lower().replace("_", "-"))
+    ids = write_items_csv(tmp_path / "items.csv", 150, "C")
+    parameters = {
+        "source": {"path": str(tmp_path / "items.csv")},
+        "processor": "tests.deployments.processors:slow",
+        "pipeline": f"cancelled-{tmp_path.name}",
+        "scaling": {"initial_batch_size": 20, "max_batch_size": 50},
+        "database": {"$ref": {"block_document_id": block_id}},
+    }
+    engine = store.make_engine(database_url)
+    try:
+        response = _create_flow_run(api, served.on_demand_id, parameters)
+        assert response.status_code == 201, response.text
+        flow_run_id = response.json()["id"]
+
+        def stage_in_flight() -> bool | None:
+            if not (tmp_path / "store.db").exists():
+                return None
+            try:
+                with store.open_session(engine) as session:
+                    counts = store.count_items(session, _only_run(engine).run_id)
+            except (LookupError, SQLAlchemyError):  # not registered or loaded yet
+                return None
+            return (counts.done > 0 and counts.processing > 0) or None
+
+        wait_until(stage_in_flight, timeout=RUN_SECONDS, what="a stage in flight", interval=0.05)
+        # What the UI's Cancel button and `prefect flow-run cancel` send.
+        cancelled = api.post(
+            f"/flow_runs/{flow_run_id}/set_state", json={"state": {"type": "CANCELLING"}, "force": True}
+        )
+        assert cancelled.status_code in (200, 201), cancelled.text
+        ended = final_flow_run(api, flow_run_id, timeout=RUN_SECONDS)
+        assert ended["state_type"] == "CANCELLED", ended["state"]
+        run = _only_run(engine)
+        with store.open_session(engine) as session:
+            counts = store.count_items(session, run.run_id)
+        assert (run.status, counts.processing) == (store.RunStatus.INTERRUPTED, 0), counts
+        assert 0 < counts.done < len(ids)
+
+        rerun = _create_flow_run(api, served.on_demand_id, parameters)
+        assert rerun.status_code == 201, rerun.text
+        assert final_flow_run(api, rerun.json()["id"], timeout=RUN_SECONDS)["state_type"] == "COMPLETED"
+        with store.open_session(engine) as session:
+            counts = store.count_items(session, run.run_id)
+        assert (_only_run(engine).status, counts.done) == (store.RunStatus.COMPLETED, len(ids))
+    finally:
+        engine.dispose()
+
+
+def _only_run(engine: Engine) -> store.PipelineRun:
+    with store.open_session(engine) as session:
+        runs = session.exec(select(store.PipelineRun)).all()
+    if len(runs) != 1:
+        raise LookupError(f"{len(runs)} runs in the store")
+    return runs[0]

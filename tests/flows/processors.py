@@ -103,3 +103,13 @@ def slow_after_first_stage(items: Sequence[_Item]) -> list[dict[str, Any]]:
 def unsure_of_everything(items: Sequence[_Item]) -> list[dict[str, Any]]:
     """Medium confidence (0.6) for every item: no batch size meets a High-share target."""
     return [{"item_id": item.id, "success": True, "confidence": 0.6} for item in items]
+
+
+INTERRUPTIBLE_SECONDS = 1.0
+"""How long every call of `slow_calls` takes: long enough for a signal to land mid-stage."""
+
+
+def slow_calls(items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """Answers every item after `INTERRUPTIBLE_SECONDS`: a stage is in flight most of the time."""
+    time.sleep(INTERRUPTIBLE_SECONDS)
+    return [_answer(item) for item in items]
