@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from prefect import get_client, get_run_logger
@@ -15,6 +15,49 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from flows.models import ExecutionOptions
 from scaling_core import store
+
+_T = TypeVar("_T")
+
+STORE_RETRIES = 2
+"""Retries of a stage or a decision whose store failed (a processor failure is not retried this way)."""
+STORE_RETRY_DELAY = 5
+"""Seconds before a retry: a database that restarts takes a few seconds."""
+
+
+async def retrying_store_errors(call: Callable[[], Awaitable[_T]], *, what: str) -> _T:
+    """`await call()`, again after `STORE_RETRY_DELAY` s while the store fails, at most `STORE_RETRIES` times.
+
+    Each retry is one WARNING line naming the database (Prefect's own retries log an ERROR
+    with a traceback for every attempt); the last failure propagates.
+    """
+    for attempt in range(1, STORE_RETRIES + 2):
+        try:
+            return await call()
+        except store.StoreError as error:
+            if attempt > STORE_RETRIES:
+                raise
+            _warn_retry(what, error, attempt)
+            await asyncio.sleep(STORE_RETRY_DELAY)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def retrying_store_errors_sync(call: Callable[[], _T], *, what: str) -> _T:
+    """`retrying_store_errors` for a call that blocks (a sync task's)."""
+    for attempt in range(1, STORE_RETRIES + 2):
+        try:
+            return call()
+        except store.StoreError as error:
+            if attempt > STORE_RETRIES:
+                raise
+            _warn_retry(what, error, attempt)
+            time.sleep(STORE_RETRY_DELAY)
+    raise AssertionError("unreachable")
+
+
+def _warn_retry(what: str, error: store.StoreError, attempt: int) -> None:
+    get_run_logger().warning(
+        "%s: %s; retry %s of %s in %s s", what, error, attempt, STORE_RETRIES, STORE_RETRY_DELAY
+    )
 
 
 async def settle(task_run_id: UUID | None, *, timeout: float = 2.0) -> None:

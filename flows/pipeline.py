@@ -37,7 +37,7 @@ from prefect.context import SyncClientContext
 from prefect.exceptions import TerminationSignal
 from sqlalchemy import Engine
 
-from flows._runtime import dask_cluster, dask_runner, keep_alive, settle
+from flows._runtime import dask_cluster, dask_runner, keep_alive, retrying_store_errors_sync, settle
 from flows.database import DatabaseParameter, StoreDatabase
 from flows.models import (
     DEFAULT_PROCESSOR,
@@ -50,8 +50,8 @@ from flows.models import (
 )
 from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import stage_rows
-from flows.stage import STAGE_RETRIES, STAGE_RETRY_DELAY, process_stage
-from scaling_core import ItemSource, ScalingConfig, store
+from flows.stage import process_stage
+from scaling_core import ItemSource, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
     NextStage,
     OpenedRun,
@@ -72,8 +72,6 @@ PROGRESS_INTERVAL = 2.0
     name="decide-next-batch-size",
     task_run_name="decide-after-stage-{stage}",
     cache_policy=NO_CACHE,  # the answer depends on the store, not on the arguments
-    retries=STAGE_RETRIES,
-    retry_delay_seconds=STAGE_RETRY_DELAY,
 )
 def decide_next_batch_size(
     run_id: str,
@@ -88,19 +86,23 @@ def decide_next_batch_size(
     """Read the pipeline's batch history from the store, decide, persist, return the next stage.
 
     `batch_id` is the batch of the stage just finished, recorded with the decision (the
-    store looks the run's latest batch up when it is not given). A store error raises a
-    `StoreError` naming the database; Prefect retries the task.
+    store looks the run's latest batch up when it is not given). A store error is retried
+    (`retrying_store_errors_sync`), then raises a `StoreError` naming the database.
     """
-    with database.named_errors():
-        next_stage, decision = decide_next_stage(
-            database.get_engine(),
-            run_id=run_id,
-            pipeline=pipeline,
-            scaling=scaling,
-            batch_size=current_batch_size,
-            remaining_items=remaining_items,
-            batch_id=batch_id,
-        )
+
+    def decide() -> tuple[NextStage, ScalingDecision]:
+        with database.named_errors():
+            return decide_next_stage(
+                database.get_engine(),
+                run_id=run_id,
+                pipeline=pipeline,
+                scaling=scaling,
+                batch_size=current_batch_size,
+                remaining_items=remaining_items,
+                batch_id=batch_id,
+            )
+
+    next_stage, decision = retrying_store_errors_sync(decide, what=f"The decision after stage {stage} could not use the store")
     get_run_logger().info(
         "Stage %s: %s %s -> %s: %s",
         stage,

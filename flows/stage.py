@@ -15,15 +15,12 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
+from flows._runtime import retrying_store_errors
 from flows.database import StoreDatabase
 from flows.models import ExecutionOptions, ProcessorPath, StageSummary
 from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
 from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
 
-STAGE_RETRIES = 2
-"""Retries of a stage whose store failed (a processor failure is not retried this way)."""
-STAGE_RETRY_DELAY = 5
-"""Seconds before a retry: a database that restarts takes a few seconds."""
 
 
 # Never a cached answer: a processor's results come from calling it (an LLM, a service).
@@ -70,10 +67,6 @@ async def _run_processor(
     flow_run_name="{pipeline}-size-{batch_size}",
     log_prints=False,
     validate_parameters=True,
-    # Only infrastructure errors (the store) escape a stage; a processor failure is
-    # recorded as a failed batch. A store that went away may be back after a pause.
-    retries=STAGE_RETRIES,
-    retry_delay_seconds=STAGE_RETRY_DELAY,
 )
 async def process_stage(
     run_id: str,
@@ -89,8 +82,26 @@ async def process_stage(
 
     A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
     batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
-    A store error fails the stage with a `StoreError` naming the database; Prefect retries it.
+    Only a store error escapes a stage: a store that went away may be back after a pause, so
+    the stage is tried again (`retrying_store_errors`), and then fails with a `StoreError`
+    naming the database.
     """
+    return await retrying_store_errors(
+        lambda: _stage(run_id, pipeline, batch_size, processor, scaling, execution, database, worker),
+        what=f"A stage of size {batch_size} could not use the store",
+    )
+
+
+async def _stage(
+    run_id: str,
+    pipeline: str,
+    batch_size: int,
+    processor: str,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    database: StoreDatabase,
+    worker: str | None,
+) -> StageSummary:
     logger = get_run_logger()
     with database.named_errors():
         batches = BatchManager(

@@ -8,6 +8,8 @@ A kill in the middle of a stage is in test_restart.py, a hung processor in test_
 
 from __future__ import annotations
 
+import logging
+
 import os
 import signal
 import sqlite3
@@ -26,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from flows.database import StoreDatabase
-from flows.stage import STAGE_RETRIES, STAGE_RETRY_DELAY
+from flows._runtime import STORE_RETRIES, STORE_RETRY_DELAY
 from scaling_core import ScalingConfig, make_engine
 from scaling_core import store
 from tests.flows import fault_processors
@@ -216,7 +218,7 @@ def test_a_run_killed_between_a_batch_result_and_its_scaling_decision_resumes(
 # -- the database goes away (PostgreSQL behind a proxy) ---------------------------------------------
 
 OUTAGE_SECONDS = 3.0
-"""Shorter than the stage's retry delay (5 s), so the retry finds the database back."""
+"""Shorter than the store's retry delay (5 s), so the retry finds the database back."""
 OUTAGE_ITEMS = 40
 
 
@@ -294,10 +296,15 @@ def test_a_database_outage_during_a_stage_is_retried_and_every_item_is_done_once
     assert abandoned == [3]
     assert [run.run_id for run in runs(direct, pipeline_name)] == [summary.run_id]
     stage_runs = child_flow_runs(flow_run_id)
-    assert sorted(child.run_count for child in stage_runs)[-2:] == [1, 2], "not exactly one stage was retried"
-    # The failed attempt was logged with an error that names the database, without its password.
-    logs = [log.message for log in flow_run_logs([flow_run_id, *(child.id for child in stage_runs)])]
-    assert [message for message in logs if f"the store at postgresql+psycopg://{_database_named(url)} failed" in message]
+    records = flow_run_logs([flow_run_id, *(child.id for child in stage_runs)])
+    logs = [log.message for log in records]
+    # The failed attempt was retried once, logged as one WARNING line that names the
+    # database without its password, and no traceback.
+    retried = [log for log in records if "could not use the store" in log.message]
+    assert [log.level for log in retried] == [logging.WARNING], [log.message for log in retried]
+    assert f"the store at postgresql+psycopg://{_database_named(url)} failed" in retried[0].message
+    assert "retry 1 of 2" in retried[0].message and "\n" not in retried[0].message
+    assert not [log for log in records if log.level >= logging.ERROR], [log.message for log in records]
     assert not [message for message in logs if PASSWORD in message]
     # The run took its liveness lock again after the outage: its claims were never up for grabs.
     assert [message for message in logs if "liveness lock; it was taken again" in message]
@@ -325,7 +332,9 @@ def test_a_database_that_stays_away_fails_the_run_naming_it_and_a_rerun_finishes
     assert not [message for message in messages(caught.value) if PASSWORD in message]
     # The stage was tried three times; its retries found no database and called no processor.
     [failed_run] = flow_runs_named(pipeline_name)
-    assert max(child.run_count for child in child_flow_runs(failed_run.id)) == 1 + STAGE_RETRIES
+    stage_runs = child_flow_runs(failed_run.id)
+    retried = [log for log in flow_run_logs([run.id for run in stage_runs]) if "could not use the store" in log.message]
+    assert len(retried) == STORE_RETRIES
     assert fault_processors.calls() == 3
     [run] = runs(direct, pipeline_name)
     assert run.status == store.RunStatus.RUNNING
@@ -429,7 +438,7 @@ def test_a_frozen_database_fails_the_run_within_its_bound_naming_it_and_a_rerun_
     assert "no answer within 2.5 s" in str(caught.value) or "timeout" in str(caught.value), str(caught.value)
     assert not [message for message in messages(caught.value) if PASSWORD in message]
     # The write that met the freeze, then each retry's connect: bounded, not a hang.
-    bound = 1.25 * timeout + STAGE_RETRIES * (STAGE_RETRY_DELAY + 2 * timeout)
+    bound = 1.25 * timeout + STORE_RETRIES * (STORE_RETRY_DELAY + 2 * timeout)
     print(f"\nfrozen store: the run failed after {elapsed:.1f} s (its calls' bound sums to {bound:.1f} s)")
     assert elapsed < bound + 30, elapsed
     assert fault_processors.calls() == 3
