@@ -65,6 +65,42 @@ def _wait_for_a_stage_in_flight(database: Path, process: subprocess.Popen[str]) 
     raise AssertionError(f"no stage was in flight within 120 s (exit status {process.poll()})")
 
 
+def _command(tmp_path: Path) -> list[str]:
+    write_csv(tmp_path / "items.csv", ITEMS)
+    return [
+        sys.executable, "-m", "flows", "run", "--source", str(tmp_path / "items.csv"),
+        "--processor", "tests.flows.processors:slow_calls", "--database-url", f"sqlite:///{tmp_path / 'store.db'}",
+        "--initial-batch-size", "20", "--max-batch-size", "50",
+    ]  # fmt: skip
+
+
+def _start_on_its_own_server(command: list[str], tmp_path: Path, prefect_api_url: str) -> subprocess.Popen[str]:
+    """The command as a user runs it: no `PREFECT_API_URL`, so on a temporary server of its own."""
+    environment = cli_environment(prefect_api_url, tmp_path / "prefect-home")
+    del environment["PREFECT_API_URL"]
+    return subprocess.Popen(
+        command, cwd=REPOSITORY, env=environment, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+
+
+def test_a_command_killed_outright_leaves_no_server_behind(tmp_path: Path, prefect_api_url: str) -> None:
+    process = _start_on_its_own_server(_command(tmp_path), tmp_path, prefect_api_url)
+    try:
+        _wait_for_a_stage_in_flight(tmp_path / "store.db", process)
+        children = _children(process.pid)
+        process.kill()  # SIGKILL to the command alone: no handler of its own runs
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert children, "the command started no temporary server"
+    deadline = time.monotonic() + 10
+    while [pid for pid in children if _alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in children if _alive(pid)], f"left running: {children}"
+
+
 @pytest.mark.parametrize(
     "signals",
     [pytest.param([signal.SIGINT], id="ctrl-c"), pytest.param([signal.SIGTERM, signal.SIGTERM], id="sigterm-twice")],
@@ -72,19 +108,9 @@ def _wait_for_a_stage_in_flight(database: Path, process: subprocess.Popen[str]) 
 def test_a_signal_to_the_group_stops_the_run_cleanly_and_the_rerun_resumes_it(
     tmp_path: Path, prefect_api_url: str, signals: list[signal.Signals]
 ) -> None:
-    write_csv(tmp_path / "items.csv", ITEMS)
+    command = _command(tmp_path)
     database = tmp_path / "store.db"
-    command = [
-        sys.executable, "-m", "flows", "run", "--source", str(tmp_path / "items.csv"),
-        "--processor", "tests.flows.processors:slow_calls", "--database-url", f"sqlite:///{database}",
-        "--initial-batch-size", "20", "--max-batch-size", "50",
-    ]  # fmt: skip
-    own_server = cli_environment(prefect_api_url, tmp_path / "prefect-home")
-    del own_server["PREFECT_API_URL"]
-    process = subprocess.Popen(
-        command, cwd=REPOSITORY, env=own_server, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+    process = _start_on_its_own_server(command, tmp_path, prefect_api_url)
     try:
         _wait_for_a_stage_in_flight(database, process)
         children = _children(process.pid)
