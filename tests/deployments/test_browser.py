@@ -2,13 +2,14 @@
 why its batch size changed (the summary's list and the chart on its Artifacts tab).
 
 Debian's Chromium, driven by Playwright for Python; `playwright install` is never needed.
-The screenshots stay in the test's temporary folder, and their paths are printed.
+The screenshots stay in a temporary folder of their own, and their paths are printed.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,10 +85,12 @@ def test_a_run_from_the_form_shows_why_its_batch_size_changed(
 
     write_items_csv(tmp_path / "items.csv", ITEMS, "W")
     pipeline = f"browser-{uuid.uuid4().hex[:8]}"
+    # Kept after the test (pytest keeps only its last few temporary folders), to look at.
+    folder = Path(tempfile.mkdtemp(prefix="batchpilot-browser-"))
     shots: list[Path] = []
 
     def shot(name: str) -> None:
-        shots.append(tmp_path / f"{len(shots) + 1}-{name}.png")
+        shots.append(folder / f"{len(shots) + 1}-{name}.png")
         page.screenshot(path=str(shots[-1]))
 
     # The default UI (V2): the deployment's custom-run form, with its generated run name kept.
