@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     common(report)
     report.add_argument("--run-id", help="the run to show (default: the latest)")
     report.add_argument("--json", action="store_true", help="print one JSON object")
+    report.add_argument(
+        "--plot", type=Path, metavar="FILE", help="also write a chart of batch size, High share and items/s as SVG"
+    )
     return parser
 
 
@@ -236,6 +239,11 @@ def _report(args: argparse.Namespace) -> int:
         raise StoreError.wrap(url, error) from error
     finally:
         engine.dispose()
+    if args.plot:
+        from flows.chart import stage_chart
+
+        run = report["run"]
+        args.plot.write_text(stage_chart(report["stages"], title=f"{run['pipeline']}: run {run['run_id']}"))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -6,6 +6,7 @@ import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic.fields import FieldInfo
 
 from scaling_core import BatchResult
 from scaling_core.processing import IMPORT_PATH_PATTERN
@@ -13,6 +14,7 @@ from scaling_core import store
 
 DEFAULT_PROCESSOR = "scaling_core.samples.simulated_llm:simulated_llm"
 """The bundled simulated model: what the demo and the scheduled deployment run by default."""
+DEFAULT_PIPELINE = "default"
 
 PIPELINE_FLOW = "batch-pipeline"
 """The pipeline flow's name, the first half of each deployment's full name."""
@@ -20,6 +22,28 @@ SCHEDULED_DEPLOYMENT = "nightly"
 ON_DEMAND_DEPLOYMENT = "on-demand"
 DEFAULT_DEPLOYMENT = f"{PIPELINE_FLOW}/{ON_DEMAND_DEPLOYMENT}"
 """The deployment without a schedule that `python -m deployments.serve` and prefect.yaml define."""
+
+MAX_CHANGES_SHOWN = 30
+"""Size changes listed in a run's summary; the report shows every stage."""
+
+RUN_TAG = "batchpilot"
+"""The tag of every pipeline and stage run, beside `pipeline:<name>`."""
+
+
+def run_tags(pipeline: str) -> list[str]:
+    """The tags of a pipeline's runs and stage runs: filter the UI's Runs page by them."""
+    return [RUN_TAG, f"pipeline:{pipeline}"]
+
+
+def titled(title: str) -> FieldInfo:
+    """A flow parameter's label in the UI's form, for `Annotated[type, titled("Warm Start")]`.
+
+    Prefect titles a flow's parameters with their Python names ("warm_start"); a title in
+    `json_schema_extra` is written over that one. Fields of nested models get pydantic's
+    Title Case titles without help.
+    """
+    return Field(json_schema_extra={"title": title})
+
 
 ProcessorPath = Annotated[
     str,
@@ -151,21 +175,36 @@ class PipelineSummary(BaseModel):
             seconds=seconds,
         )
 
-    def markdown(self) -> str:
-        sizes = self.sizes_used
-        size_line = f"{sizes[0]} first, {min(sizes)} to {max(sizes)}, {sizes[-1]} last" if sizes else "none"
-        return "\n".join(
-            [
-                f"# Run `{self.run_id}` of `{self.pipeline}`",
+    def markdown(self, changes: list[str], *, chart_uri: str | None = None) -> str:
+        """The run's story for its summary artifact: totals, the chart, why the size changed.
+
+        Args:
+            changes: one sentence per stage after which the size changed (`flows.report.size_changes`).
+            chart_uri: the stage chart as a `data:` URI (`flows.chart.svg_data_uri`), shown as an image.
+        """
+        lines = [
+            f"# Pipeline `{self.pipeline}`",
+            "",
+            f"Run `{self.run_id}`: {self.done} of {self.items} items done in {self.stages} stages "
+            f"and {self.seconds:.1f} s.",
+            "",
+            "| items | done | failed for good | pending | stages | failed stages | High share | seconds |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {self.items} | {self.done} | {self.failed} | {self.pending} | {self.stages} "
+            f"| {self.failed_stages} | {self.high_share:.3f} | {self.seconds:.1f} |",
+            "",
+        ]
+        if chart_uri:
+            lines += [f"![Batch size, High share and items per second per stage]({chart_uri})", ""]
+        lines += ["## Why the size changed", ""]
+        shown = changes[:MAX_CHANGES_SHOWN]
+        lines += [f"- {change}" for change in shown] or ["The batch size never changed."]
+        if len(changes) > len(shown):
+            lines += [
                 "",
-                "| items | done | failed for good | pending | stages | failed stages | High share | seconds |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|",
-                f"| {self.items} | {self.done} | {self.failed} | {self.pending} | {self.stages} "
-                f"| {self.failed_stages} | {self.high_share:.3f} | {self.seconds:.1f} |",
-                "",
-                f"Batch sizes: {size_line}.",
+                f"... and {len(changes) - len(shown)} more: `python -m flows report --run-id {self.run_id}`.",
             ]
-        )
+        return "\n".join(lines)
 
 
 def artifact_key(pipeline: str) -> str:

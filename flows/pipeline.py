@@ -21,25 +21,31 @@ afford.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
-from typing import Any
+from datetime import datetime, timezone
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, tags, task
 from prefect.artifacts import (
+    acreate_image_artifact,
     acreate_markdown_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.context import SyncClientContext
+from prefect.context import FlowRunContext, SyncClientContext
 from prefect.exceptions import TerminationSignal
+from pydantic import Field
 from sqlalchemy import Engine
 
 from flows._runtime import dask_cluster, dask_runner, keep_alive, retrying_store_errors_sync, settle
+from flows.chart import stage_chart, svg_data_uri
 from flows.database import DatabaseParameter, StoreDatabase
 from flows.models import (
+    DEFAULT_PIPELINE,
     DEFAULT_PROCESSOR,
     PIPELINE_FLOW,
     ExecutionOptions,
@@ -47,9 +53,11 @@ from flows.models import (
     ProcessorPath,
     StageSummary,
     artifact_key,
+    run_tags,
+    titled,
 )
 from flows.progress import RunInterrupted, RunOpened, StageDone, notify
-from flows.report import stage_rows
+from flows.report import artifact_rows, size_changes, stage_rows
 from flows.stage import process_stage
 from scaling_core import ItemSource, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
@@ -67,6 +75,51 @@ from scaling_core.runs import (
 
 PROGRESS_INTERVAL = 2.0
 """Seconds at least between two updates of a run's progress artifact."""
+
+_MADE_UP_NAME = re.compile(r"[a-z]+-[a-z]+|[A-Z][a-z]+-[A-Z][a-z]+")
+"""The shape of the names Prefect makes up for a run: the server's ("eggplant-wolf") and the
+one the UI's Run form fills in ("Intelligent-Boxsky")."""
+
+
+def pipeline_run_name(pipeline: str, given: str | None, *, flow_run_id: str, now: datetime) -> str:
+    """The name of a pipeline's flow run: `given` when a user chose it, else a name of its own.
+
+    A name of the shape Prefect makes up (two words and a dash) counts as not chosen; the run
+    is then named `<pipeline>-<UTC date and time>-<first 4 characters of its flow run id>`,
+    so that two runs of one pipeline never share a name.
+
+    Example:
+        >>> pipeline_run_name("catalogue", "Intelligent-Boxsky", flow_run_id="3fa1c0de-...",
+        ...                   now=datetime(2026, 12, 2, 5, 59, 30, tzinfo=timezone.utc))
+        'catalogue-20261202-055930-3fa1'
+        >>> pipeline_run_name("catalogue", "rerun after the fix", flow_run_id="3fa1", now=datetime.now())
+        'rerun after the fix'
+    """
+    if given and not _MADE_UP_NAME.fullmatch(given):
+        return given
+    return f"{pipeline}-{now.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{flow_run_id.replace('-', '')[:4]}"
+
+
+def _run_name() -> str:
+    """`flow_run_name` of `batch_pipeline`: Prefect calls it inside the run, which knows its name."""
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None
+    return pipeline_run_name(
+        str((context.parameters or {}).get("pipeline") or DEFAULT_PIPELINE),
+        context.flow_run.name,
+        flow_run_id=str(context.flow_run.id),
+        now=datetime.now(timezone.utc),
+    )
+
+
+async def _tag_run(pipeline: str) -> None:
+    """Add the pipeline's tags to this flow run (a deployment's run carries only the deployment's)."""
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    wanted = [tag for tag in run_tags(pipeline) if tag not in context.flow_run.tags]
+    if wanted:
+        await context.client.update_flow_run(context.flow_run.id, tags=[*context.flow_run.tags, *wanted])
 
 @task(
     name="decide-next-batch-size",
@@ -218,18 +271,18 @@ def _ready_for_stage(engine: Engine, run_id: str, alive: store.WorkerLock | None
         return store.has_pending(session, run_id)
 
 
-@flow(name=PIPELINE_FLOW, flow_run_name="{pipeline}", validate_parameters=True)
+@flow(name=PIPELINE_FLOW, flow_run_name=_run_name, validate_parameters=True)
 async def batch_pipeline(
-    source: ItemSource,
-    processor: ProcessorPath = DEFAULT_PROCESSOR,
-    pipeline: str = "default",
-    scaling: ScalingConfig = ScalingConfig(),  # noqa: B008 - a frozen model, safe as a default
-    execution: ExecutionOptions = ExecutionOptions(),  # noqa: B008
-    database: DatabaseParameter = None,
-    limit: int | None = None,
-    run_id: str | None = None,
-    warm_start: bool = True,
-    new_run: bool = False,
+    source: Annotated[ItemSource, titled("Source")],
+    processor: Annotated[ProcessorPath, titled("Processor")] = DEFAULT_PROCESSOR,
+    pipeline: Annotated[str, Field(min_length=1), titled("Pipeline")] = DEFAULT_PIPELINE,
+    scaling: Annotated[ScalingConfig, titled("Scaling Limits")] = ScalingConfig(),  # noqa: B008 - frozen
+    execution: Annotated[ExecutionOptions, titled("Execution")] = ExecutionOptions(),  # noqa: B008
+    database: Annotated[DatabaseParameter, titled("Database")] = None,
+    limit: Annotated[int | None, Field(gt=0), titled("Limit")] = None,
+    run_id: Annotated[str | None, titled("Run ID")] = None,
+    warm_start: Annotated[bool, titled("Warm Start")] = True,
+    new_run: Annotated[bool, titled("New Run")] = False,
 ) -> PipelineSummary:
     """Process every item of `source` in batch stages sized by the unified `ScalingManager`.
 
@@ -258,10 +311,12 @@ async def batch_pipeline(
         warm_start=warm_start,
         new_run=new_run,
     )
+    await _tag_run(pipeline)
     # Everything that can be refused is checked before the store is touched.
     check_inputs(source, processor, limit)
     database = database if database is not None else StoreDatabase.from_settings()
-    with database, database.named_errors():
+    # The stage subflows and the scaling task are created with the pipeline's tags.
+    with database, database.named_errors(), tags(*run_tags(pipeline)):
         return await _pipeline(request, execution, database)
 
 
@@ -356,10 +411,22 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
     result = PipelineSummary.of(totals, seconds=time.perf_counter() - started, completed_here=ended.completed_here)
     await aupdate_progress_artifact(progress_id, progress=100.0)
     rows = stage_rows(engine, opened.run_id)
-    await acreate_table_artifact(
-        key=f"{key}-stages", table=rows, description=f"Stages of run {opened.run_id}: size, quality, decision"
+    # A `data:` URI: the UI shows it as an image in markdown and in an image artifact, with
+    # nothing to host.
+    chart = svg_data_uri(stage_chart(rows, title=f"{request.pipeline}: run {opened.run_id}"))
+    await acreate_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=result.markdown(size_changes(rows), chart_uri=chart),
+        description=f"Run {opened.run_id}: totals, chart, why the size changed",
     )
-    await acreate_markdown_artifact(key=f"{key}-summary", markdown=result.markdown(), description="Run summary")
+    await acreate_table_artifact(
+        key=f"{key}-stages",
+        table=artifact_rows(rows),
+        description=f"Stages of run {opened.run_id}: size, items, High share, seconds, action",
+    )
+    await acreate_image_artifact(
+        image_url=chart, key=f"{key}-chart", description=f"Batch size, High share and items/s per stage of run {opened.run_id}"
+    )
     logger.info(
         "Run %s finished: %s done, %s failed for good, %s stages in this session",
         opened.run_id,

@@ -34,6 +34,40 @@ def _stage_row(stage: store.StageRow) -> dict[str, Any]:
     }
 
 
+def artifact_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stage rows narrowed to what fits the UI's artifact column; the reasons go in the summary."""
+    return [
+        {
+            "stage": row["stage"],
+            "size": row["batch_size"],
+            "items": row["items"],
+            "High share": round(row["high_confidence_rate"], 2),
+            "seconds": round(row["seconds"], 2),
+            "action": row["action"] or row["status"],
+        }
+        for row in rows
+    ]
+
+
+def size_changes(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per stage after which the batch size changed, with the manager's reason.
+
+    Example:
+        >>> size_changes([{"stage": 3, "batch_size": 50, "next_batch_size": 75,
+        ...                "reason": "far from every limit: toward the maximum size 200"}])
+        ['Stage 3: grew from 50 to 75. Far from every limit: toward the maximum size 200.']
+    """
+    changes = []
+    for row in rows:
+        before, after = row["batch_size"], row["next_batch_size"]
+        if after is None or after == before:
+            continue
+        verb = "grew" if after > before else "shrank"
+        reason = (row["reason"] or row["status"]).strip().rstrip(".")
+        changes.append(f"Stage {row['stage']}: {verb} from {before} to {after}. {reason[:1].upper()}{reason[1:]}.")
+    return changes
+
+
 def run_report(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     """`{"run": totals, "stages": rows}` for `run_id`, or for the latest run in the store.
 

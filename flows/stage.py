@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 
 from flows._runtime import retrying_store_errors
@@ -21,6 +22,26 @@ from flows.models import ExecutionOptions, ProcessorPath, StageSummary
 from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
 from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
 
+
+
+def stage_run_name(pipeline: str, stage: int, batch_size: int) -> str:
+    """The name of a stage's flow run once it has claimed its batch (`default-stage-3-size-75`)."""
+    return f"{pipeline}-stage-{stage}-size-{batch_size}"
+
+
+async def _name_stage(pipeline: str, stage: int, batch_size: int) -> None:
+    """Rename this stage's flow run with its number, known only once the batch is claimed.
+
+    It runs beside the processor, so the API call costs the stage no time; a failure to rename
+    costs the stage only its name.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return
+    try:
+        await context.client.set_flow_run_name(context.flow_run.id, stage_run_name(pipeline, stage, batch_size))
+    except Exception as error:  # the name is for people; the batch goes on
+        get_run_logger().warning("Stage %s: could not rename its flow run: %s", stage, error)
 
 
 # Never a cached answer: a processor's results come from calling it (an LLM, a service).
@@ -115,29 +136,33 @@ async def _stage(
         claimed = batches.next_batch()
         if claimed is None:
             return StageSummary(stage=0, batch_id=0, batch_size=batch_size)
-        started = time.perf_counter()
+        naming = asyncio.create_task(_name_stage(pipeline, claimed.stage, batch_size))
         try:
-            raw = await asyncio.wait_for(
-                _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
-            )
-        except Exception as error:  # a stage fails whole, whatever the processor raised
-            message = (
-                f"stage timed out after {execution.stage_timeout_seconds:g} s"
-                if isinstance(error, TimeoutError)
-                else f"{type(error).__name__}: {error}"
-            )
-            result = batches.fail_batch(claimed, message, time.perf_counter() - started)
-            logger.warning(
-                "Stage %s (%s items) failed whole: %s; its items went back to pending",
-                claimed.stage,
-                len(claimed.items),
-                message,
-            )
-            return StageSummary.of(
-                claimed.stage, claimed.batch_id, result, timed_out=isinstance(error, TimeoutError)
-            )
-        seconds = time.perf_counter() - started
-        result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
+            started = time.perf_counter()
+            try:
+                raw = await asyncio.wait_for(
+                    _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
+                )
+            except Exception as error:  # a stage fails whole, whatever the processor raised
+                message = (
+                    f"stage timed out after {execution.stage_timeout_seconds:g} s"
+                    if isinstance(error, TimeoutError)
+                    else f"{type(error).__name__}: {error}"
+                )
+                result = batches.fail_batch(claimed, message, time.perf_counter() - started)
+                logger.warning(
+                    "Stage %s (%s items) failed whole: %s; its items went back to pending",
+                    claimed.stage,
+                    len(claimed.items),
+                    message,
+                )
+                return StageSummary.of(
+                    claimed.stage, claimed.batch_id, result, timed_out=isinstance(error, TimeoutError)
+                )
+            seconds = time.perf_counter() - started
+            result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
+        finally:
+            await naming
     logger.info(
         "Stage %s: %s items, %s succeeded, High share %.2f, %.2f s",
         claimed.stage,

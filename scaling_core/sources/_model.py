@@ -7,7 +7,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -15,6 +15,18 @@ SourceFormat = Literal["csv", "jsonl"]
 
 MAX_ID_LENGTH = 500
 """The longest item id the store keeps (the ledger's key column); longer ids are rejected rows."""
+
+def _format_choices(schema: dict[str, Any]) -> None:
+    """The JSON schema of `ItemSource.format`: one list of the formats, to leave empty or pick.
+
+    A form renders `SourceFormat | None` as a choice of types ("str" or "None"); an optional
+    enum without a default is a plain list of choices, and leaving it empty leaves the format
+    to the suffix.
+    """
+    schema.pop("anyOf", None)
+    schema.pop("default", None)
+    schema.update(type="string", enum=list(get_args(SourceFormat)))
+
 
 _SUFFIX_FORMATS: dict[str, SourceFormat] = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 
@@ -99,6 +111,7 @@ class ItemSource(BaseModel):
         default=None,
         validate_default=True,
         description="File format; inferred from the file's suffix when left empty.",
+        json_schema_extra=_format_choices,
     )
     id_field: str = Field(
         default="id",

@@ -117,7 +117,8 @@ class PrefectServer:
         port = free_port()
         server = Process.start(
             ["-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            environment=child_environment(home),
+            # The UI in a browser asks this URL for the API (by default port 4200).
+            environment=child_environment(home, PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api"),
             log=home / "server.log",
         )
         started = cls(server, f"http://127.0.0.1:{port}")

@@ -115,6 +115,13 @@ def test_on_demand_deployment_renders_a_form_with_defaults_and_descriptions(
     assert store_block["block_type_slug"] == "batchpilot-store"
     assert store_block["properties"]["password"]["anyOf"][0]["format"] == "password"
     assert all(properties[name]["description"] for name in properties)
+    # Every label of the form in Title Case; the format a list of its choices.
+    assert [properties[name]["title"] for name in properties] == [
+        "Source", "Processor", "Pipeline", "Scaling Limits", "Execution", "Database", "Limit", "Run ID",
+        "Warm Start", "New Run",
+    ]
+    assert definitions["ItemSource"]["properties"]["format"]["enum"] == ["csv", "jsonl"]
+    assert properties["limit"]["anyOf"][0]["exclusiveMinimum"] == 0
 
 
 def test_schedule_produces_scheduled_runs_of_the_configured_source(served: Served, api: httpx.Client) -> None:

@@ -60,7 +60,7 @@ CASES: dict[str, tuple[Callable[[Path], ItemSource], dict[str, Any], type[Except
         ParameterTypeError,
         r"scaling: .*min_batch_size \(300\) must not exceed max_batch_size \(100\)",
     ),
-    "negative limit": (_good, {"limit": -5}, ValueError, r"limit must be positive when given, got -5"),
+    "negative limit": (_good, {"limit": -5}, ParameterTypeError, r"limit: Input should be greater than 0"),
 }
 
 

@@ -6,13 +6,17 @@ the report of it.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -20,6 +24,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
 from flows.models import PipelineSummary, artifact_key
+from flows.pipeline import pipeline_run_name
 from scaling_core import ScalingConfig
 from scaling_core import store
 from tests.flows.support import (
@@ -83,7 +88,25 @@ def test_stage_subflows_carry_the_decided_batch_size(finished_run: FinishedRun) 
     assert asked == [SCALING.initial_batch_size] + [row["next_batch_size"] for row in rows[:-1]]
     assert all(row["next_batch_size"] is not None and row["reason"] for row in rows)
     assert len(set(asked)) > 1, f"the sizes never changed: {asked}"
-    assert [child.name for child in children] == [f"{finished_run.pipeline}-size-{size}" for size in asked]
+    assert [child.name for child in children] == [
+        f"{finished_run.pipeline}-stage-{number}-size-{size}" for number, size in enumerate(asked, start=1)
+    ]
+    assert all({"batchpilot", f"pipeline:{finished_run.pipeline}"} <= set(child.tags) for child in children)
+
+
+def test_two_runs_of_a_pipeline_have_names_of_their_own(finished_run: FinishedRun, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "again.jsonl", ({"id": f"a{n}"} for n in range(5)))
+    _, again = run_pipeline(
+        source=source, processor=FAST_PROCESSOR, pipeline=finished_run.pipeline, scaling=SCALING,
+        database=finished_run.url, new_run=True,
+    )
+    with get_client(sync_client=True) as client:
+        runs = [client.read_flow_run(flow_run_id) for flow_run_id in (finished_run.flow_run_id, again)]
+    names = [run.name for run in runs]
+    assert len(set(names)) == 2, names
+    for run in runs:
+        assert re.fullmatch(rf"{re.escape(finished_run.pipeline)}-\d{{8}}-\d{{6}}-[0-9a-f]{{4}}", run.name), run.name
+        assert {"batchpilot", f"pipeline:{finished_run.pipeline}"} <= set(run.tags)
 
 
 def test_artifacts_show_progress_stages_and_summary(finished_run: FinishedRun) -> None:
@@ -91,12 +114,13 @@ def test_artifacts_show_progress_stages_and_summary(finished_run: FinishedRun) -
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"{key}-progress", f"{key}-stages", f"{key}-summary"]),
+                key=ArtifactFilterKey(any_=[f"{key}-{kind}" for kind in ("progress", "stages", "summary", "chart")]),
                 flow_run_id=ArtifactFilterFlowRunId(any_=[finished_run.flow_run_id]),
             )
         )
     by_key = {artifact.key: artifact for artifact in artifacts}
-    assert set(by_key) == {f"{key}-progress", f"{key}-stages", f"{key}-summary"}
+    assert set(by_key) == {f"{key}-progress", f"{key}-stages", f"{key}-summary", f"{key}-chart"}
+    assert by_key[f"{key}-chart"].type == "image"
 
     progress = by_key[f"{key}-progress"]
     assert progress.type == "progress"
@@ -106,19 +130,31 @@ def test_artifacts_show_progress_stages_and_summary(finished_run: FinishedRun) -
     assert table.type == "table"
     rows = json.loads(table.data)
     assert len(rows) == finished_run.summary.stages
-    assert [row["batch_size"] for row in rows] == finished_run.summary.sizes_used
-    assert all(row["reason"] for row in rows)
+    assert [row["size"] for row in rows] == finished_run.summary.sizes_used
+    assert all(set(row) == {"stage", "size", "items", "High share", "seconds", "action"} for row in rows)
 
     summary = by_key[f"{key}-summary"]
     assert summary.type == "markdown"
-    assert f"# Run `{finished_run.summary.run_id}`" in summary.data
+    assert summary.data.startswith(f"# Pipeline `{finished_run.pipeline}`\n\nRun `{finished_run.summary.run_id}`")
     assert f"| {ITEMS} | {ITEMS} | 0 | 0 |" in summary.data
+    why = summary.data.split("## Why the size changed\n\n", 1)[1].splitlines()
+    stored = stages(finished_run.url, finished_run.summary.run_id)
+    assert why == [
+        f"- Stage {row['stage']}: {'grew' if row['next_batch_size'] > row['batch_size'] else 'shrank'} from "
+        f"{row['batch_size']} to {row['next_batch_size']}. {row['reason'][:1].upper()}{row['reason'][1:]}."
+        for row in stored
+        if row["next_batch_size"] != row["batch_size"]
+    ]
+    [chart] = re.findall(r"!\[Batch size, High share and items per second per stage\]\(([^)]+)\)", summary.data)
+    assert chart == by_key[f"{key}-chart"].data
+    svg = base64.b64decode(chart.removeprefix("data:image/svg+xml;base64,")).decode()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3
 
 
-def test_report_cli_prints_the_run_as_json(finished_run: FinishedRun) -> None:
+def test_report_cli_prints_the_run_as_json_and_plots_it(finished_run: FinishedRun, tmp_path: Path) -> None:
     completed = subprocess.run(
         [
-            sys.executable, "-m", "flows", "report", "--json",
+            sys.executable, "-m", "flows", "report", "--json", "--plot", str(tmp_path / "stages.svg"),
             "--database-url", finished_run.url, "--run-id", finished_run.summary.run_id,
         ],
         capture_output=True, text=True, cwd=REPOSITORY, timeout=60,
@@ -141,3 +177,21 @@ def test_report_cli_prints_the_run_as_json(finished_run: FinishedRun) -> None:
         assert 0.0 <= row["high_confidence_rate"] <= 1.0
     assert sum(row["items"] for row in report["stages"]) >= ITEMS
     assert [row["batch_size"] for row in report["stages"]] == finished_run.summary.sizes_used
+    svg = (tmp_path / "stages.svg").read_text()
+    assert svg.startswith("<svg") and svg.count("<polyline") == 3
+    assert f"{finished_run.summary.run_id}" in svg and svg.count("<circle") == 3 * finished_run.summary.stages
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (None, "nightly-20261202-055930-3fa1"),
+        ("eggplant-wolf", "nightly-20261202-055930-3fa1"),  # made up by the server
+        ("Intelligent-Boxsky", "nightly-20261202-055930-3fa1"),  # filled in by the UI's Run form
+        ("catalogue rerun after the fix", "catalogue rerun after the fix"),
+        ("nightly-2", "nightly-2"),
+    ],
+)
+def test_a_pipeline_run_keeps_a_name_a_user_chose(given: str | None, expected: str) -> None:
+    now = datetime(2026, 12, 2, 6, 59, 30, tzinfo=timezone(timedelta(hours=1)))
+    assert pipeline_run_name("nightly", given, flow_run_id="3fa1c0de-0000", now=now) == expected
