@@ -29,6 +29,7 @@ phase, the oracle and the verdict ignore that constraint there.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -61,7 +62,7 @@ from bench.simulator import (
 from bench.workloads import WORKLOADS, get_workload, workload_names
 from scaling_core.results import BatchResult
 
-__all__ = ["Aggregate", "Criteria", "RunError", "main", "measure_decision_cost", "run_one"]
+__all__ = ["Aggregate", "Criteria", "RunError", "main", "measure_decision_cost", "run_one", "sizes_digest"]
 
 
 class Criteria:
@@ -402,6 +403,19 @@ def _print_markdown(
             print(f"| {workload.name} | " + " | ".join(_cells(cells[(workload.name, policy)])) + " |")
 
 
+def sizes_digest(workloads: Sequence[Workload], cells: dict[tuple[str, str], Aggregate], policy: str) -> str:
+    """SHA-256 (hex, first 16 digits) of `policy`'s size sequences over every workload and seed.
+
+    Two runs that print the same digest chose the same sizes everywhere: a change that is
+    meant to make decisions cheaper, not different, must keep it.
+    """
+    digest = hashlib.sha256()
+    for workload in workloads:
+        for run in sorted(cells[(workload.name, policy)].runs, key=lambda run: run.seed):
+            digest.update(f"{workload.name}/{run.seed}:{run.sizes_digest};".encode())
+    return digest.hexdigest()[:16]
+
+
 def _summary(
     workloads: list[Workload], cells: dict[tuple[str, str], Aggregate], policies: list[str], manager_ran: bool
 ) -> dict[str, object]:
@@ -415,6 +429,8 @@ def _summary(
             f"   {policy:<10} passes {len(workloads) - len(failed)}/{len(workloads)}"
             + (f"; fails {detail}" if detail else "")
         )
+    for policy in policies:
+        print(f"   {policy:<10} size sequences: {sizes_digest(workloads, cells, policy)}")
     passing_all = [p for p in policies if not failed_by_policy[p]]
     print(f"   policies passing every workload: {', '.join(passing_all) if passing_all else 'none'}")
     peers = [p for p in policies if p not in (MANAGER, ORACLE)]

@@ -515,6 +515,8 @@ class RunMetrics:
     batches: int
     out_of_bounds: int
     truncated: bool
+    sizes_digest: str = ""
+    """SHA-256 of the asked sizes in order: two runs with the same digest chose the same sizes."""
 
 
 @dataclass(frozen=True)
@@ -580,6 +582,11 @@ class RunOutcome:
         config = self.workload.config
         return sum(1 for r in self.records if not config.min_batch_size <= r.size <= config.max_batch_size)
 
+    @property
+    def sizes_digest(self) -> str:
+        """SHA-256 (hex) of the asked sizes, in order."""
+        return hashlib.sha256(",".join(str(r.size) for r in self.records).encode()).hexdigest()
+
     def metrics(self) -> RunMetrics:
         """The summary that the bench aggregates."""
         return RunMetrics(
@@ -594,6 +601,7 @@ class RunOutcome:
             batches=len(self.records),
             out_of_bounds=self.out_of_bounds,
             truncated=self.truncated,
+            sizes_digest=self.sizes_digest,
         )
 
 

@@ -43,7 +43,7 @@ from scaling_core.config import ScalingConfig
 from scaling_core.limits import LIMITS, SizeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
-from scaling_core.window import EvidenceWindow
+from scaling_core.window import EvidenceWindow, ViewNumbers
 
 
 class DecisionStore(Protocol):
@@ -118,7 +118,7 @@ class ScalingManager:
         start = self.config.initial_batch_size if batch_size is None else batch_size
         self._current_batch_size = self.config.clamp(start)
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
-        self._last_history: tuple[list[BatchResult], list[BatchView]] = ([], [])
+        self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
@@ -150,8 +150,9 @@ class ScalingManager:
         base = config.clamp(history[-1].asked_size if history else self._current_batch_size)
         if not history:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
+        views, numbers = self._views(history)
         window = EvidenceWindow.of(
-            self._views(history), config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo
+            views, config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo, numbers=numbers
         )
         if window.last.failed:
             return self._after_failure(window)
@@ -258,24 +259,29 @@ class ScalingManager:
             )
         return self._decision(base, base, f"at the best size: {binding.reason}{note}", metrics)
 
-    def _views(self, history: list[BatchResult]) -> list[BatchView]:
-        """The batches as `BatchView`s, reusing the previous call's when the history only grew.
+    def _views(self, history: list[BatchResult]) -> tuple[list[BatchView], list[ViewNumbers]]:
+        """The batches as `BatchView`s and their `ViewNumbers`, reusing the previous call's
+        when the history only grew.
 
         The protocol hands in the same (immutable) batch objects again, grown or slid by one
         batch; reading their numbers once keeps a decision cheap.
         """
-        previous, previous_views = self._last_history
+        previous, previous_views, previous_numbers = self._last_history
         views: list[BatchView] | None = None
+        numbers: list[ViewNumbers] = []
         if previous and history:
             if len(history) == len(previous) + 1 and all(map(operator.is_, history, previous)):
                 views = [*previous_views, history[-1].view]
+                numbers = [*previous_numbers, EvidenceWindow.numbers(views[-1])]
             elif len(history) == len(previous) and all(map(operator.is_, history, previous[1:])):
                 views = [*previous_views[1:], history[-1].view]
+                numbers = [*previous_numbers[1:], EvidenceWindow.numbers(views[-1])]
         if views is None:
             views = [batch.view for batch in history]
+            numbers = [EvidenceWindow.numbers(view) for view in views]
             self._shift_memo.clear()  # another history: its verdicts are not these
-        self._last_history = (history, views)
-        return views
+        self._last_history = (history, views, numbers)
+        return views, numbers
 
     def apply_scaling_decision(self, decision: ScalingDecision) -> bool:
         """Adopt `decision`'s size (kept within [min, max]); True when the size changed.

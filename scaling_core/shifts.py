@@ -47,6 +47,8 @@ def cost_change_point(
     *,
     keys: Sequence[object] | None = None,
     memo: dict[int, tuple[object, bool]] | None = None,
+    logs: Sequence[float] | None = None,
+    ids: Sequence[int] | None = None,
 ) -> int:
     """Index from which the cost evidence is current (0 when the cost did not shift).
 
@@ -68,7 +70,8 @@ def cost_change_point(
 
     With `keys` (one object per timing, its batch) and a `memo` that the caller keeps between
     calls on a growing history, final verdicts are remembered by key: only the newest
-    `CHANGE_AFTER` + 1 splits are judged again, with the same answer.
+    `CHANGE_AFTER` + 1 splits are judged again, with the same answer. `logs` and `ids` (log
+    seconds and `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
     """
     count = len(timings)
     if count < 2:
@@ -77,7 +80,7 @@ def cost_change_point(
     kept: dict[int, tuple[object, bool]] = {}
     lookup = memo if keys is not None else None
     found = 0
-    for split, shifted in _judged_splits(timings, window, last):
+    for split, shifted in _judged_splits(timings, window, last, logs, ids):
         final = split + window.CHANGE_AFTER <= count
         if final and keys is not None:
             kept[id(keys[split])] = (keys[split], shifted)
@@ -102,7 +105,13 @@ def cost_change_point(
     return found
 
 
-def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last: int) -> Iterator[tuple[int, bool]]:
+def _judged_splits(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    last: int,
+    known_logs: Sequence[float] | None = None,
+    known_ids: Sequence[int] | None = None,
+) -> Iterator[tuple[int, bool]]:
     """(split, |z| > CHANGE_Z) for every split from the newest back to `last` (see
     `cost_change_point`). Moving the split back one batch moves one batch from the reference
     to the newer side, one into the reference and one out of the newer side: every sum is
@@ -115,6 +124,8 @@ def _judged_splits(timings: Sequence[Timing], window: type[EvidenceWindow], last
     logs: dict[int, float] = {}
 
     def read(index: int) -> tuple[int, float]:
+        if known_logs is not None and known_ids is not None:
+            return known_ids[index], known_logs[index]
         if index not in ids:
             size, seconds = timings[index]
             ids[index] = _bucket(size, ratio)
@@ -195,7 +206,12 @@ def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
 
 
 def pooled_change_point(
-    timings: Sequence[Timing], window: type[EvidenceWindow], *, newer_than: int = 0
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    *,
+    newer_than: int = 0,
+    logs: Sequence[float] | None = None,
+    ids: Sequence[int] | None = None,
 ) -> int:
     """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
 
@@ -206,13 +222,15 @@ def pooled_change_point(
     sees a change at sizes only the regime just before it used (costs that alternate). The
     most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
     is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
-    Splits at or before `newer_than` (a cut found already) are not tried.
+    Splits at or before `newer_than` (a cut found already) are not tried. `logs` and `ids`
+    (log seconds and `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
     """
     count = len(timings)
     if count < 2:
         return 0
-    ids, width = _dense(_buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
-    logs = [math.log(t) for _, t in timings]
+    ids, width = _dense(ids if ids is not None else _buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
+    if logs is None:
+        logs = [math.log(t) for _, t in timings]
     # Per size bucket, of the older batches (before the split) and of the newer ones.
     b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
     a_n, a_sum = [0] * width, [0.0] * width
@@ -287,17 +305,20 @@ def pooled_change_point(
     return 0
 
 
-def quality_change_point(observations: Sequence[Observation], window: type[EvidenceWindow]) -> int:
+def quality_change_point(
+    observations: Sequence[Observation], window: type[EvidenceWindow], *, ids: Sequence[int] | None = None
+) -> int:
     """Index from which the quality evidence is current (0 when nothing shifted).
 
     Each candidate split compares the batches after it with the batches before it at the
     same size (buckets `SAME_SIZE` wide): observed High counts against those the older share
     at that size predicts, summed into one z. The most recent split with |z| > `CHANGE_Z`
-    wins, so a shift found once stays found while its evidence lasts.
+    wins, so a shift found once stays found while its evidence lasts. `ids` (the `SAME_SIZE`
+    buckets of the sizes), when given, save computing them.
     """
     if len(observations) <= window.CHANGE_BATCHES:
         return 0
-    ids, width = _dense(_buckets([size for size, _, _ in observations], window.SAME_SIZE))
+    ids, width = _dense(ids if ids is not None else _buckets([size for size, _, _ in observations], window.SAME_SIZE))
     total_high, total_items = [0.0] * width, [0.0] * width
     for key, (_, high, items) in zip(ids, observations, strict=True):
         total_high[key] += high

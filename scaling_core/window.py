@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from scaling_core._evidence import CostFit, fit_costs, robust_spread
 from scaling_core.config import ScalingConfig
@@ -31,6 +32,17 @@ Timing = tuple[float, float]
 """(items, seconds) of one batch that did not fail whole."""
 Observation = tuple[float, int, int]
 """(asked size, High items, items) of one batch that did not fail whole."""
+
+
+class ViewNumbers(NamedTuple):
+    """What the shift tests read of one batch, computed once per batch (`EvidenceWindow.numbers`)."""
+
+    log_seconds: float
+    """log of its seconds (0.0 when it took none: such a batch is no timing)."""
+    cost_bucket: int
+    """Its `EvidenceWindow.NEIGHBOURHOOD` size bucket, by items (the cost shift tests')."""
+    quality_bucket: int
+    """Its `EvidenceWindow.SAME_SIZE` size bucket, by asked size (the quality shift test's)."""
 
 
 @dataclass(slots=True)
@@ -125,26 +137,40 @@ class EvidenceWindow:
         base: int,
         remaining_items: int | None = None,
         shift_memo: dict[int, tuple[object, bool]] | None = None,
+        numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
 
         `shift_memo`, kept by the caller between calls on a growing history (the same view
         objects, one more each time), remembers the final verdicts of the cost shift test
-        (`cost_change_point`); the window is the same with it or without.
+        (`cost_change_point`); `numbers` (`EvidenceWindow.numbers` of each view, aligned with
+        `views`) saves computing them. The window is the same with them or without.
         """
+        if numbers is None:
+            numbers = [cls.numbers(view) for view in views[-cls.EVIDENCE :]]
         views = views[-cls.HISTORY :]
         metrics: dict[str, float] = {"current_batch_size": float(base)}
         failures = FailureClassifier(config.min_batch_size).classify(views)
-        recent = [v for v in views[-cls.EVIDENCE :] if v.items > 0 and not v.failed]
+        evidence = [
+            (v, number)
+            for v, number in zip(views[-cls.EVIDENCE :], numbers[-cls.EVIDENCE :], strict=True)
+            if v.items > 0 and not v.failed
+        ]
+        recent = [v for v, _ in evidence]
 
-        timed = [v for v in recent if v.seconds > 0]
-        timings = [(float(v.items), v.seconds) for v in timed]
+        timed = [(v, number) for v, number in evidence if v.seconds > 0]
+        timings = [(float(v.items), v.seconds) for v, _ in timed]
+        logs = [number.log_seconds for _, number in timed]
+        ids = [number.cost_bucket for _, number in timed]
+        keys = [v for v, _ in timed]
         # The shift test reads its splits and the reference before the oldest.
         skipped = max(len(timings) - cls.CHANGE_SCAN - cls.CHANGE_REFERENCE, 0)
-        found = cost_change_point(timings[skipped:], cls, keys=timed[skipped:], memo=shift_memo)
+        found = cost_change_point(
+            timings[skipped:], cls, keys=keys[skipped:], memo=shift_memo, logs=logs[skipped:], ids=ids[skipped:]
+        )
         change = skipped + found if found else 0
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
-        change = max(change, pooled_change_point(timings, cls, newer_than=change))
+        change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
         fit, noise = cls._fit(timings[change:])
         shock = cls._shock(timings[change:], fit, noise)
         if shock:
@@ -154,7 +180,7 @@ class EvidenceWindow:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
         quality = [(float(v.asked), v.high, v.items) for v in recent]
-        quality_change = quality_change_point(quality, cls)
+        quality_change = quality_change_point(quality, cls, ids=[number.quality_bucket for _, number in evidence])
         if quality_change:
             metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
 
@@ -181,6 +207,15 @@ class EvidenceWindow:
             fit=fit,
             noise=noise,
             metrics=metrics,
+        )
+
+    @classmethod
+    def numbers(cls, view: BatchView) -> ViewNumbers:
+        """The numbers the shift tests read of `view` (the same formulas as theirs)."""
+        return ViewNumbers(
+            log_seconds=math.log(view.seconds) if view.seconds > 0 else 0.0,
+            cost_bucket=int(math.log(view.items) / math.log(cls.NEIGHBOURHOOD)) if view.items > 0 else 0,
+            quality_bucket=int(math.log(view.asked) / math.log(cls.SAME_SIZE)) if view.asked > 0 else 0,
         )
 
     @classmethod

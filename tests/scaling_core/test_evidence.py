@@ -10,6 +10,8 @@ import pytest
 
 from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
 from scaling_core.shifts import cost_change_point, pooled_change_point
+from scaling_core.config import ScalingConfig
+from scaling_core.results import BatchView
 from scaling_core.window import EvidenceWindow
 
 
@@ -103,3 +105,22 @@ def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() ->
     assert cost_change_point(before + after, EvidenceWindow) == 0
     assert len(before) <= pooled_change_point(before + after, EvidenceWindow) < len(before) + len(after)
     assert pooled_change_point(before, EvidenceWindow) == 0
+
+
+def test_the_window_is_the_same_with_the_per_batch_numbers_handed_in_or_computed() -> None:
+    rng = random.Random(3)
+    sizes = [rng.choice([200, 230, 260, 300]) for _ in range(150)]
+    # The per-item cost rises from 10 to 18 ms at batch 90.
+    seconds = [(1 + (0.018 if i >= 90 else 0.01) * n) * math.exp(rng.gauss(0, 0.15)) for i, n in enumerate(sizes)]
+    views = [BatchView(asked=n, items=n, high=int(0.95 * n), seconds=t, failed=False) for n, t in zip(sizes, seconds)]
+    config = ScalingConfig()
+    computed = EvidenceWindow.of(views, config, base=260)
+    handed = EvidenceWindow.of(views, config, base=260, numbers=[EvidenceWindow.numbers(view) for view in views])
+    assert computed.metrics.get("cost_change_batches_ago") is not None  # the change at batch 90 is cut
+    assert (handed.timings, handed.quality, handed.fit, handed.noise) == (
+        computed.timings,
+        computed.quality,
+        computed.fit,
+        computed.noise,
+    )
+    assert handed.metrics == computed.metrics
