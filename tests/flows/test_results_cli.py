@@ -1,7 +1,10 @@
 """Getting results out, through the real command line: export, runs, report, and the errors of each.
 
-One completed run of the shipped tickets example (with its `async def` processor) serves every
-read-only test of the module.
+The README's examples run first, as written, from the repository's root: every code block it
+marks with `<!-- readme-example: bash -->` or `<!-- readme-example: python -->`, in order, in
+one temporary store (`BATCHPILOT_DATABASE_URL`) and with `TMPDIR` in a temporary folder, so
+nothing is left in the repository. Their runs of the tickets example (the command line's
+with the `async def` processor) then serve every read-only test of the module.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -25,12 +29,30 @@ from tests.flows.support import REPOSITORY, cli_environment
 TICKETS = REPOSITORY / "docs" / "examples" / "tickets.csv"
 ASYNC_PROCESSOR = "docs.examples.tickets:classify_async"
 
+_MARKED = re.compile(r"<!-- readme-example: (bash|python) -->\n```\1\n(.*?)\n```", re.DOTALL)
+
+
+def readme_examples() -> list[tuple[str, str]]:
+    """(language, code) of every marked block of the README, in order."""
+    return _MARKED.findall((REPOSITORY / "README.md").read_text(encoding="utf-8"))
+
+
+def _repository_state() -> list[str]:
+    """Changed, untracked and ignored files of the repository (bytecode caches aside)."""
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        cwd=REPOSITORY, capture_output=True, text=True, check=True,
+    ).stdout
+    return [line for line in listed.splitlines() if "__pycache__" not in line and ".pyc" not in line]
+
 
 @dataclass(frozen=True)
 class Store:
     url: str
     env: dict[str, str]
-    run: subprocess.CompletedProcess[str]
+    folder: Path
+    outputs: list[subprocess.CompletedProcess[str]]
+    repository_unchanged: bool
 
     def cli(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -41,18 +63,44 @@ class Store:
 
 @pytest.fixture(scope="module")
 def tickets(tmp_path_factory: pytest.TempPathFactory, prefect_api_url: str) -> Store:
-    """The tickets example run once by `python -m flows run` with its async processor."""
-    folder = tmp_path_factory.mktemp("results")
+    """The README's examples, run once: the store they filled and what each printed."""
+    folder = tmp_path_factory.mktemp("readme")
     url = f"sqlite:///{folder / 'store.db'}"
-    env = cli_environment(prefect_api_url, folder / "prefect-home")
-    run = subprocess.run(
-        [
-            sys.executable, "-m", "flows", "run", "--source", str(TICKETS), "--processor", ASYNC_PROCESSOR,
-            "--pipeline", "tickets", "--database-url", url,
-        ],
-        cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300,
+    env = cli_environment(
+        prefect_api_url,
+        folder / "prefect-home",
+        BATCHPILOT_DATABASE_URL=url,
+        TMPDIR=str(folder),
+        # `python` and `batchpilot` are this environment's, as after the README's install.
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     )
-    return Store(url=url, env=env, run=run)
+    # `python -m` and `python -c` put the working directory first on sys.path, as a shell or
+    # a script in the repository's root does; nothing else is added.
+    env.pop("PYTHONPATH")
+    before = _repository_state()
+    outputs = []
+    for language, code in readme_examples():
+        command = ["bash", "-e", "-c", code] if language == "bash" else [sys.executable, "-c", code]
+        outputs.append(
+            subprocess.run(command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=300)
+        )
+    return Store(url, env, folder, outputs, repository_unchanged=_repository_state() == before)
+
+
+def test_the_readme_examples_run_as_written_and_leave_nothing_behind(tickets: Store) -> None:
+    examples = readme_examples()
+    assert [language for language, _ in examples] == ["bash", "python", "bash", "python"]
+    for (language, code), completed in zip(examples, tickets.outputs):
+        assert completed.returncode == 0, f"{language} example failed:\n{code}\n{completed.stderr}"
+        lowered = completed.stderr.lower()
+        assert "error" not in lowered and "traceback" not in lowered, completed.stderr
+    run_cli, run_python, export, _ = (completed.stdout for completed in tickets.outputs)
+    # The command line's run is the async processor's: it is awaited, and every item is done.
+    assert ASYNC_PROCESSOR in examples[0][1] and "200 of 200 items done" in run_cli
+    assert run_python.split()[1:] == ["200", "of", "200", "done"]
+    assert len((tickets.folder / "tickets.csv").read_text(encoding="utf-8").splitlines()) == 201
+    assert export.count("\n") == 2 and '"source": {"customer"' in export
+    assert tickets.repository_unchanged
 
 
 def _expected() -> dict[str, dict[str, object]]:
@@ -61,14 +109,9 @@ def _expected() -> dict[str, dict[str, object]]:
     return {result["item_id"]: result for result in classify(items)}
 
 
-def test_an_async_processor_is_awaited_and_the_run_completes(tickets: Store) -> None:
-    assert tickets.run.returncode == 0, tickets.run.stderr
-    assert "200 of 200 items done" in tickets.run.stdout
-
-
 def test_export_gives_every_item_once_with_its_output_as_csv_and_json_lines(tickets: Store, tmp_path: Path) -> None:
     expected = _expected()
-    written = tickets.cli("export", "--output", str(tmp_path / "results.csv"))
+    written = tickets.cli("export", "--pipeline", "tickets", "--output", str(tmp_path / "results.csv"))
     assert written.returncode == 0, written.stderr
     streamed = tickets.cli("export", "--pipeline", "tickets", "--format", "jsonl")
     assert streamed.returncode == 0, streamed.stderr
@@ -84,7 +127,7 @@ def test_export_gives_every_item_once_with_its_output_as_csv_and_json_lines(tick
     assert all(line["confidence"] == expected[line["id"]]["confidence"] for line in lines)
 
     # The stage of each item is the report's stage number, with as many items as it shows.
-    report = json.loads(tickets.cli("report", "--json").stdout)
+    report = json.loads(tickets.cli("report", "--pipeline", "tickets", "--json").stdout)
     per_stage = {stage["stage"]: stage["items"] for stage in report["stages"]}
     counted: dict[int, int] = {}
     for line in lines:
@@ -93,10 +136,10 @@ def test_export_gives_every_item_once_with_its_output_as_csv_and_json_lines(tick
 
 
 def test_the_python_api_returns_the_rows_the_command_writes(tickets: Store) -> None:
-    streamed = tickets.cli("export", "--format", "jsonl", "--with-source")
+    streamed = tickets.cli("export", "--pipeline", "tickets", "--format", "jsonl", "--with-source")
     engine = make_engine(tickets.url)
     try:
-        run_id = json.loads(tickets.cli("report", "--json").stdout)["run"]["run_id"]
+        run_id = json.loads(tickets.cli("report", "--pipeline", "tickets", "--json").stdout)["run"]["run_id"]
         rows = list(iter_results(engine, run_id, with_source=True, chunk_size=7))
     finally:
         engine.dispose()
@@ -106,7 +149,9 @@ def test_the_python_api_returns_the_rows_the_command_writes(tickets: Store) -> N
 
 def test_export_writes_parquet_with_the_source_fields(tickets: Store, tmp_path: Path) -> None:
     pq = pytest.importorskip("pyarrow.parquet", reason="pyarrow comes with the dev and parquet extras")
-    written = tickets.cli("export", "--with-source", "--output", str(tmp_path / "results.parquet"))
+    written = tickets.cli(
+        "export", "--pipeline", "tickets", "--with-source", "--output", str(tmp_path / "results.parquet")
+    )
     assert written.returncode == 0, written.stderr
 
     table = pq.read_table(tmp_path / "results.parquet").to_pydict()
@@ -116,20 +161,24 @@ def test_export_writes_parquet_with_the_source_fields(tickets: Store, tmp_path: 
     assert all(json.loads(output) == _expected()[item]["output"] for item, output in zip(table["id"], table["output"]))
 
 
-def test_runs_lists_the_run_and_filters_by_pipeline(tickets: Store) -> None:
+def test_runs_lists_the_runs_newest_first_and_filters_by_pipeline(tickets: Store) -> None:
     listed = tickets.cli("runs", "--json")
     assert listed.returncode == 0, listed.stderr
-    [run] = [json.loads(line) for line in listed.stdout.splitlines()]
-    assert (run["pipeline"], run["status"], run["items"], run["done"]) == ("tickets", "completed", 200, 200)
-    table = tickets.cli("runs")
+    runs = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(run["pipeline"], run["status"], run["items"], run["done"]) for run in runs] == [
+        ("tickets-from-python", "completed", 200, 200),
+        ("tickets", "completed", 200, 200),
+    ]
+    table = tickets.cli("runs", "--pipeline", "tickets")
     assert table.stdout.splitlines()[0].split()[:3] == ["pipeline", "run", "id"]
-    assert run["run_id"] in table.stdout
+    assert [line.split()[1] for line in table.stdout.splitlines()[1:]] == [runs[1]["run_id"]]
     other = tickets.cli("runs", "--pipeline", "other")
     assert (other.returncode, other.stdout.strip()) == (0, "no run of pipeline 'other' in the store")
 
 
 def test_report_by_pipeline_shows_reasons_in_full_with_wide(tickets: Store) -> None:
-    reasons = [stage["reason"] for stage in json.loads(tickets.cli("report", "--json").stdout)["stages"]]
+    report = json.loads(tickets.cli("report", "--pipeline", "tickets", "--json").stdout)
+    reasons = [stage["reason"] for stage in report["stages"]]
     wide = tickets.cli("report", "--pipeline", "tickets", "--wide")
     assert wide.returncode == 0, wide.stderr
     assert all(reason in wide.stdout for reason in reasons if reason)
