@@ -35,7 +35,8 @@ def export_format(output: Path | None, given: ExportFormat | None) -> ExportForm
     """The format to write: `given`, else the one the output file's suffix names, else CSV on stdout.
 
     Raises:
-        ValueError: the suffix names no format, or Parquet is asked for on stdout.
+        ValueError: the suffix names no format, Parquet is asked for on stdout, or Parquet is
+            asked for and pyarrow is not installed (naming the extra that brings it).
     """
     chosen = given
     if chosen is None and output is not None:
@@ -47,8 +48,10 @@ def export_format(output: Path | None, given: ExportFormat | None) -> ExportForm
                 f"(known: {known}); give --format csv, jsonl or parquet"
             )
     chosen = chosen or "csv"
-    if chosen == "parquet" and output is None:
-        raise ValueError("Parquet is written to a file, not to stdout: give --output results.parquet")
+    if chosen == "parquet":
+        if output is None:
+            raise ValueError("Parquet is written to a file, not to stdout: give --output results.parquet")
+        _pyarrow()
     return chosen
 
 

@@ -208,11 +208,15 @@ def test_errors_are_one_line_naming_the_fix(tmp_path: Path, prefect_api_url: str
     text_source = tmp_path / "tickets.txt"
     text_source.write_text(TICKETS.read_text(encoding="utf-8"), encoding="utf-8")
     run = ["run", "--source", str(text_source), "--processor", ASYNC_PROCESSOR]
-    # psycopg hidden from the process, as after the plain install without the postgres extra.
-    without_psycopg = "import sys; sys.modules['psycopg'] = None; from flows.__main__ import main; sys.exit(main())"
+    # A module hidden from the process, as after the plain install without the extra that brings it.
+    hiding = "import sys; sys.modules[{!r}] = None; from flows.__main__ import main; sys.exit(main())"
+    hidden = {"missing driver, run": "psycopg", "missing driver, export": "psycopg", "missing pyarrow": "pyarrow"}
     cases = {
         "missing driver, run": ([*run, "--format", "csv", "--database-url", unreachable], "install batchpilot[postgres]"),
         "missing driver, export": (["export", "--database-url", unreachable], "install batchpilot[postgres]"),
+        "missing pyarrow": (
+            ["export", "-o", str(tmp_path / "r.parquet"), "--database-url", unreachable], "install batchpilot[parquet]"
+        ),
         "unreachable, runs": (["runs", "--database-url", unreachable], "check that the database is up"),
         "unreachable, run": ([*run, "--format", "csv", "--database-url", unreachable], "is up and reachable"),
         "unknown suffix, run": (run, "--format csv or --format jsonl"),
@@ -220,7 +224,7 @@ def test_errors_are_one_line_naming_the_fix(tmp_path: Path, prefect_api_url: str
     }
     started = {
         case: subprocess.Popen(
-            [sys.executable, "-c", without_psycopg, *arguments] if case.startswith("missing driver")
+            [sys.executable, "-c", hiding.format(hidden[case]), *arguments] if case in hidden
             else [sys.executable, "-m", "flows", *arguments],
             cwd=REPOSITORY, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
