@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.performance.common import CHUNK, REPO_ROOT, Targets, item_id, payload, verdict
-from scaling_core import ItemResult, store
+from scaling_core import ItemResult, store, summarize_batch
 from scaling_core.results import ConfidenceLevel
 
 __all__ = ["ExportFigures", "ExportRun", "build_results_store", "measure_export"]
@@ -59,6 +59,7 @@ def build_results_store(url: str, items: int, *, stage_size: int = 10_000) -> st
                 store.record_item_results(
                     session, run.run_id, results, batch_id=batch_id, attempts_before={}, max_attempts=3
                 )
+                store.finish_batch(session, batch_id, summarize_batch(str(batch_id), stage_size, results, 1.0))
                 session.commit()
             store.finish_run(session, run.run_id, store.RunStatus.COMPLETED)
             return run.run_id
