@@ -1,8 +1,10 @@
-"""Command line: `python -m flows demo | run | report`.
+"""Command line: `python -m flows demo | run | report | runs | export`.
 
     python -m flows demo                      # the sample job on embedded defaults
     python -m flows run --source items.csv --processor mypkg.mod:process --pipeline nightly
     python -m flows report --json             # the latest run's stages and decisions
+    python -m flows runs                      # every run of the store, newest first
+    python -m flows export -o results.csv     # the latest run's results, one row per item
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+    from sqlalchemy import Engine
 
     from flows._terminal import TerminalProgress
     from flows.database import StoreDatabase
@@ -60,14 +64,32 @@ def _parser() -> argparse.ArgumentParser:
     running(run)
     run.add_argument("--source", required=True, type=Path, help="a .csv, .jsonl or .ndjson file")
     run.add_argument("--id-field", default="id", help="id column or key of the source")
+    run.add_argument(
+        "--format", choices=("csv", "jsonl"), help="format of the source (default: from its suffix)"
+    )
     run.add_argument("--processor", required=True, help="import path package.module:function")
     report = commands.add_parser("report", help="print a stored run's stages and decisions")
     common(report)
     report.add_argument("--run-id", help="the run to show (default: the latest)")
+    report.add_argument("--pipeline", help="show the latest run of this pipeline")
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.add_argument(
         "--plot", type=Path, metavar="FILE", help="also write a chart of batch size, High share and items/s as SVG"
     )
+    report.add_argument("--wide", action="store_true", help="show each decision's reason in full")
+    runs = commands.add_parser("runs", help="list the store's runs, newest first")
+    common(runs)
+    runs.add_argument("--pipeline", help="only the runs of this pipeline")
+    runs.add_argument("--json", action="store_true", help="print one JSON object per line")
+    export = commands.add_parser("export", help="write a run's results, one row per item")
+    common(export)
+    export.add_argument("--run-id", help="the run to export (default: the latest)")
+    export.add_argument("--pipeline", help="export the latest run of this pipeline")
+    export.add_argument("-o", "--output", help="file to write (default, or -: stdout)")
+    export.add_argument(
+        "--format", choices=("csv", "jsonl", "parquet"), help="csv, jsonl or parquet (default: from the output's suffix, else csv)"
+    )
+    export.add_argument("--with-source", action="store_true", help="add each item's fields from the source")
     return parser
 
 
@@ -108,7 +130,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         processor = DEFAULT_PROCESSOR
         pipeline = args.pipeline or "demo"
     else:
-        source = ItemSource(path=args.source, id_field=args.id_field)
+        source = ItemSource(path=args.source, id_field=args.id_field, format=args.format)
         processor = args.processor
         pipeline = args.pipeline or args.source.stem
     return {
@@ -150,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
             f"processor {parameters['processor']!r} is not an import path package.module:function"
         ) from None
     check_inputs(parameters["source"], parameters["processor"], parameters["limit"])
+    _check_store(parameters["database"])
 
     database = parameters["database"]
     with temporary_server() as server, TerminalProgress(verbose=args.verbose) as shown, observing(shown):
@@ -218,11 +241,19 @@ def _interrupted_line(shown: TerminalProgress, database: StoreDatabase, *, stopp
     )
 
 
-def _report(args: argparse.Namespace) -> int:
+def _check_store(database: Any) -> None:
+    """Connect to the run's store once before a flow run starts: a missing driver or an
+    unreachable database is one line here, not a failed flow run."""
+    with database, database.named_errors():
+        database.get_engine()
+
+
+@contextmanager
+def _reading(args: argparse.Namespace) -> Iterator[Engine]:
+    """An engine on the store to read, its errors as one line naming the database."""
     from sqlalchemy import inspect
     from sqlalchemy.exc import SQLAlchemyError
 
-    from flows.report import format_stage_table, run_report
     from scaling_core import default_database_url
     from scaling_core.store import StoreError, make_engine, parse_url, redact_url
 
@@ -234,11 +265,18 @@ def _report(args: argparse.Namespace) -> int:
     try:
         if not inspect(engine).has_table("pipeline_run"):
             raise LookupError(f"the store at {redact_url(url)} holds no run yet")
-        report = run_report(engine, args.run_id)
+        yield engine
     except SQLAlchemyError as error:
         raise StoreError.wrap(url, error) from error
     finally:
         engine.dispose()
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flows.report import format_stage_table, run_report
+
+    with _reading(args) as engine:
+        report = run_report(engine, args.run_id, pipeline=args.pipeline)
     if args.plot:
         from flows.chart import stage_chart
 
@@ -252,8 +290,48 @@ def _report(args: argparse.Namespace) -> int:
         f"run {run['run_id']} of {run['pipeline']} ({run['status']}): {run['items']} items, {run['done']} done, "
         f"{run['failed']} failed, {run['pending']} pending"
     )
-    print(format_stage_table(report["stages"]))
+    print(format_stage_table(report["stages"], reason_width=None if args.wide else 70))
     return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from scaling_core.store import list_runs
+
+    with _reading(args) as engine:
+        runs = list_runs(engine, pipeline=args.pipeline)
+    if args.json:
+        for run in runs:
+            print(run.model_dump_json())
+        return 0
+    if not runs:
+        print(f"no run of pipeline {args.pipeline!r} in the store" if args.pipeline else "no run in the store")
+        return 0
+    width = max(len("pipeline"), *(len(run.pipeline) for run in runs))
+    print(f"{'pipeline':<{width}}  {'run id':<32}  {'status':<10}  {'items':>9}  {'done':>9}  started (UTC)")
+    for run in runs:
+        print(
+            f"{run.pipeline:<{width}}  {run.run_id:<32}  {run.status.value:<10}  {run.items:>9}  {run.done:>9}  "
+            f"{run.started:%Y-%m-%d %H:%M:%S}"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from flows.export import export_format, write_results
+    from scaling_core.store import find_run, iter_results, open_session
+
+    output = None if args.output in (None, "-") else Path(args.output)
+    chosen = export_format(output, args.format)
+    with _reading(args) as engine:
+        with open_session(engine) as session:
+            run_id = find_run(session, run_id=args.run_id, pipeline=args.pipeline).run_id
+        count = write_results(iter_results(engine, run_id, with_source=args.with_source), output, chosen, sys.stdout)
+    if output is not None:
+        print(f"wrote {count} items of run {run_id} to {output} ({chosen})", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"report": _report, "runs": _runs, "export": _export}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -264,9 +342,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())
     args = _parser().parse_args(argv)
     try:
-        if args.command == "report":
-            return _report(args)
-        return _run(args)
+        return _COMMANDS.get(args.command, _run)(args)
+    except BrokenPipeError:
+        # The reader went away (`report | head -1`): stop quietly. Python would report the
+        # pipe again when it flushes stdout at exit, so stdout goes to devnull first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (ValueError, LookupError, OSError, TypeError, RuntimeError) as error:
         # Bad input or an unreachable store (StoreError is a RuntimeError): one clear
         # message, no traceback.
@@ -275,16 +356,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    """A pydantic error as one line per problem, without the documentation links."""
+    """An error as one line; a pydantic error in plain words, naming the option and the value given.
+
+    "ScalingConfig: scaling_factor: Input should be greater than 1" becomes
+    "--scaling-factor 0.5: input should be greater than 1".
+    """
     from pydantic import ValidationError
 
     if isinstance(error, ValidationError):
-        problems = [
-            (f"{'.'.join(str(part) for part in problem['loc'])}: " if problem["loc"] else "") + problem["msg"]
-            for problem in error.errors()
-        ]
-        return f"{error.title}: " + "; ".join(problems)
+        problems = []
+        for problem in error.errors():
+            message = problem["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+            message = message[:1].lower() + message[1:]
+            if not problem["loc"]:
+                problems.append(message)
+                continue
+            field = str(problem["loc"][0])
+            option = _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+            given = problem.get("input")
+            shown = f" {given}" if isinstance(given, str | int | float) and len(problem["loc"]) == 1 else ""
+            problems.append(f"{option}{shown}: {message}")
+        return "; ".join(problems)
+    from scaling_core.store import StoreError
+
+    if isinstance(error, StoreError):
+        return f"{error}; check that the database is up and reachable, or give another --database-url"
     return str(error)
+
+
+_OPTION_OF_FIELD = {"path": "--source"}
+"""Command-line options whose name is not the field's (the rest are `--field-name`)."""
 
 
 if __name__ == "__main__":

@@ -68,13 +68,14 @@ def size_changes(rows: list[dict[str, Any]]) -> list[str]:
     return changes
 
 
-def run_report(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
-    """`{"run": totals, "stages": rows}` for `run_id`, or for the latest run in the store.
+def run_report(engine: Engine, run_id: str | None = None, *, pipeline: str | None = None) -> dict[str, Any]:
+    """`{"run": totals, "stages": rows}` for `run_id`, else for the latest run of `pipeline`,
+    else for the latest run in the store.
 
     Raises `LookupError` when there is no such run.
     """
     with store.open_session(engine) as session:
-        report = store.run_report(session, run_id)
+        report = store.run_report(session, run_id, pipeline=pipeline)
     return {
         "run": {
             "run_id": report.run_id,
@@ -92,12 +93,14 @@ def run_report(engine: Engine, run_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def format_stage_table(rows: list[dict[str, Any]], *, reason_width: int = 70) -> str:
-    """A plain-text table of stage rows for terminals."""
+def format_stage_table(rows: list[dict[str, Any]], *, reason_width: int | None = 70) -> str:
+    """A plain-text table of stage rows for terminals; reasons cut at `reason_width` (None: in full)."""
     header = f"{'stage':>5} {'size':>5} {'items':>5} {'ok':>5} {'High':>5} {'secs':>6} {'decision':>9} {'next':>5}  reason"
     lines = [header, "-" * len(header)]
     for row in rows:
-        reason = (row["reason"] or row["status"])[:reason_width]
+        reason = row["reason"] or row["status"]
+        if reason_width is not None and len(reason) > reason_width:
+            reason = reason[: reason_width - 3] + "..."
         lines.append(
             f"{row['stage']:>5} {row['batch_size']:>5} {row['items']:>5} {row['successful']:>5} "
             f"{row['high_confidence_rate']:>5.2f} {row['seconds']:>6.2f} {row['action'] or '-':>9} "

@@ -31,7 +31,7 @@ from scaling_core.results import (
 )
 from scaling_core.settings import DATABASE_URL_ENV, default_database_url
 from scaling_core.sources import Item, ItemSource, SourceError, iter_items, validate_source
-from scaling_core.store import PipelineStore, create_schema, make_engine, redact_url
+from scaling_core.store import PipelineStore, create_schema, iter_results, make_engine, redact_url
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -57,6 +57,7 @@ __all__ = [
     "create_schema",
     "default_database_url",
     "iter_items",
+    "iter_results",
     "load_processor",
     "make_engine",
     "normalize_results",

@@ -9,13 +9,15 @@ package:
         return [{"item_id": item.id, "success": True, "confidence": 0.93,
                  "output": {"tag": item.payload["name"].lower()}} for item in items]
 
-A processor is named by an import path, `package.module:function`, which `load_processor`
-resolves. `run_processor` calls it and checks its answer; `summarize_batch` turns the
+A processor may be an `async def` function (or return an awaitable): its answer is awaited,
+on an event loop of its own. A processor is named by an import path, `package.module:function`,
+which `load_processor` resolves. `run_processor` calls it and checks its answer; `summarize_batch` turns the
 checked results into the `BatchResult` the manager learns from.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import importlib
 import inspect
@@ -23,7 +25,7 @@ import math
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, TypeVar
 
@@ -133,6 +135,11 @@ def load_processor(path: str) -> Processor:
         )
     if not callable(target):
         raise ProcessorError(f"processor {path!r} is not callable (it is a {type(target).__name__})")
+    if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+        raise ProcessorError(
+            f"processor {path!r} is a generator function (it yields); it must return a list with one "
+            "result per item (an async processor: `async def` that returns the list)"
+        )
     return target  # type: ignore[no-any-return]
 
 
@@ -239,7 +246,8 @@ def run_processor(
     """Call `processor` on `items` and return its checked results.
 
     An exception raised by the processor propagates unchanged: the caller records the batch
-    as a whole failure. An empty list of items returns [] without calling the processor.
+    as a whole failure. An empty list of items returns [] without calling the processor. An
+    awaitable answer (an `async def` processor) is awaited first.
 
     Raises:
         ProcessorContractError: when the answer breaks the contract (see `normalize_results`).
@@ -252,7 +260,28 @@ def run_processor(
         return []
     # The processor gets its own list: one that edits it in place (drops a row it cannot
     # use) must not change what its answer is checked against.
-    return normalize_results(batch, processor(list(batch)), config)
+    return normalize_results(batch, _awaited(processor(list(batch))), config)
+
+
+def _awaited(answer: Any) -> Any:
+    """`answer`, awaited to completion when it is awaitable, on a new event loop.
+
+    The processor runs in a thread of its own (`call_with_timeout`), which has no loop; a
+    caller inside a running loop gets the awaitable run on another thread, since a loop cannot
+    be re-entered.
+    """
+    if not inspect.isawaitable(answer):
+        return answer
+
+    async def wait() -> Any:
+        return await answer
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchpilot-async-processor") as pool:
+        return pool.submit(asyncio.run, wait()).result()
 
 
 def summarize_batch(

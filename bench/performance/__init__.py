@@ -1,5 +1,5 @@
 """Performance benchmark of the pipeline: orchestration overhead, store throughput, decision
-cost, memory and ~5-s batches, each as a ratio measured in the same run.
+cost, memory, ~5-s batches and the export's memory, each measured in the same run.
 
 Usage::
 
@@ -25,6 +25,9 @@ Figures and targets, one module each:
    through `batch_pipeline`. Target: < 400 MB.
 5. `long_batches`: six fixed stages of 100 items whose processor sleeps 5.0 s per call,
    through `batch_pipeline` against a plain loop with the same sizes. Target: <= 1.05.
+6. `export`: peak resident memory of `python -m flows export` writing a completed run of
+   1,000,000 items (built in bulk through the store's functions) to CSV, and to Parquet when
+   pyarrow is installed. Target: < 400 MB each.
 
 The Prefect figures run in a child process (`bench.performance._child`) with a temporary
 `PREFECT_HOME`; its wall times are taken inside the flow call, after a warm-up flow has
@@ -34,6 +37,7 @@ started the ephemeral server. The exit code is 0 whether targets are met or not.
 from bench.performance.command import main
 from bench.performance.common import Targets, write_jsonl_source
 from bench.performance.decision import DecisionFigures, measure_decision
+from bench.performance.export import ExportFigures, measure_export
 from bench.performance.ledger import StoreFigures, StoreRates, measure_store
 from bench.performance.long_batches import LongBatchFigures, measure_long_batches
 from bench.performance.memory import MemoryFigures, measure_memory, measure_overhead_and_memory
@@ -41,6 +45,7 @@ from bench.performance.overhead import OverheadFigures, PipelineTiming, measure_
 
 __all__ = [
     "DecisionFigures",
+    "ExportFigures",
     "LongBatchFigures",
     "MemoryFigures",
     "OverheadFigures",
@@ -50,6 +55,7 @@ __all__ = [
     "Targets",
     "main",
     "measure_decision",
+    "measure_export",
     "measure_long_batches",
     "measure_memory",
     "measure_overhead",

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.performance.common import REPO_ROOT, verdict
 from bench.performance.decision import measure_decision
+from bench.performance.export import measure_export
 from bench.performance.ledger import measure_store
 from bench.performance.long_batches import measure_long_batches
 from bench.performance.memory import measure_memory
@@ -25,17 +26,17 @@ __all__ = ["FIGURES", "main"]
 
 _DESCRIPTION = (
     "Performance benchmark of the pipeline: orchestration overhead, store throughput, decision "
-    "cost, memory and ~5-s batches, each as a ratio measured in the same run."
+    "cost, memory, ~5-s batches and the export's memory, each measured in the same run."
 )
 
-FIGURES = ("overhead", "store", "decision", "memory", "long")
+FIGURES = ("overhead", "store", "decision", "memory", "long", "export")
 """The figures in the order they run; `--only` picks among them."""
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command's flags; `figures` lists the chosen figures in their running order."""
     parser = argparse.ArgumentParser(prog="python -m bench.performance", description=_DESCRIPTION)
-    parser.add_argument("--quick", action="store_true", help="100k items for the store and memory figures")
+    parser.add_argument("--quick", action="store_true", help="100k items for the store, memory and export figures")
     parser.add_argument(
         "--only", default=",".join(FIGURES), help=f"comma-separated figures to run, of {', '.join(FIGURES)}"
     )
@@ -98,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "decision": ("3. decision cost", lambda: measure_decision((100, 1_000, 100_000))),
             "memory": ("4. memory", lambda: measure_memory(big)),
             "long": ("5. batches of about 5 s", lambda: measure_long_batches()),
+            "export": ("6. export memory", lambda: measure_export(big)),
         }
         for name in args.figures:
             title, run = runners[name]

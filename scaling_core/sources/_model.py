@@ -144,7 +144,8 @@ class ItemSource(BaseModel):
             known = ", ".join(_SUFFIX_FORMATS)
             raise ValueError(
                 f"cannot infer the format of {str(path)!r} from its suffix {path.suffix!r} "
-                f"(known: {known}); set format to 'csv' or 'jsonl'"
+                f"(known: {known}); name its format: format 'csv' or 'jsonl' (on the command line "
+                "--format csv or --format jsonl)"
             )
         return inferred
 

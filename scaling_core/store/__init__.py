@@ -7,6 +7,7 @@ engine is built at import time. The package is cut by concept:
 - `engine`: engines, sessions, the schema, and the locks between processes;
 - `queries`: runs, batches and decisions; `ledger`: the items of a run;
 - `reports`: read-only reports of a run (its stages, its totals);
+- `exports`: a run's results streamed out item by item, and the list of runs;
 - `pipeline_store`: `PipelineStore`, the manager's view of one run.
 
 Use it as one namespace: `from scaling_core import store; store.open_session(engine)`.
@@ -27,6 +28,7 @@ from scaling_core.store.engine import (
     parse_url,
     redact_url,
 )
+from scaling_core.store.exports import EXPORT_CHUNK, RESULT_FIELDS, RunListing, iter_results, list_runs
 from scaling_core.store.ledger import (
     ItemCounts,
     claim_items,
@@ -41,6 +43,7 @@ from scaling_core.store.ledger import (
 )
 from scaling_core.store.pipeline_store import PipelineStore
 from scaling_core.store.queries import (
+    find_run,
     finish_batch,
     finish_run,
     get_run,
@@ -70,9 +73,12 @@ from scaling_core.store.tables import (
 )
 
 __all__ = [
+    "EXPORT_CHUNK",
+    "RESULT_FIELDS",
     "SECRET_QUERY_KEYS",
     "RunBusy",
     "RunFileLock",
+    "RunListing",
     "BatchOutcome",
     "BatchRecord",
     "BatchStatus",
@@ -92,6 +98,7 @@ __all__ = [
     "claim_items",
     "count_items",
     "create_schema",
+    "find_run",
     "finish_batch",
     "finish_run",
     "get_run",
@@ -100,10 +107,12 @@ __all__ = [
     "hold_worker_lock",
     "insert_batch",
     "is_postgres",
+    "iter_results",
     "last_batch_id",
     "last_decided_size",
     "latest_run",
     "latest_unfinished_run",
+    "list_runs",
     "load_items",
     "make_engine",
     "mark_loaded",

@@ -65,14 +65,31 @@ def make_engine(url: str, *, echo: bool = False, timeout: float = DEFAULT_TIMEOU
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(
-        url,
-        echo=echo,
-        hide_parameters=True,
-        connect_args=postgres_connect_args(timeout, dict(parsed.query)),
-    )
+    try:
+        engine = create_engine(
+            url,
+            echo=echo,
+            hide_parameters=True,
+            connect_args=postgres_connect_args(timeout, dict(parsed.query)),
+        )
+    except ImportError as error:
+        raise ValueError(_missing_driver(url, parsed, error)) from None
     add_client_deadline(engine, timeout)
     return engine
+
+
+POSTGRES_EXTRA = "batchpilot[postgres]"
+"""The optional extra that brings the PostgreSQL driver, psycopg."""
+
+
+def _missing_driver(url: str, parsed: URL, error: ImportError) -> str:
+    driver = parsed.get_driver_name()
+    module = error.name or driver
+    if driver == "psycopg":
+        fix = f"install {POSTGRES_EXTRA}"
+    else:
+        fix = f"install {POSTGRES_EXTRA} and write the URL as postgresql+psycopg://... (or install {module})"
+    return f"the store URL {redact_url(url)} needs the driver {module!r}, which is not installed: {fix}"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -90,6 +90,25 @@ def latest_run(session: Session, pipeline: str | None = None) -> PipelineRun | N
     return session.exec(query.order_by(col(PipelineRun.created_at).desc()).limit(1)).first()
 
 
+def find_run(session: Session, *, run_id: str | None = None, pipeline: str | None = None) -> PipelineRun:
+    """The run `run_id`, else the latest run of `pipeline`, else the latest run in the store.
+
+    Raises:
+        LookupError: naming what was looked for, when the store holds no such run.
+    """
+    if run_id:
+        run = get_run(session, run_id)
+        if run is not None and pipeline is not None and run.pipeline != pipeline:
+            raise LookupError(f"run {run_id} belongs to pipeline {run.pipeline!r}, not {pipeline!r}")
+        missing = f"no run {run_id!r} in the store"
+    else:
+        run = latest_run(session, pipeline)
+        missing = f"no run of pipeline {pipeline!r} in the store" if pipeline else "the store holds no run yet"
+    if run is None:
+        raise LookupError(missing)
+    return run
+
+
 def latest_unfinished_run(session: Session, pipeline: str) -> PipelineRun | None:
     """The most recently created run of `pipeline` that has not completed (the one to resume)."""
     query = (

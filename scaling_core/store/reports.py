@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlmodel import Session, col, select
 
 from scaling_core.store.ledger import ItemCounts, count_items
-from scaling_core.store.queries import get_run, latest_run
+from scaling_core.store.queries import find_run
 from scaling_core.store.tables import BatchRecord, BatchStatus, DecisionRecord, PipelineRun, RunStatus
 
 
@@ -130,14 +130,12 @@ def run_totals(session: Session, run_id: str) -> RunTotals:
     )
 
 
-def run_report(session: Session, run_id: str | None = None) -> RunReport:
-    """The report of `run_id`, or of the latest run in the store.
+def run_report(session: Session, run_id: str | None = None, *, pipeline: str | None = None) -> RunReport:
+    """The report of `run_id`, else of the latest run of `pipeline`, else of the latest run in the store.
 
     Raises `LookupError` when there is no such run (or no run at all).
     """
-    run = get_run(session, run_id) if run_id else latest_run(session)
-    if run is None:
-        raise LookupError(f"no run {run_id!r} in the store" if run_id else "the store holds no run yet")
+    run = find_run(session, run_id=run_id, pipeline=pipeline)
     return RunReport(
         run_id=run.run_id,
         pipeline=run.pipeline,

@@ -84,3 +84,13 @@ def test_the_command_rejects_unknown_figures(capsys: object) -> None:
 
     with pytest.raises(SystemExit):
         performance.main(["--only", "overhead,speed"])
+
+
+def test_the_export_figure_is_computed_at_tiny_sizes() -> None:
+    figures = performance.measure_export(2_000)
+
+    expected_formats = ["csv"] if figures.parquet_skipped else ["csv", "parquet"]
+    assert [export.format for export in figures.exports] == expected_formats
+    assert all(export.rows == 2_000 for export in figures.exports)
+    assert all(_positive(export.peak_mb) and _positive(export.seconds) for export in figures.exports)
+    assert isinstance(figures.met, bool) and figures.lines()

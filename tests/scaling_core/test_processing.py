@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import os.path
 import sys
 from pathlib import Path
@@ -192,6 +193,33 @@ def test_run_processor_lets_processor_exceptions_through() -> None:
 
     with pytest.raises(RuntimeError, match="context overflow"):
         run_processor(overloaded, ITEMS, CONFIG)
+
+
+async def _answer_async(items: list[Item]) -> list[dict[str, Any]]:
+    await asyncio.sleep(0)
+    return [_ok(item.id, 0.9) for item in items]
+
+
+def test_run_processor_awaits_an_async_processor() -> None:
+    results = run_processor(_answer_async, ITEMS, CONFIG)
+    assert [(result.item_id, result.level) for result in results] == [(i.id, ConfidenceLevel.HIGH) for i in ITEMS]
+
+
+def test_run_processor_awaits_an_async_processor_called_inside_a_running_loop() -> None:
+    async def inside() -> list[ItemResult]:
+        return run_processor(_answer_async, ITEMS, CONFIG)
+
+    assert [result.item_id for result in asyncio.run(inside())] == ["a", "b", "c"]
+
+
+def test_load_processor_refuses_generator_functions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "yielding.py").write_text(
+        "def sync(items):\n    yield from items\n\nasync def agen(items):\n    yield items\n", encoding="utf-8"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("sync", "agen"):
+        with pytest.raises(ProcessorError, match=f"processor 'yielding:{name}' is a generator function"):
+            load_processor(f"yielding:{name}")
 
 
 def test_summarize_batch_counts_failures_as_low() -> None:

@@ -24,7 +24,7 @@ def test_the_store_exports_exactly_its_public_names() -> None:
     from scaling_core import store
 
     modules = {name for name, value in vars(store).items() if isinstance(value, types.ModuleType)}
-    assert modules == {"deadline", "engine", "ledger", "pipeline_store", "queries", "reports", "tables"}
+    assert modules == {"deadline", "engine", "exports", "ledger", "pipeline_store", "queries", "reports", "tables"}
     public = {name for name in vars(store) if not name.startswith("_")}
     assert set(store.__all__) == public - modules
     assert sorted(store.__all__) == sorted(set(store.__all__))

@@ -1,0 +1,1 @@
+"""Examples that ship with the project and that the README runs: support tickets and their processor."""
