@@ -54,7 +54,9 @@ def close_children() -> None:
 
 
 def _in_child(processor: str, items: list[Item], scaling: ScalingConfig, timeout: float) -> list[dict[str, Any]]:
-    child = _children.get(processor) or _children.setdefault(processor, ProcessorProcess(processor))
+    if processor not in _children:
+        _children[processor] = ProcessorProcess(processor)
+    child = _children[processor]
     return [result.model_dump(mode="json") for result in child.run(items, scaling, timeout=timeout)]
 
 
