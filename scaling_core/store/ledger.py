@@ -343,7 +343,7 @@ def recover_crashed(
                     status=BatchStatus.ABANDONED,
                     finished_at=now(),
                     total_items=items,
-                    error=f"{cause}; its {items} item{'s' * (items != 1)} went back as crash suspects",
+                    error=f"{cause}; its {items} item{'s' * (items != 1)} taken back, one attempt each",
                 ),
                 execution_options={"synchronize_session": False},
             )

@@ -66,5 +66,5 @@ def test_a_processor_in_a_child_process_costs_a_batch_not_the_run(tmp_path: Path
     _assert_poison_isolated(url)
     [run] = runs(url)
     crashed = [(record.total_items, record.error) for record in batches(url, run.run_id) if record.status == "abandoned"]
-    died = "the processor's process died (killed by SIGKILL); its {} item{} went back as crash suspects"
+    died = "the processor's process died (killed by SIGKILL); its {} item{} taken back, one attempt each"
     assert crashed == [(4, died.format(4, "s")), (2, died.format(2, "s")), (1, died.format(1, ""))]

@@ -37,6 +37,7 @@ def test_a_crash_counts_an_attempt_and_names_the_stage(engine: Engine) -> None:
     with store.open_session(engine) as session:
         [record] = store.run_batches(session, run_id)
     assert (record.status, record.total_items) == (store.BatchStatus.ABANDONED, 4)
+    assert record.error == "the process died; its 4 items taken back, one attempt each"
     assert _suspects(engine, run_id) == store.CrashSuspects(batch_id=record.id, crashed_items=4, pending=4)
 
 
