@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from tests.flows.fault_processors import POISON_ITEM
-from tests.flows.support import batches, cli_environment, ledger, runs, write_csv
+from tests.flows.support import batches, cli_environment, ledger, runs, stages, write_csv
 
 PROCESSOR = "tests.flows.fault_processors:kills_its_process_on_poison"
 ITEMS = 20
@@ -65,6 +65,15 @@ def test_a_processor_in_a_child_process_costs_a_batch_not_the_run(tmp_path: Path
     url = f"sqlite:///{tmp_path / 'store.db'}"
     _assert_poison_isolated(url)
     [run] = runs(url)
-    crashed = [(record.total_items, record.error) for record in batches(url, run.run_id) if record.status == "abandoned"]
+    records = batches(url, run.run_id)
+    crashed = [(record.total_items, record.error) for record in records if record.status == "abandoned"]
     died = "the processor's process died (killed by SIGKILL); its {} item{} taken back, one attempt each"
     assert crashed == [(4, died.format(4, "s")), (2, died.format(2, "s")), (1, died.format(1, ""))]
+    # Bisection ran in stages of its own, which the manager neither learned from nor followed:
+    # no decision after them, and the first stage after them has the size it chose before.
+    isolation = [record for record in records if record.suspects_of is not None]
+    assert [record.total_items for record in isolation] == [2, 2, 1, 1]
+    decided = {row["stage"] for row in stages(url, run.run_id) if row["action"] is not None}
+    assert decided and not decided & {record.stage for record in isolation}
+    [first_after] = [record for record in records if record.stage == isolation[-1].stage + 1]
+    assert (first_after.suspects_of, first_after.batch_size) == (None, 4)
