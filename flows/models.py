@@ -90,11 +90,23 @@ class ExecutionOptions(BaseModel):
         le=64,
         description="Run stage chunks on a local Dask cluster of this many worker processes (0: no Dask).",
     )
+    isolate_processor: bool = Field(
+        default=False,
+        description=(
+            "Run the processor in a child process: a crash (segfault, out-of-memory kill) costs one batch, "
+            "not the run, and a processor past the stage timeout is killed. Needs parallelism 1, no Dask."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_cluster(self) -> ExecutionOptions:
         if self.dask_address and self.dask_workers:
             raise ValueError("set dask_address (an existing cluster) or dask_workers (a local one), not both")
+        if self.isolate_processor and (self.parallelism > 1 or self.uses_dask):
+            raise ValueError(
+                "isolate_processor runs the processor in one child process: it needs parallelism 1 and no Dask "
+                f"(got parallelism {self.parallelism}{', Dask' if self.uses_dask else ''})"
+            )
         return self
 
     @property
@@ -116,13 +128,20 @@ class StageSummary(BaseModel):
     failed_whole: bool = False
     timed_out: bool = False
     """The stage failed whole because its processor outlived the stage timeout."""
+    crashed: bool = False
+    """The processor's process died: each item counted an attempt and is a crash suspect."""
+    suspects_of: int | None = None
+    """A crash-isolation stage: the crashed batch whose suspects it claimed."""
     error: str | None = None
 
     @classmethod
-    def of(cls, stage: int, batch_id: int, result: BatchResult, *, timed_out: bool = False) -> StageSummary:
+    def of(
+        cls, stage: int, batch_id: int, result: BatchResult, *, timed_out: bool = False, suspects_of: int | None = None
+    ) -> StageSummary:
         return cls(
             stage=stage,
             batch_id=batch_id,
+            suspects_of=suspects_of,
             batch_size=result.asked_size,
             items=result.total_items,
             successful=result.successful_items,

@@ -58,7 +58,7 @@ from flows.models import (
 )
 from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import artifact_rows, size_changes, stage_rows
-from flows.stage import process_stage
+from flows.stage import close_children, process_stage
 from scaling_core import ItemSource, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
     NextStage,
@@ -179,11 +179,16 @@ async def _run_stages(
     worker: str,
     alive: store.WorkerLock | None,
 ) -> None:
-    """Stage, scaling task, stage... until no item is pending."""
+    """Stage, scaling task, stage... until no item is pending.
+
+    Crash suspects go first, in crash-isolation stages of half the crashed batch
+    (`store.CrashSuspects`); the manager is not asked after those, and the run goes on at
+    the size it chose before.
+    """
     engine = database.get_engine()
     size = opened.batch_size
     progress_shown = time.monotonic()
-    pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+    pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
     while True:
         if not pending:
             # Claims that a failed stage of this worker left behind, and those of workers
@@ -191,31 +196,40 @@ async def _run_stages(
             # claims are theirs to finish.
             with store.open_session(engine) as session:
                 own = store.recover_abandoned(session, opened.run_id, worker=worker)
-                dead = store.recover_dead_claims(session, opened.run_id)
+                dead = store.recover_dead_claims(session, opened.run_id, max_attempts=execution.max_attempts)
             if not own + dead:
                 return
             get_run_logger().warning(
                 "Took back %s items claimed by a failed stage of this worker and %s by dead workers", own, dead
             )
-            pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+            pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
         stage: StageSummary = await stage_flow(
             run_id=opened.run_id,
             pipeline=request.pipeline,
-            batch_size=size,
+            batch_size=size if suspects is None else suspects.claim_size,
             processor=request.processor,
             scaling=request.scaling,
             execution=execution,
             database=database,
             worker=worker,
+            suspects_of=None if suspects is None else suspects.batch_id,
         )
         if stage.items == 0:  # another worker took the last pending items
-            pending = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+            pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
         if stop := tally.after_stage(
-            successful=stage.successful, failed_whole=stage.failed_whole, error=stage.error, timed_out=stage.timed_out
+            successful=stage.successful,
+            failed_whole=stage.failed_whole,
+            error=stage.error,
+            timed_out=stage.timed_out,
+            crashed=stage.crashed,
         ):
             raise stop_run(engine, opened.run_id, stop)
+        if stage.crashed or stage.suspects_of is not None:
+            # A crash, or a stage whose size bisection forced: nothing for the manager to learn.
+            pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
+            continue
         decided = decide_next_batch_size(
             run_id=opened.run_id,
             pipeline=request.pipeline,
@@ -230,7 +244,7 @@ async def _run_stages(
         next_stage: NextStage = await decided.aresult()
         # The next stage's check runs while the server records the task's state: both sit
         # between two processor calls, and neither needs the other.
-        _, pending = await asyncio.gather(
+        _, (pending, suspects) = await asyncio.gather(
             settle(decided.state_details.task_run_id),
             asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive),
         )
@@ -261,14 +275,18 @@ async def _run_stages(
             progress_shown = time.monotonic()
 
 
-def _ready_for_stage(engine: Engine, run_id: str, alive: store.WorkerLock | None) -> bool:
-    """Keep this worker's liveness lock, and say whether the run has an item to claim.
+def _ready_for_stage(
+    engine: Engine, run_id: str, alive: store.WorkerLock | None
+) -> tuple[bool, store.CrashSuspects | None]:
+    """Keep this worker's liveness lock; say whether the run has an item to claim, and which crash suspects go first.
 
     Runs in a thread, so that it can overlap the wait for the server (`settle`).
     """
     keep_alive(alive)
     with store.open_session(engine) as session:
-        return store.has_pending(session, run_id)
+        if not store.has_pending(session, run_id):
+            return False, None
+        return True, store.crash_suspects(session, run_id)
 
 
 @flow(name=PIPELINE_FLOW, flow_run_name=_run_name, validate_parameters=True)
@@ -310,6 +328,7 @@ async def batch_pipeline(
         run_id=run_id,
         warm_start=warm_start,
         new_run=new_run,
+        max_attempts=execution.max_attempts,
     )
     await _tag_run(pipeline)
     # Everything that can be refused is checked before the store is touched.
@@ -396,6 +415,7 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
             notify(RunInterrupted(run_id=opened.run_id, finished=counts.done + counts.failed, total=counts.total))
         raise
     finally:
+        close_children()
         if alive is not None:
             alive.close()
         if opened is not None:

@@ -2,7 +2,8 @@
 
 `process_stage` runs the whole batch in one call of the processor in this process, or, with
 `parallelism` above 1 or a Dask cluster, as `process_chunk` task runs on the flow's task
-runner (Dask pickles the task by this module's name).
+runner (Dask pickles the task by this module's name), or, with `isolate_processor`, in a
+child process kept for the run (`scaling_core.isolation`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flows._runtime import retrying_store_errors
 from flows.database import StoreDatabase
 from flows.models import ExecutionOptions, ProcessorPath, StageSummary
 from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
+from scaling_core.isolation import ProcessorCrashed, ProcessorProcess
 from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
 
 
@@ -59,10 +61,31 @@ def _process(processor: str, items: list[Item], scaling: ScalingConfig) -> list[
     return [result.model_dump(mode="json") for result in results]
 
 
+_children: dict[str, ProcessorProcess] = {}
+"""The child process of each isolated processor, kept from stage to stage (`close_children`)."""
+
+
+def close_children() -> None:
+    """Stop the child processes of isolated processors (a run's end)."""
+    while _children:
+        _children.popitem()[1].close()
+
+
+def _in_child(processor: str, items: list[Item], scaling: ScalingConfig, timeout: float) -> list[dict[str, Any]]:
+    if processor not in _children:
+        _children[processor] = ProcessorProcess(processor)
+    child = _children[processor]
+    return [result.model_dump(mode="json") for result in child.run(items, scaling, timeout=timeout)]
+
+
 async def _run_processor(
     claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, execution: ExecutionOptions
 ) -> list[dict[str, Any]]:
     timeout = execution.stage_timeout_seconds
+    if execution.isolate_processor:
+        return await asyncio.wrap_future(
+            call_in_daemon_thread(lambda: _in_child(processor, claimed.items, scaling, timeout))
+        )
     parts = max(1, min(execution.parallelism, len(claimed.items)))
     if parts == 1 and not execution.uses_dask:
         # One chunk in this process: a task run around it would only add its API calls to
@@ -98,17 +121,21 @@ async def process_stage(
     execution: ExecutionOptions,
     database: StoreDatabase,
     worker: str | None = None,
+    suspects_of: int | None = None,
 ) -> StageSummary:
     """One batch: claim `batch_size` pending items, process them, write every result in bulk.
 
     A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
     batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
+    With `execution.isolate_processor`, a processor whose child process dies crashes the
+    batch: each item counts an attempt and becomes a crash suspect. With `suspects_of`, the
+    stage claims only the crash suspects of that batch (a crash-isolation stage).
     Only a store error escapes a stage: a store that went away may be back after a pause, so
     the stage is tried again (`retrying_store_errors`), and then fails with a `StoreError`
     naming the database.
     """
     return await retrying_store_errors(
-        lambda: _stage(run_id, pipeline, batch_size, processor, scaling, execution, database, worker),
+        lambda: _stage(run_id, pipeline, batch_size, processor, scaling, execution, database, worker, suspects_of),
         what=f"A stage of size {batch_size} could not use the store",
     )
 
@@ -122,6 +149,7 @@ async def _stage(
     execution: ExecutionOptions,
     database: StoreDatabase,
     worker: str | None,
+    suspects_of: int | None,
 ) -> StageSummary:
     logger = get_run_logger()
     with database.named_errors():
@@ -133,15 +161,34 @@ async def _stage(
             max_attempts=execution.max_attempts,
             worker=worker,
         )
-        claimed = batches.next_batch()
+        claimed = batches.next_batch(suspects_of=suspects_of)
         if claimed is None:
-            return StageSummary(stage=0, batch_id=0, batch_size=batch_size)
+            return StageSummary(stage=0, batch_id=0, batch_size=batch_size, suspects_of=suspects_of)
         naming = asyncio.create_task(_name_stage(pipeline, claimed.stage, batch_size))
         try:
             started = time.perf_counter()
             try:
                 raw = await asyncio.wait_for(
                     _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
+                )
+            except ProcessorCrashed as crash:
+                batches.crash_batch(claimed, str(crash))
+                logger.warning(
+                    "Stage %s (%s items): %s; each item counts an attempt and is retried as a crash suspect",
+                    claimed.stage,
+                    len(claimed.items),
+                    crash,
+                )
+                return StageSummary(
+                    stage=claimed.stage,
+                    batch_id=claimed.batch_id,
+                    batch_size=batch_size,
+                    items=len(claimed.items),
+                    failed=len(claimed.items),
+                    seconds=time.perf_counter() - started,
+                    crashed=True,
+                    suspects_of=suspects_of,
+                    error=str(crash),
                 )
             except Exception as error:  # a stage fails whole, whatever the processor raised
                 message = (
@@ -157,7 +204,11 @@ async def _stage(
                     message,
                 )
                 return StageSummary.of(
-                    claimed.stage, claimed.batch_id, result, timed_out=isinstance(error, TimeoutError)
+                    claimed.stage,
+                    claimed.batch_id,
+                    result,
+                    timed_out=isinstance(error, TimeoutError),
+                    suspects_of=suspects_of,
                 )
             seconds = time.perf_counter() - started
             result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
@@ -171,4 +222,4 @@ async def _stage(
         result.high_share,
         seconds,
     )
-    return StageSummary.of(claimed.stage, claimed.batch_id, result)
+    return StageSummary.of(claimed.stage, claimed.batch_id, result, suspects_of=suspects_of)

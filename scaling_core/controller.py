@@ -67,19 +67,27 @@ class BatchManager:
         self.max_attempts = max_attempts
         self.worker = worker or uuid.uuid4().hex[:16]
 
-    def next_batch(self, size: int | None = None) -> ClaimedBatch | None:
+    def next_batch(self, size: int | None = None, *, suspects_of: int | None = None) -> ClaimedBatch | None:
         """Claim up to `size` (default: the current size) pending items; None when none are left.
 
-        The batch record and the claim are one transaction, with no pending check before it:
-        a claim that finds nothing is rolled back, so no record is left behind, and a process
-        killed in between leaves neither a record nor a claim.
+        With `suspects_of`, only the crash suspects of that batch (`store.crash_suspects`),
+        in a crash-isolation batch. The batch record and the claim are one transaction, with
+        no pending check before it: a claim that finds nothing is rolled back, so no record is
+        left behind, and a process killed in between leaves neither a record nor a claim.
         """
         size = size if size is not None else self.batch_size
         with store.open_session(self.engine) as session:
             batch_id, stage = store.insert_batch(
-                session, run_id=self.run_id, pipeline=self.pipeline, batch_size=size, worker=self.worker
+                session,
+                run_id=self.run_id,
+                pipeline=self.pipeline,
+                batch_size=size,
+                worker=self.worker,
+                suspects_of=suspects_of,
             )
-            claimed = store.claim_items(session, self.run_id, size, batch_id=batch_id, worker=self.worker)
+            claimed = store.claim_items(
+                session, self.run_id, size, batch_id=batch_id, worker=self.worker, suspects_of=suspects_of
+            )
             if not claimed:
                 session.rollback()  # nothing pending, or another worker took the last items
                 return None
@@ -128,6 +136,13 @@ class BatchManager:
             store.finish_batch(session, batch.batch_id, summary)
             session.commit()
         return summary
+
+    def crash_batch(self, batch: ClaimedBatch, cause: str) -> None:
+        """Record a batch whose processor's process died: each item counts an attempt (`store.recover_crashed`)."""
+        with store.open_session(self.engine) as session:
+            store.recover_crashed(
+                session, self.run_id, max_attempts=self.max_attempts, batch_id=batch.batch_id, cause=cause
+            )
 
     def counts(self) -> store.ItemCounts:
         """The run's items by status."""

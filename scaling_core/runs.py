@@ -63,6 +63,8 @@ class RunRequest(BaseModel):
     warm_start: bool = True
     new_run: bool = False
     """Start a new run even when the pipeline has an unfinished one (that one is superseded)."""
+    max_attempts: int = Field(default=3, ge=1)
+    """Attempts per item; taking back the claims of a process that died counts one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +135,8 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
     unfinished run of the pipeline. Either must have been loaded from the same file with
     the same content and processor, else the call is refused, naming what differs; with
     `new_run` the unfinished run is marked superseded instead and a new run starts. Items a
-    dead stage left in processing go back to pending.
+    dead stage left in processing go back to pending as crash suspects, each with one
+    attempt more (`store.recover_crashed`).
 
     On a SQLite file the run is held by this process until `OpenedRun.close()`: SQLite's
     claims carry no liveness, so a second live process on the run is refused rather than
@@ -164,7 +167,7 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
         try:
             resumed = existing is not None
             if resumed:
-                store.recover_dead_claims(session, run.run_id)
+                store.recover_dead_claims(session, run.run_id, max_attempts=request.max_attempts)
             if not run.items_loaded:
                 _load_ledger(session, run.run_id, request, fingerprint)
                 run.item_count = store.mark_loaded(session, run.run_id)
@@ -316,11 +319,24 @@ class RunTally:
         return min(100.0, 100.0 * self.finished / max(self.items, 1))
 
     def after_stage(
-        self, *, successful: int, failed_whole: bool, error: str | None, timed_out: bool = False
+        self,
+        *,
+        successful: int,
+        failed_whole: bool,
+        error: str | None,
+        timed_out: bool = False,
+        crashed: bool = False,
     ) -> str | None:
-        """Count a stage; returns why the run must stop (too many whole failures in a row), else None."""
+        """Count a stage; returns why the run must stop (too many whole failures in a row), else None.
+
+        A `crashed` stage (its processor's process died) leaves the count of failures in a
+        row as it is: bisecting a crashed batch takes several crashes in a row by design, and
+        each crash already counts an attempt against its items.
+        """
         self.stages += 1
         self.finished += successful
+        if crashed:
+            return None
         self.failures_in_a_row = self.failures_in_a_row + 1 if failed_whole else 0
         self.timeouts_in_a_row = self.timeouts_in_a_row + 1 if timed_out else 0
         timeouts_allowed = self.max_timed_out_stages_in_a_row

@@ -30,14 +30,17 @@ from scaling_core.store.engine import (
 )
 from scaling_core.store.exports import EXPORT_CHUNK, RESULT_FIELDS, RunListing, iter_results, list_runs
 from scaling_core.store.ledger import (
+    CrashSuspects,
     ItemCounts,
     claim_items,
     count_items,
+    crash_suspects,
     has_pending,
     load_items,
     mark_loaded,
     record_item_results,
     recover_abandoned,
+    recover_crashed,
     recover_dead_claims,
     release_items,
 )
@@ -83,6 +86,7 @@ __all__ = [
     "BatchRecord",
     "BatchStatus",
     "ClaimedItem",
+    "CrashSuspects",
     "DecisionRecord",
     "ItemCounts",
     "ItemStatus",
@@ -97,6 +101,7 @@ __all__ = [
     "WorkerLock",
     "claim_items",
     "count_items",
+    "crash_suspects",
     "create_schema",
     "find_run",
     "finish_batch",
@@ -123,6 +128,7 @@ __all__ = [
     "record_decision",
     "record_item_results",
     "recover_abandoned",
+    "recover_crashed",
     "recover_dead_claims",
     "redact_url",
     "release_items",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
@@ -171,6 +171,8 @@ def create_schema(engine: Engine) -> None:
     if database and database != ":memory:":
         with FileLock(f"{database}.schema-lock"):
             SQLModel.metadata.create_all(engine)
+            with engine.begin() as connection:
+                _upgrade(connection)
         return
     with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
@@ -180,6 +182,15 @@ def create_schema(engine: Engine) -> None:
             # A store made before a status existed: PostgreSQL keeps enum values in a type.
             for value in _tables.RunStatus:
                 connection.execute(text(f"ALTER TYPE runstatus ADD VALUE IF NOT EXISTS '{value.name}'"))
+        _upgrade(connection)
+
+
+def _upgrade(connection: Connection) -> None:
+    # `create_all` makes missing tables only: what later versions added to existing tables
+    # is added here, to stores made before.
+    if "suspects_of" not in {column["name"] for column in inspect(connection).get_columns("batch_record")}:
+        connection.execute(text("ALTER TABLE batch_record ADD COLUMN suspects_of INTEGER"))
+    _tables.RETRY_INDEX.create(connection, checkfirst=True)
 
 
 def is_postgres(engine: Engine) -> bool:

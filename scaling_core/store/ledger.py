@@ -9,6 +9,7 @@ are serialised by the database lock, which is safe but lets only one process wri
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,7 @@ from sqlmodel import Session, col, select
 from scaling_core.results import ConfidenceLevel, ItemResult
 from scaling_core.store.engine import insert_ignoring_conflicts, worker_lock_key
 from scaling_core.store.tables import (
+    RETRY_CONDITION,
     BatchRecord,
     BatchStatus,
     ClaimedItem,
@@ -59,26 +61,34 @@ _RESULT_UPDATE = (
 # row, and with LIMIT + SKIP LOCKED each run picks other rows, so the update would claim far
 # more than `limit` items. Built once with bind parameters (compiled once, not per stage), on
 # the Core table: the ORM's bulk UPDATE path costs a few ms per claim.
-_CLAIMABLE = (
-    select(_LEDGER.c.item_id)
-    .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.status == ItemStatus.PENDING)
-    .order_by(_LEDGER.c.seq)
-    .limit(bindparam("claim_limit"))
-    .with_for_update(skip_locked=True)
-    .cte("claimable")
-    .prefix_with("MATERIALIZED", dialect="postgresql")
-)
-_CLAIM = (
-    update(_LEDGER)
-    .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.item_id == _CLAIMABLE.c.item_id)
-    .values(
-        status=ItemStatus.PROCESSING,
-        batch_id=bindparam("claim_batch_id"),
-        claimed_by=bindparam("claim_worker"),
-        claimed_at=bindparam("claim_at"),
+def _claim_statement(*where: Any) -> Any:
+    claimable = (
+        select(_LEDGER.c.item_id)
+        .where(_LEDGER.c.run_id == bindparam("claim_run_id"), *where)
+        .order_by(_LEDGER.c.seq)
+        .limit(bindparam("claim_limit"))
+        .with_for_update(skip_locked=True)
+        .cte("claimable")
+        .prefix_with("MATERIALIZED", dialect="postgresql")
     )
-    .returning(_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.payload, _LEDGER.c.attempts)
-)
+    return (
+        update(_LEDGER)
+        .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.item_id == claimable.c.item_id)
+        .values(
+            status=ItemStatus.PROCESSING,
+            batch_id=bindparam("claim_batch_id"),
+            claimed_by=bindparam("claim_worker"),
+            claimed_at=bindparam("claim_at"),
+        )
+        .returning(_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.payload, _LEDGER.c.attempts)
+    )
+
+
+# Pending items that were in a batch before, written as the partial index `RETRY_INDEX` is
+# defined (literally, not with bound values), so that SQLite and PostgreSQL use it.
+_RETRIED = text(RETRY_CONDITION)
+_CLAIM = _claim_statement(_LEDGER.c.status == ItemStatus.PENDING)
+_CLAIM_SUSPECTS = _claim_statement(_RETRIED, _LEDGER.c.batch_id == bindparam("claim_suspects_of"))
 
 
 class ItemCounts(BaseModel):
@@ -149,23 +159,26 @@ def mark_loaded(session: Session, run_id: str) -> int:
 
 
 def claim_items(
-    session: Session, run_id: str, limit: int, *, batch_id: int, worker: str
+    session: Session, run_id: str, limit: int, *, batch_id: int, worker: str, suspects_of: int | None = None
 ) -> list[ClaimedItem]:
     """Move up to `limit` pending items (in source order) to processing, for `batch_id`.
 
-    One statement: on PostgreSQL the inner select locks rows with SKIP LOCKED, so
-    concurrent claimers get disjoint items. The caller commits.
+    With `suspects_of`, only the pending items of that crashed batch (its crash suspects,
+    see `crash_suspects`). One statement: on PostgreSQL the inner select locks rows with
+    SKIP LOCKED, so concurrent claimers get disjoint items. The caller commits.
     """
     if limit <= 0:
         return []
-    parameters = {
+    parameters: dict[str, Any] = {
         "claim_run_id": run_id,
         "claim_limit": limit,
         "claim_batch_id": batch_id,
         "claim_worker": worker,
         "claim_at": now(),
     }
-    rows = session.execute(_CLAIM, parameters).all()
+    if suspects_of is not None:
+        parameters["claim_suspects_of"] = suspects_of
+    rows = session.execute(_CLAIM if suspects_of is None else _CLAIM_SUSPECTS, parameters).all()
     # Plain rows, not `LedgerItem` table models: building a table model runs defaults and
     # instrumented setattr for all 13 fields, about nine tenths of a claim's time.
     items = [ClaimedItem(**row._mapping) for row in rows]
@@ -230,12 +243,15 @@ def release_items(session: Session, run_id: str, *, batch_id: int) -> None:
 def recover_abandoned(
     session: Session, run_id: str, *, older_than: timedelta | None = None, worker: str | None = None
 ) -> int:
-    """Send items left in processing by a dead stage back to pending; returns how many. Commits.
+    """Release claims on purpose, without counting an attempt; returns how many items went back. Commits.
 
-    With `older_than`, only claims older than that are taken back (several live
-    processes share the run on PostgreSQL); without it every claim is taken back (SQLite's
-    single-writer rule: no other process is working on the run). With `worker`, only that
-    worker's claims are taken back (its stage failed before it could release them).
+    For claims whose batch did not crash: this worker's own stage that failed on a store
+    error, or a stop asked for (an interrupt). Their items go back to pending as they were,
+    and their batches are marked abandoned with no items (they are not crash suspects). Claims
+    of a process that died go through `recover_crashed` instead.
+
+    With `older_than`, only claims older than that are released; with `worker`, only that
+    worker's claims; with neither, every claim of the run.
     """
     item_filter = [col(LedgerItem.run_id) == run_id, col(LedgerItem.status) == ItemStatus.PROCESSING]
     batch_filter = [col(BatchRecord.run_id) == run_id, col(BatchRecord.status) == BatchStatus.PROCESSING]
@@ -263,15 +279,89 @@ def recover_abandoned(
     return int(recovered or 0)
 
 
-def recover_dead_claims(session: Session, run_id: str) -> int:
-    """Send items claimed by workers that are no longer alive back to pending; returns how many.
+def recover_crashed(
+    session: Session,
+    run_id: str,
+    *,
+    max_attempts: int,
+    worker: str | None = None,
+    batch_id: int | None = None,
+    cause: str = "the process died",
+) -> int:
+    """Take back the claims of batches whose process died, counting one attempt each; returns how many. Commits.
+
+    Each item gets one attempt more and the error "<cause> while this item was in stage N, a
+    batch of n items". It goes back to pending, a crash suspect (`crash_suspects`), unless it
+    crashed alone and its attempts reached `max_attempts`: then it is failed for good. A
+    batch of several items only says that one of them may crash the process, so it fails
+    none of them for good. Each batch is marked abandoned, with the number of items taken
+    back and the cause.
+
+    With `worker`, only that worker's claims (it is known dead); with `batch_id`, only that
+    batch's (its processor's own process died); with neither, every claim of the run (SQLite:
+    no other process works on the run).
+    """
+    if max_attempts <= 0:
+        raise ValueError(f"max_attempts must be positive, got {max_attempts}")
+    item_filter = [_LEDGER.c.run_id == run_id, _LEDGER.c.status == ItemStatus.PROCESSING]
+    if worker is not None:
+        item_filter.append(_LEDGER.c.claimed_by == worker)
+    if batch_id is not None:
+        item_filter.append(_LEDGER.c.batch_id == batch_id)
+    groups = session.execute(
+        select(_LEDGER.c.batch_id, func.count()).where(*item_filter).group_by(_LEDGER.c.batch_id)
+    ).all()
+    stages = dict(
+        session.execute(
+            select(BatchRecord.id, BatchRecord.stage).where(
+                col(BatchRecord.id).in_([group for group, _ in groups if group is not None])
+            )
+        ).all()
+    )
+    recovered = 0
+    for crashed, items in groups:
+        where = f"stage {stages[crashed]}" if crashed in stages else "a stage"
+        group = [*item_filter, _LEDGER.c.batch_id.is_(None) if crashed is None else _LEDGER.c.batch_id == crashed]
+        values = {
+            "attempts": _LEDGER.c.attempts + 1,
+            "error": f"{cause} while this item was in {where}, a batch of {items} item{'s' * (items != 1)}",
+            "claimed_by": None,
+            "claimed_at": None,
+        }
+        if items == 1:
+            recovered += session.execute(
+                update(_LEDGER)
+                .where(*group, _LEDGER.c.attempts + 1 >= max_attempts)
+                .values(status=ItemStatus.FAILED, **values)
+            ).rowcount
+        recovered += session.execute(update(_LEDGER).where(*group).values(status=ItemStatus.PENDING, **values)).rowcount
+        if crashed is not None:
+            session.execute(
+                update(BatchRecord)
+                .where(col(BatchRecord.id) == crashed, col(BatchRecord.status) == BatchStatus.PROCESSING)
+                .values(
+                    status=BatchStatus.ABANDONED,
+                    finished_at=now(),
+                    total_items=items,
+                    error=f"{cause}; its {items} item{'s' * (items != 1)} taken back, one attempt each",
+                ),
+                execution_options={"synchronize_session": False},
+            )
+    session.commit()
+    session.expire_all()
+    return recovered
+
+
+def recover_dead_claims(session: Session, run_id: str, *, max_attempts: int) -> int:
+    """Take back the claims of workers that are no longer alive, as crashes; returns how many.
 
     On SQLite every claim is taken back (single-writer rule: no other process works on the
     run). On PostgreSQL a claim is taken back when its worker's advisory lock can be taken,
-    i.e. no live connection holds it (see `hold_worker_lock`).
+    i.e. no live connection holds it (see `hold_worker_lock`). Each item taken back counts
+    one attempt (see `recover_crashed`).
     """
     if session.get_bind().dialect.name != "postgresql":
-        return recover_abandoned(session, run_id)
+        return recover_crashed(session, run_id, max_attempts=max_attempts)
     owners = session.exec(
         select(LedgerItem.claimed_by)
         .where(LedgerItem.run_id == run_id, LedgerItem.status == ItemStatus.PROCESSING)
@@ -285,11 +375,71 @@ def recover_dead_claims(session: Session, run_id: str) -> int:
         got = session.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
         if got:
             try:
-                recovered += recover_abandoned(session, run_id, worker=owner)
+                recovered += recover_crashed(session, run_id, max_attempts=max_attempts, worker=owner)
             finally:
                 session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                 session.commit()
     return recovered
+
+
+@dataclass(frozen=True, slots=True)
+class CrashSuspects:
+    """The pending items of one crashed batch: one of them may take its process down.
+
+    They are claimed before any other item and apart from them (`claim_items(...,
+    suspects_of=batch_id)`), at most `claim_size` at a time.
+    """
+
+    batch_id: int
+    """The crashed batch (status abandoned) the items were in."""
+    crashed_items: int
+    """How many items that batch held when its process died."""
+    pending: int
+    """How many of them wait to be claimed again."""
+
+    @property
+    def claim_size(self) -> int:
+        """Half the crashed batch, rounded up: ceil(n / 2).
+
+        Rounded up so that the two halves take two stages, not three (for n = 3: 2 then 1,
+        not 1, 1, 1); for n >= 2 it is under n, so every further crash halves the suspects
+        again, and the item that crashes is alone after ceil(log2 n) crashes. A suspect
+        that crashed alone is claimed alone.
+        """
+        return (self.crashed_items + 1) // 2
+
+
+def crash_suspects(session: Session, run_id: str) -> CrashSuspects | None:
+    """The crashed batch whose suspects go next, or None when no suspect is pending.
+
+    A suspect is a pending item whose last batch crashed: an abandoned batch that counts its
+    items (`recover_crashed`). Of several crashed batches, the one with the fewest items goes
+    first (the latest, on a tie): its suspects are the likeliest culprits, and bisecting it
+    first isolates the item soonest.
+
+    Two bounded reads: the run's crashed batches (one row per crash), then their pending items
+    through the partial index of retries; a run without a crash stops after the first.
+    """
+    crashed = dict(
+        session.execute(
+            select(BatchRecord.id, BatchRecord.total_items).where(
+                BatchRecord.run_id == run_id,
+                BatchRecord.status == BatchStatus.ABANDONED,
+                col(BatchRecord.total_items) > 0,
+            )
+        ).all()
+    )
+    if not crashed:
+        return None
+    pending = session.execute(
+        select(_LEDGER.c.batch_id, func.count())
+        .where(_LEDGER.c.run_id == run_id, _RETRIED, _LEDGER.c.batch_id.in_(list(crashed)))
+        .group_by(_LEDGER.c.batch_id)
+    ).all()
+    if not pending:
+        return None
+    batch_id, count = min(pending, key=lambda row: (crashed[row[0]], -row[0]))
+    return CrashSuspects(batch_id=batch_id, crashed_items=crashed[batch_id], pending=count)
 
 
 def count_items(session: Session, run_id: str) -> ItemCounts:

@@ -156,20 +156,30 @@ _INSERT_BATCH = (
         .scalar_subquery(),
         batch_size=bindparam("new_batch_size"),
         worker=bindparam("new_worker"),
+        suspects_of=bindparam("new_suspects_of"),
     )
     .returning(_BATCHES.c.id, _BATCHES.c.stage)
 )
 
 
-def insert_batch(session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str) -> tuple[int, int]:
+def insert_batch(
+    session: Session, *, run_id: str, pipeline: str, batch_size: int, worker: str, suspects_of: int | None = None
+) -> tuple[int, int]:
     """Insert the record of a starting batch, numbered as the run's next stage; returns its (id, stage).
 
-    One statement: the stage number is counted inside the INSERT and the keys come back by
+    `suspects_of` marks a crash-isolation batch (see `BatchRecord.suspects_of`). One
+    statement: the stage number is counted inside the INSERT and the keys come back by
     RETURNING, so that a stage can claim its items in the same transaction. The caller commits.
     """
     row = session.execute(
         _INSERT_BATCH,
-        {"new_run_id": run_id, "new_pipeline": pipeline, "new_batch_size": batch_size, "new_worker": worker},
+        {
+            "new_run_id": run_id,
+            "new_pipeline": pipeline,
+            "new_batch_size": batch_size,
+            "new_worker": worker,
+            "new_suspects_of": suspects_of,
+        },
     ).one()
     return int(row.id), int(row.stage)
 
@@ -194,13 +204,15 @@ _RESULT_COLUMNS = [BatchRecord.__table__.c[name] for name in RESULT_COLUMNS]  # 
 def recent_batches(session: Session, pipeline: str, limit: int) -> list[BatchResult]:
     """The last `limit` finished batches of `pipeline` across its runs, oldest first.
 
-    A bounded, indexed read (pipeline, id): its cost does not grow with the history.
+    Crash-isolation batches are left out: their size was forced, not chosen. A bounded,
+    indexed read (pipeline, id): its cost does not grow with the history.
     """
     rows = session.execute(
         select(*_RESULT_COLUMNS)
         .where(
             BatchRecord.pipeline == pipeline,
             col(BatchRecord.status).in_([BatchStatus.COMPLETED, BatchStatus.FAILED_WHOLE]),
+            col(BatchRecord.suspects_of).is_(None),
         )
         .order_by(col(BatchRecord.id).desc())
         .limit(limit)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index
+from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
 from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
@@ -51,7 +51,11 @@ class BatchStatus(enum.StrEnum):
     COMPLETED = "completed"
     FAILED_WHOLE = "failed_whole"
     ABANDONED = "abandoned"
-    """The process running the batch died; its items went back to pending."""
+    """The batch's claims were taken back before it finished; its items went back to pending.
+
+    When its process died (a crash), `total_items` is the number of items taken back and
+    `error` says so; claims released on purpose leave `total_items` at 0.
+    """
 
 
 # -- runs ------------------------------------------------------------------------------------
@@ -78,11 +82,26 @@ class PipelineRun(SQLModel, table=True):
 # -- the ledger ---------------------------------------------------------------------------------
 
 
+RETRY_CONDITION = f"status = '{ItemStatus.PENDING.name}' AND batch_id IS NOT NULL"
+"""Pending items that were in a batch before (retries, crash suspects): the rows of `RETRY_INDEX`."""
+
+RETRY_INDEX = Index(
+    "ix_ledger_item_retry",
+    "run_id",
+    "batch_id",
+    sqlite_where=text(RETRY_CONDITION),
+    postgresql_where=text(RETRY_CONDITION),
+)
+"""Pending items by their last batch. Partial: a source's rows (never in a batch) and finished
+items stay out of it, so loads and claims barely pay for it, and looking up the suspects of a
+crashed batch reads only the run's retries."""
+
+
 class LedgerItem(SQLModel, table=True):
     """One item of a run and where it stands."""
 
     __tablename__ = "ledger_item"
-    __table_args__ = (Index("ix_ledger_item_claim", "run_id", "status", "seq"),)
+    __table_args__ = (Index("ix_ledger_item_claim", "run_id", "status", "seq"), RETRY_INDEX)
 
     run_id: str = Field(primary_key=True, foreign_key="pipeline_run.run_id", max_length=64)
     item_id: str = Field(primary_key=True, max_length=MAX_ID_LENGTH)
@@ -165,6 +184,9 @@ class BatchRecord(BatchOutcome, table=True):
     worker: str | None = Field(default=None, max_length=64)
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
+    suspects_of: int | None = None
+    """A crash-isolation batch: the id of the crashed batch whose items it re-ran. Its size was
+    forced small to find the item that crashes, so the manager does not learn from it."""
 
 
 RESULT_COLUMNS: tuple[str, ...] = (

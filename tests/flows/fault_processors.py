@@ -8,6 +8,8 @@ where only `echo` is of use.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -139,4 +141,15 @@ def drops_an_item_from_its_input_once(items: list[Any]) -> list[dict[str, Any]]:
     """
     if _count_call() == 1:
         items.pop()
+    return [_answer(item) for item in items]
+
+
+POISON_ITEM = "i3"
+"""The item on which `kills_its_process_on_poison` takes its process down."""
+
+
+def kills_its_process_on_poison(items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """Answers like `echo`, but kills its own process (SIGKILL, as an out-of-memory kill does) on `POISON_ITEM`."""
+    if any(item.id == POISON_ITEM for item in items):
+        os.kill(os.getpid(), signal.SIGKILL)
     return [_answer(item) for item in items]

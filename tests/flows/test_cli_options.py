@@ -42,3 +42,12 @@ def test_a_bad_option_value_is_refused_by_the_model_naming_the_field() -> None:
     args = _parser().parse_args(["run", "--source", "items.csv", "--processor", "pkg.mod:fn", "--max-batch-size", "0"])
     with pytest.raises(ValidationError, match="max_batch_size"):
         _pipeline_parameters(args)
+
+
+@pytest.mark.parametrize("other", [["--parallelism", "2"], ["--dask-workers", "2"]])
+def test_an_isolated_processor_with_parallelism_or_dask_is_refused_naming_both(other: list[str]) -> None:
+    args = _parser().parse_args(
+        ["run", "--source", "items.csv", "--processor", "pkg.mod:fn", "--isolate-processor", *other]
+    )
+    with pytest.raises(ValidationError, match=r"isolate_processor .* needs parallelism 1 and no Dask"):
+        _pipeline_parameters(args)

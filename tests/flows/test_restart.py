@@ -96,7 +96,9 @@ def test_a_killed_run_resumes_and_finishes_every_item_once(
     assert not left, f"items not done after the rerun: {left}\n{output}"
     assert completed.returncode == 0, output
     assert f"{ITEMS} of {ITEMS} items done" in completed.stdout
-    assert all(item.output == {"echo": item.item_id} and item.attempts == 0 for item in items)
+    assert all(item.output == {"echo": item.item_id} for item in items)
+    # The killed stage counts one attempt against each item it held (its process died), none against the others.
+    assert {item.item_id: item.attempts for item in items if item.attempts} == dict.fromkeys(in_flight, 1)
 
     records = batches(url, run.run_id)
     statuses = {record.id: record.status for record in records}
