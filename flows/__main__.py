@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import batch_pipeline
     from flows.progress import observing
     from flows.report import format_stage_table, stage_rows
-    from scaling_core.runs import check_inputs
+    from scaling_core.runs import RunRequest, check_inputs, check_resumable
 
     # Refuse bad input here, in a fraction of a second, before a flow run starts.
     try:
@@ -173,6 +173,18 @@ def _run(args: argparse.Namespace) -> int:
         ) from None
     check_inputs(parameters["source"], parameters["processor"], parameters["limit"])
     _check_store(parameters["database"])
+    with parameters["database"] as database, database.named_errors():
+        check_resumable(
+            database.get_engine(),
+            RunRequest(
+                source=parameters["source"],
+                processor=parameters["processor"],
+                pipeline=parameters["pipeline"],
+                limit=parameters["limit"],
+                run_id=parameters["run_id"],
+                new_run=parameters["new_run"],
+            ),
+        )
 
     database = parameters["database"]
     with temporary_server() as server, TerminalProgress(verbose=args.verbose) as shown, observing(shown):

@@ -78,9 +78,16 @@ class TerminalProgress:
     def __call__(self, event: RunEvent) -> None:
         if isinstance(event, RunOpened):
             self.run_id = event.run_id
-            self._line(
-                f"{'resuming' if event.resumed else 'starting'} run {event.run_id} of {event.pipeline}: "
-                f"{event.finished} of {event.items} items finished, first batch size {event.batch_size}"
+            # Always shown: whether this command resumed a run or started one, and from what size.
+            opened = (
+                f"resuming run {event.run_id} of {event.pipeline}: {event.finished} of {event.items} items finished"
+                if event.resumed
+                else f"starting run {event.run_id} of {event.pipeline} ({event.items} items)"
+            )
+            self._console.print(
+                f"{opened}; first batch size {event.batch_size} ({event.why or 'configured'})",
+                soft_wrap=True,
+                markup=False,
             )
             if self._bar is not None:
                 self._task = self._bar.add_task(

@@ -373,6 +373,7 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
                 finished=tally.finished,
                 batch_size=opened.batch_size,
                 resumed=opened.resumed,
+                why=opened.why,
             )
         )
         key = artifact_key(request.pipeline)

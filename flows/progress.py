@@ -36,6 +36,8 @@ class RunOpened:
     """Items finished before this session (a resumed run)."""
     batch_size: int
     resumed: bool
+    why: str = ""
+    """Where the first size comes from: a warm start from a learned size, or the configuration."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 from sqlmodel import Session
 
 from scaling_core import store
@@ -177,6 +177,19 @@ def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
                 lock.close()
             raise
     return OpenedRun(run=run, resumed=resumed, batch_size=batch_size, why=why, lock=lock)
+
+
+def check_resumable(engine: Engine, request: RunRequest) -> None:
+    """Refuse now, before anything is written or started, what `open_run` would refuse.
+
+    Raises `RunMismatch` when the run to resume was loaded from another file, other content
+    or with another processor; a store without runs, or `new_run`, passes.
+    """
+    if request.new_run or not inspect(engine).has_table(store.PipelineRun.__tablename__):
+        return
+    fingerprint = SourceFingerprint.of(request.source)
+    with store.open_session(engine) as session:
+        _run_to_resume(session, request, fingerprint)
 
 
 class RunMismatch(ValueError):

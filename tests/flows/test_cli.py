@@ -144,3 +144,39 @@ def test_a_malformed_or_unreachable_store_is_one_line_naming_it_and_no_flow_run(
         assert completed.stderr.count("\n") == 1 and completed.stderr.startswith(expected), f"{case}: {completed.stderr}"
         assert "s3cret" not in completed.stderr
     assert flow_runs_named(pipeline) == []
+
+
+def test_a_changed_source_is_refused_naming_the_change_and_new_run_starts_afresh(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    source = tmp_path / "items.csv"
+    write_csv(source, 30)
+    database = tmp_path / "store.db"
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable, "-m", "flows", "run", "--source", str(source), "--database-url", f"sqlite:///{database}",
+                "--processor", "tests.flows.processors:fails_whole_above_20", "--pipeline", "tickets", *extra,
+            ],
+            cwd=REPOSITORY, env=cli_environment(prefect_api_url, tmp_path / "prefect-home"),
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+
+    # A first stage of 30 items fails whole, and one such stage stops the run: it stays unfinished.
+    stopped = run("--initial-batch-size", "30", "--max-failed-stages-in-a-row", "1")
+    assert stopped.returncode != 0, stopped.stdout
+    write_csv(source, 31)  # the file changes before the rerun
+
+    refused = run()
+    lines = refused.stderr.strip().splitlines()
+    assert (refused.returncode, len(lines)) == (2, 1), refused.stderr
+    assert "changed" in lines[0] and "--new-run" in lines[0], lines[0]
+
+    fresh = run("--new-run", "--initial-batch-size", "20", "--max-batch-size", "20")
+    assert fresh.returncode == 0, fresh.stderr
+    assert fresh.stdout.startswith("starting run "), fresh.stdout
+    assert "31 of 31 items done" in fresh.stdout
+    with sqlite3.connect(database) as connection:
+        statuses = sorted(status for (status,) in connection.execute("SELECT status FROM pipeline_run"))
+    assert statuses == ["COMPLETED", "SUPERSEDED"]
