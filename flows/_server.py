@@ -154,11 +154,11 @@ def _launch() -> tuple[subprocess.Popen[bytes], int]:
 
 
 def _die_with_parent(parent: int):  # type: ignore[no-untyped-def]
-    """A `preexec_fn` that makes the child receive SIGTERM when its parent dies."""
+    """A `preexec_fn` that makes the child receive SIGKILL when its parent dies."""
 
     def arm() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # its parent is gone: nothing to finish in order
         if os.getppid() != parent:  # the parent died before the request was in place
             os._exit(1)
 
