@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -30,34 +31,32 @@ async def retrying_store_errors(call: Callable[[], Awaitable[_T]], *, what: str)
     Each retry is one WARNING line naming the database (Prefect's own retries log an ERROR
     with a traceback for every attempt); the last failure propagates.
     """
-    for attempt in range(1, STORE_RETRIES + 2):
+    for attempt in itertools.count(1):
         try:
             return await call()
         except store.StoreError as error:
-            if attempt > STORE_RETRIES:
-                raise
-            _warn_retry(what, error, attempt)
-            await asyncio.sleep(STORE_RETRY_DELAY)
+            await asyncio.sleep(_retry_delay(what, error, attempt))
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def retrying_store_errors_sync(call: Callable[[], _T], *, what: str) -> _T:
     """`retrying_store_errors` for a call that blocks (a sync task's)."""
-    for attempt in range(1, STORE_RETRIES + 2):
+    for attempt in itertools.count(1):
         try:
             return call()
         except store.StoreError as error:
-            if attempt > STORE_RETRIES:
-                raise
-            _warn_retry(what, error, attempt)
-            time.sleep(STORE_RETRY_DELAY)
+            time.sleep(_retry_delay(what, error, attempt))
     raise AssertionError("unreachable")
 
 
-def _warn_retry(what: str, error: store.StoreError, attempt: int) -> None:
+def _retry_delay(what: str, error: store.StoreError, attempt: int) -> float:
+    """The wait before retry `attempt` (logged as one WARNING line), or `error` again when none is left."""
+    if attempt > STORE_RETRIES:
+        raise error
     get_run_logger().warning(
         "%s: %s; retry %s of %s in %s s", what, error, attempt, STORE_RETRIES, STORE_RETRY_DELAY
     )
+    return STORE_RETRY_DELAY
 
 
 async def settle(task_run_id: UUID | None, *, timeout: float = 2.0) -> None:

@@ -10,19 +10,23 @@ import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from typing import Any
-
 from uuid import UUID
 
 from prefect import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName, LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterParentTaskRunId,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun, Log
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging.handlers import APILogWorker
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from scaling_core import make_engine
-from scaling_core import store
+from scaling_core import make_engine, store
 from tests.flows.support import batches, ledger, runs
 
 PASSWORD = "s3cret-pw"
@@ -59,11 +63,15 @@ def messages(error: BaseException) -> list[str]:
     return seen
 
 
-def flow_runs_named(name: str) -> list[FlowRun]:
-    """The flow runs called `name`, oldest first."""
+def pipeline_flow_runs(pipeline: str) -> list[FlowRun]:
+    """The pipeline flow's runs of `pipeline` (by its tag; stage runs left out), oldest first."""
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])), sort=FlowRunSort.EXPECTED_START_TIME_ASC
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[f"pipeline:{pipeline}"]),
+                parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=True),
+            ),
+            sort=FlowRunSort.EXPECTED_START_TIME_ASC,
         )
 
 

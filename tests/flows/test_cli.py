@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.flows.fault_support import flow_runs_named
+from tests.flows.fault_support import pipeline_flow_runs
 from tests.flows.support import FAST_PROCESSOR, REPOSITORY, cli_environment, stored_rows, write_csv
 
 Run = Callable[[str], subprocess.CompletedProcess[str]]
@@ -143,7 +143,7 @@ def test_a_malformed_or_unreachable_store_is_one_line_naming_it_and_no_flow_run(
         assert (completed.returncode, completed.stdout) == (2, ""), f"{case}: {completed.stderr}"
         assert completed.stderr.count("\n") == 1 and completed.stderr.startswith(expected), f"{case}: {completed.stderr}"
         assert "s3cret" not in completed.stderr
-    assert flow_runs_named(pipeline) == []
+    assert pipeline_flow_runs(pipeline) == []
 
 
 def test_a_changed_source_is_refused_naming_the_change_and_new_run_starts_afresh(

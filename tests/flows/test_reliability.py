@@ -39,7 +39,7 @@ from tests.flows.fault_support import (
     decision_write_waits,
     decisions_held_back,
     flow_run_logs,
-    flow_runs_named,
+    pipeline_flow_runs,
     free_port,
     messages,
     wait_until,
@@ -342,7 +342,7 @@ def test_a_database_that_stays_away_fails_the_run_naming_it_and_a_rerun_finishes
     assert str(caught.value).startswith(f"the store at postgresql+psycopg://{_database_named(url)} failed: ")
     assert not [message for message in messages(caught.value) if PASSWORD in message]
     # The stage was tried three times; its retries found no database and called no processor.
-    [failed_run] = flow_runs_named(pipeline_name)
+    [failed_run] = pipeline_flow_runs(pipeline_name)
     stage_runs = child_flow_runs(failed_run.id)
     retried = [log for log in flow_run_logs([run.id for run in stage_runs]) if "could not use the store" in log.message]
     assert len(retried) == STORE_RETRIES

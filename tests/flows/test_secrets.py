@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRun
 
 from flows.database import StoreDatabase
 from scaling_core import ScalingConfig
-from tests.flows.fault_support import PASSWORD, flow_run_logs, flow_runs_named, free_port, messages, with_password
+from tests.flows.fault_support import PASSWORD, flow_run_logs, pipeline_flow_runs, free_port, messages, with_password
 from tests.flows.support import (
     REPOSITORY,
     call_pipeline,
@@ -90,7 +90,7 @@ def _run_command(request: pytest.FixtureRequest, folder: Path, how: str) -> Secr
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
     [run] = runs(direct, pipeline)
-    [flow_run] = flow_runs_named(pipeline)
+    [flow_run] = pipeline_flow_runs(pipeline)
     return SecretRun(how=how, url=url, run_id=run.run_id, flow_run_id=flow_run.id, output=output)
 
 
@@ -123,7 +123,7 @@ def test_no_artifact_of_the_run_holds_the_password(secret_run: SecretRun) -> Non
                 flow_run_id=ArtifactFilterFlowRunId(any_=[secret_run.flow_run_id, *_stage_ids(secret_run)])
             )
         )
-    assert {artifact.type for artifact in artifacts} == {"progress", "table", "markdown"}
+    assert {artifact.type for artifact in artifacts} == {"progress", "table", "markdown", "image"}
     leaked = [artifact.key for artifact in artifacts if PASSWORD in artifact.model_dump_json()]
     assert not leaked, leaked
 
@@ -164,7 +164,7 @@ def test_an_unreachable_database_gives_errors_and_logs_without_the_password(
     assert not [message for message in seen if PASSWORD in message], seen
     assert any("127.0.0.1" in message for message in seen), seen  # the error is about the store
 
-    [flow_run] = flow_runs_named(pipeline_name)
+    [flow_run] = pipeline_flow_runs(pipeline_name)
     assert flow_run.state is not None and flow_run.state.is_failed()
     assert PASSWORD not in (flow_run.state.message or "")
     logs = flow_run_logs([flow_run.id])
