@@ -358,6 +358,9 @@ def call_in_daemon_thread(call: Callable[[], _T]) -> Future[_T]:
         except BaseException as error:  # handed to the waiting caller as it is
             done.set_exception(error)
 
+    # Running from the start: a waiter that gives up (a timeout, an interrupt) cannot cancel
+    # it, and the thread can always hand its answer over.
+    done.set_running_or_notify_cancel()
     context = contextvars.copy_context()
     threading.Thread(target=context.run, args=(target,), name="batchpilot-processor", daemon=True).start()
     return done
