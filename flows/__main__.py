@@ -155,7 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     parameters = _pipeline_parameters(args)
     from pydantic import TypeAdapter
 
-    from flows._interrupt import INTERRUPTED_EXIT_CODE, Interrupted, Interruptible
+    from flows._interrupt import Interrupted, Interruptible
     from flows._server import temporary_server
     from flows._terminal import TerminalProgress
     from flows.models import ProcessorPath
@@ -194,15 +194,15 @@ def _run(args: argparse.Namespace) -> int:
         )
         try:
             summary = runner.run(lambda: batch_pipeline(**parameters))
-        except Interrupted:
+        except Interrupted as stop:
             shown.close()
             print(_interrupted_line(shown, database, stopped=runner.stopped), file=sys.stderr)
             if not runner.stopped:  # a processor call that cannot be stopped holds a thread
                 if server is not None:
                     server.stop()
                 sys.stdout.flush()
-                os._exit(INTERRUPTED_EXIT_CODE)
-            return INTERRUPTED_EXIT_CODE
+                os._exit(stop.exit_code)
+            return stop.exit_code
     with database:
         rows = stage_rows(database.get_engine(), summary.run_id)
     print(format_stage_table(rows))
