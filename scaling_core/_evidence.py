@@ -275,6 +275,35 @@ class WeightedCostFit:
     def seconds(self, size: float, weight: float) -> float:
         return self.fixed + self.per_item * size + self.per_weight * weight
 
+    def seconds_upper(self, size: float, weight: float, z: float) -> float:
+        """`seconds(size, weight)` plus `z` standard errors of that prediction of the mean."""
+        x = (1.0, size / self.item_scale, weight / self.weight_scale)
+        variance = sum(x[i] * self.covariance[i][j] * x[j] for i in range(3) for j in range(3))
+        return self.seconds(size, weight) + z * math.sqrt(max(variance, 0.0))
+
+    def largest_weight_within(self, size: float, seconds: float, *, z: float = 0.0) -> float:
+        """Largest summed weight W of a batch of `size` items with seconds(size, W) (+ `z`
+        standard errors) <= `seconds`; 0.0 when even a weightless batch is over it.
+
+        Solution to fixed + per_item*size + per_weight*W = seconds for the mean; the upper
+        bound grows with W, so the bound's root is bisected under it.
+        """
+        mean_root = (seconds - self.fixed - self.per_item * size) / self.per_weight
+        if mean_root <= 0:
+            return 0.0
+        if z <= 0 or self.seconds_upper(size, mean_root, z) <= seconds:
+            return mean_root
+        low, high = 0.0, mean_root
+        if self.seconds_upper(size, low, z) > seconds:
+            return 0.0
+        for _ in range(24):
+            middle = (low + high) / 2
+            if self.seconds_upper(size, middle, z) <= seconds:
+                low = middle
+            else:
+                high = middle
+        return low
+
     @property
     def weight_t(self) -> float:
         """t statistic of the per-weight term."""

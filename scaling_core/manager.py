@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from scaling_core import growth, predictions
 from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
-from scaling_core.limits import LIMITS, SizeLimit
+from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow, ViewNumbers
@@ -117,6 +117,7 @@ class ScalingManager:
         self.limits = tuple(limits)
         start = self.config.initial_batch_size if batch_size is None else batch_size
         self._current_batch_size = self.config.clamp(start)
+        self._current_max_weight: float | None = None
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
         self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
         self._shift_memo: dict[int, tuple[object, bool]] = {}
@@ -128,6 +129,11 @@ class ScalingManager:
     def get_current_batch_size(self) -> int:
         """The size the next batch should have."""
         return self._current_batch_size
+
+    def get_current_batch_weight(self) -> float | None:
+        """The most summed item weight the next batch may take (`ScalingDecision.max_weight`
+        of the last decision applied), or None when the time limit puts no bound on it."""
+        return self._current_max_weight
 
     def evaluate_scaling(
         self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
@@ -154,6 +160,12 @@ class ScalingManager:
         window = EvidenceWindow.of(
             views, config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo, numbers=numbers
         )
+        return self._within_weight(window, self._decide(window, len(history)))
+
+    def _decide(self, window: EvidenceWindow, batches: int) -> ScalingDecision:
+        """The decision on `window` of a history of `batches` batches (module docstring, steps 1-4)."""
+        config = self.config
+        base = window.base
         if window.last.failed:
             return self._after_failure(window)
         limits = [limit for rule in self.limits if (limit := rule.estimate(window)) is not None]
@@ -169,15 +181,35 @@ class ScalingManager:
                     f"the low-confidence threshold {config.low_confidence_threshold:.2f}: cut hard",
                     window.metrics,
                 )
-        if len(history) < config.min_batches_for_scaling:
+        if batches < config.min_batches_for_scaling:
             return self._decision(
                 base,
                 base,
-                f"collecting evidence: {len(history)} of {config.min_batches_for_scaling} batches"
+                f"collecting evidence: {batches} of {config.min_batches_for_scaling} batches"
                 + _unmet_note(limits),
                 window.metrics,
             )
         return self._combine(window, limits)
+
+    def _within_weight(self, window: EvidenceWindow, decision: ScalingDecision) -> ScalingDecision:
+        """`decision` with the weight its next batch may take (`ScalingDecision.max_weight`).
+
+        With a significant cost per unit of weight (`EvidenceWindow.weighed`), the time limit
+        reads, at the decided size n, the largest summed weight W with
+
+            seconds(n, W) + TIME_Z * se(n, W) <= TIME_MARGIN * processing_time_threshold
+
+        (`TimeLimit`'s margins): a batch of heavy items takes fewer of them instead of running
+        over the limit, and the size in items can follow the typical item.
+        """
+        weighed = window.weighed
+        if weighed is None:
+            return decision
+        budget = TimeLimit.TIME_MARGIN * self.config.processing_time_threshold
+        size = decision.new_batch_size
+        within = weighed.largest_weight_within(size, budget, z=TimeLimit.TIME_Z)
+        metrics = {**decision.performance_metrics, "max_weight_within_time_limit": within}
+        return decision.model_copy(update={"max_weight": within, "performance_metrics": metrics})
 
     def _after_failure(self, window: EvidenceWindow) -> ScalingDecision:
         """The answer to a batch that failed whole (see the module docstring, step 2)."""
@@ -290,6 +322,7 @@ class ScalingManager:
         """
         old_size = self._current_batch_size
         self._current_batch_size = self.config.clamp(decision.new_batch_size)
+        self._current_max_weight = decision.max_weight
         self._decisions.append(decision)
         changed = self._current_batch_size != old_size
         self._changes += int(changed)

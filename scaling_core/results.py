@@ -173,4 +173,8 @@ class ScalingDecision(BaseModel):
     reason: str
     confidence_threshold: float = Field(ge=0.0, le=1.0)
     performance_metrics: dict[str, float] = Field(default_factory=dict)
+    max_weight: float | None = Field(default=None, ge=0.0)
+    """The most summed item weight the next batch may take: its time limit read through the
+    cost of item weights (None without a significant weight cost). A stage claims up to
+    `new_batch_size` items within it, so a run of heavy items makes the batch smaller."""
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))

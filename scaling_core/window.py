@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from scaling_core._evidence import CostFit, fit_costs, fit_weighted_costs, robust_spread
+from scaling_core._evidence import CostFit, WeightedCostFit, fit_costs, fit_weighted_costs, robust_spread
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
@@ -32,6 +32,19 @@ Timing = tuple[float, float]
 """(items, seconds) of one batch that did not fail whole."""
 Observation = tuple[float, int, int]
 """(asked size, High items, items) of one batch that did not fail whole."""
+
+
+class RecentFit(NamedTuple):
+    """The time limit's cost fit of the recent timings, and what the window reads of it."""
+
+    fit: CostFit | None
+    """seconds(n) of the next batch (a weighted fit read at the recent weight per item)."""
+    noise: float
+    """Robust spread of its log residuals (relative timing noise)."""
+    expected: list[float]
+    """Its seconds of each of the last `RECENT_COST` timings (empty without a fit)."""
+    weighed: WeightedCostFit | None = None
+    """The fit with item weights, when the batches carry them and their weight costs time."""
 
 
 class ViewNumbers(NamedTuple):
@@ -61,6 +74,7 @@ class EvidenceWindow:
         fit: the cost fit of the recent timings (None while they do not determine it).
         noise: robust spread of the log residuals of `fit` (relative timing noise).
         metrics: numbers a reader needs to check the decision's reason.
+        weighed: the cost fit with item weights that `fit` reads, when there is one.
     """
 
     HISTORY = 400
@@ -139,6 +153,7 @@ class EvidenceWindow:
     fit: CostFit | None
     noise: float
     metrics: dict[str, float] = field(default_factory=dict)
+    weighed: WeightedCostFit | None = None
 
     @classmethod
     def of(
@@ -184,11 +199,12 @@ class EvidenceWindow:
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
         weights = [v.weight for v, _ in timed]
-        fit, noise, expected = cls._fit(timings[change:], weights[change:], metrics)
-        shock = cls._shock(timings[change:], expected, noise)
+        recent_fit = cls._fit(timings[change:], weights[change:], metrics)
+        shock = cls._shock(timings[change:], recent_fit.expected, recent_fit.noise)
         if shock:
             change += shock
-            fit, noise, _ = cls._fit(timings[change:], weights[change:], metrics)
+            recent_fit = cls._fit(timings[change:], weights[change:], metrics)
+        fit, noise = recent_fit.fit, recent_fit.noise
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
@@ -220,6 +236,7 @@ class EvidenceWindow:
             fit=fit,
             noise=noise,
             metrics=metrics,
+            weighed=recent_fit.weighed,
         )
 
     @classmethod
@@ -241,11 +258,9 @@ class EvidenceWindow:
         timings: Sequence[Timing],
         weights: Sequence[float | None] = (),
         metrics: dict[str, float] | None = None,
-    ) -> tuple[CostFit | None, float, list[float]]:
-        """(fit, noise, expected) of the recent `timings`: every batch kept (the time limit is on
-        expected time, outliers included), the robust spread (1.4826 * MAD) of its log
-        residuals, and the seconds it expects of each of the last `RECENT_COST` timings (empty
-        without a fit).
+    ) -> RecentFit:
+        """The fit of the recent `timings`: every batch kept (the time limit is on expected
+        time, outliers included), with the robust spread (1.4826 * MAD) of its log residuals.
 
         When every recent batch carries its items' total weight (`weights`, aligned with
         `timings`) and the fit finds a significant per-weight cost (`fit_weighted_costs`),
@@ -276,7 +291,7 @@ class EvidenceWindow:
                             "recent_weight_per_item": per_item_weight,
                         }
                     )
-                return weighed.at(per_item_weight), cls._noise(recent, expected), expected
+                return RecentFit(weighed.at(per_item_weight), cls._noise(recent, expected), expected, weighed)
         fit = fit_costs(
             [n for n, _ in recent],
             [t for _, t in recent],
@@ -286,10 +301,10 @@ class EvidenceWindow:
             curvature_t=cls.TIME_CURVATURE_T,
         )
         if fit is None:
-            return None, cls.MIN_NOISE, []
+            return RecentFit(None, cls.MIN_NOISE, [])
         a, b, c = fit.fixed, fit.per_item, fit.quadratic
         expected = [a + b * n + c * n * n for n, _ in recent]
-        return fit, cls._noise(recent, expected), expected
+        return RecentFit(fit, cls._noise(recent, expected), expected)
 
     @classmethod
     def _noise(cls, timings: Sequence[Timing], expected: Sequence[float]) -> float:

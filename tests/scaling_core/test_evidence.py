@@ -76,6 +76,18 @@ def test_the_weighted_cost_fit_is_weighted_least_squares_on_items_and_weight() -
     assert line.seconds_upper(100.0, 2.0) > line.seconds(100.0)
 
 
+def test_the_weight_a_batch_may_take_solves_the_time_limit_for_its_weight() -> None:
+    fit = fit_weighted_costs(*_weighed_sample(2e-5))
+    assert fit is not None
+    # Solution to fixed + per_item*n + per_weight*W = 5 s for the mean; under it for the bound.
+    mean = fit.largest_weight_within(100.0, 5.0)
+    assert mean == pytest.approx((5.0 - fit.fixed - fit.per_item * 100.0) / fit.per_weight)
+    bounded = fit.largest_weight_within(100.0, 5.0, z=2.0)
+    assert 0.0 < bounded < mean
+    assert fit.seconds_upper(100.0, bounded, 2.0) == pytest.approx(5.0, rel=1e-4)
+    assert fit.largest_weight_within(100.0, fit.fixed / 2) == 0.0
+
+
 def test_a_weight_that_costs_nothing_is_left_out_of_the_fit() -> None:
     assert fit_weighted_costs(*_weighed_sample(0.0)) is None
 
