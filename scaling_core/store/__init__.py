@@ -60,6 +60,8 @@ from scaling_core.store.queries import (
     record_decision,
     run_batches,
     run_decisions,
+    RunSpending,
+    run_spending,
     start_run,
 )
 from scaling_core.store.reports import RunReport, RunTotals, StageRow, run_report, run_stages, run_totals
@@ -94,6 +96,7 @@ __all__ = [
     "PipelineRun",
     "PipelineStore",
     "RunReport",
+    "RunSpending",
     "RunStatus",
     "RunTotals",
     "StageRow",
@@ -135,6 +138,7 @@ __all__ = [
     "run_batches",
     "run_decisions",
     "run_report",
+    "run_spending",
     "run_stages",
     "run_totals",
     "start_run",
