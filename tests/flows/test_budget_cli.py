@@ -40,7 +40,7 @@ class Cli:
     def __call__(self, *arguments: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "flows", *arguments, "--database-url", self.url],
-            cwd=REPOSITORY, env=self.env, capture_output=True, text=True, timeout=180,
+            cwd=REPOSITORY, env=self.env, capture_output=True, text=True, timeout=180, check=False,
         )
 
     def run(self, *extra: str) -> subprocess.CompletedProcess[str]:
