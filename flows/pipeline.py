@@ -186,8 +186,8 @@ async def _run_stages(
 
     Crash suspects go first, in crash-isolation stages of half the crashed batch
     (`store.CrashSuspects`); the manager is not asked after those, and the run goes on at
-    the size it chose before. With a `budget.max_cost`, each stage is costed first and the
-    run stops (`BudgetReached`) when it would pass the budget.
+    the size it chose before. With a `budget.max_cost`, each stage's items are priced before
+    it claims them, and the run stops (`BudgetReached`) when they would pass the budget.
     """
     engine = database.get_engine()
     size = opened.batch_size
@@ -215,8 +215,9 @@ async def _run_stages(
                 engine,
                 opened.run_id,
                 budget,
-                batch_size=max(1, min(stage_size, tally.remaining)),
+                batch_size=stage_size,
                 max_batch_weight=request.scaling.max_batch_weight,
+                suspects_of=None if suspects is None else suspects.batch_id,
             )
         ):
             raise stop_run(engine, opened.run_id, over, kind=BudgetReached)

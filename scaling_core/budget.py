@@ -9,11 +9,13 @@ where `weight` is the summed weight of its items (tokens, characters, bytes: see
 processor was called is charged, a batch that failed whole included: a retried item is
 charged again each time it runs. A batch whose process died (a crash) is not charged.
 
-Before each stage the run predicts what the next stage will cost from its size and the
-recent mean weight per item (`CostBudget.predicted_cost`); when what was spent plus that
-prediction would pass `max_cost`, the run stops with its items pending ("budget reached
-after N items, $X; rerun with a higher --max-cost to continue"), and a rerun with a higher
-`max_cost` continues it.
+Before each stage the run prices the items that stage would claim (the next pending items
+in ledger order, up to its size and within `max_batch_weight`: `store.next_claim`); when
+what was spent plus that would pass `max_cost`, the run stops with its items pending
+("budget reached after N items, $X; rerun with a higher --max-cost to continue"), and a
+rerun with a higher `max_cost` continues it. The price of a stage is known before it runs,
+so a single worker never passes the budget; several workers on one run may pass it by what
+the stages the others have in flight cost, each having priced its own stage alone.
 """
 
 from __future__ import annotations
@@ -66,27 +68,14 @@ class CostBudget(BaseModel):
             return None
         return items * self.cost_per_item + (weight or 0.0) * self.cost_per_weight_unit
 
-    def predicted_cost(
-        self, *, size: int, weight_per_item: float | None, max_batch_weight: float | None = None
-    ) -> float:
-        """What a stage of `size` items is expected to cost.
+    def stop_message(self, *, spent: float, next_cost: float, finished: int) -> str | None:
+        """The line that stops a run when `spent + next_cost` would pass `max_cost`; None while it would not.
 
-        Its weight is `size` x the recent mean weight per item, but no more than
-        `max_batch_weight` (a claim stops there), and then its items no more than fit that
-        weight at the mean: size' = min(size, max_batch_weight / weight_per_item), at least 1.
+        Example:
+            >>> CostBudget(cost_per_item=0.01, max_cost=2.0).stop_message(spent=1.5, next_cost=0.6, finished=150)
+            'budget reached after 150 items, $1.50; rerun with a higher --max-cost to continue'
         """
-        items = float(size)
-        weight = 0.0
-        if weight_per_item is not None and weight_per_item > 0.0:
-            weight = items * weight_per_item
-            if max_batch_weight is not None and weight > max_batch_weight:
-                items = max(1.0, max_batch_weight / weight_per_item)
-                weight = max(max_batch_weight, weight_per_item)
-        return items * self.cost_per_item + weight * self.cost_per_weight_unit
-
-    def stop_message(self, *, spent: float, predicted: float, finished: int) -> str | None:
-        """The line that stops a run when `spent + predicted` would pass `max_cost`; None while it would not."""
-        if self.max_cost is None or spent + predicted <= self.max_cost:
+        if self.max_cost is None or spent + next_cost <= self.max_cost:
             return None
         return f"budget reached after {finished} items, {dollars(spent)}; rerun with a higher --max-cost to continue"
 

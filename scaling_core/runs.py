@@ -400,25 +400,32 @@ class RunTally:
 
 
 def budget_stop(
-    engine: Engine, run_id: str, budget: CostBudget, *, batch_size: int, max_batch_weight: float | None
+    engine: Engine,
+    run_id: str,
+    budget: CostBudget,
+    *,
+    batch_size: int,
+    max_batch_weight: float | None,
+    suspects_of: int | None = None,
 ) -> str | None:
     """Why the run must stop before a stage of `batch_size` (its cost would pass `max_cost`), else None.
 
-    Reads what the run has spent and its recent weight per item (`store.run_spending`); the
-    stage's cost is predicted from those (`CostBudget.predicted_cost`). "After N items" counts
-    the run's finished items (done or failed for good).
+    The stage is priced by the items it would claim now (`store.next_claim`: the next pending
+    items in ledger order within `max_batch_weight`, or the crash suspects of `suspects_of`).
+    "After N items" counts the run's finished items (done or failed for good).
     """
     if budget.max_cost is None:
         return None
     with store.open_session(engine) as session:
-        spending = store.run_spending(session, run_id)
-        predicted = budget.predicted_cost(
-            size=batch_size, weight_per_item=spending.weight_per_item, max_batch_weight=max_batch_weight
+        spent = store.run_cost(session, run_id)
+        items, weight = store.next_claim(
+            session, run_id, batch_size, max_weight=max_batch_weight, suspects_of=suspects_of
         )
-        if spending.cost + predicted <= budget.max_cost:
+        next_cost = budget.batch_cost(items=items, weight=weight) or 0.0
+        if spent + next_cost <= budget.max_cost:
             return None
         counts = store.count_items(session, run_id)
-    return budget.stop_message(spent=spending.cost, predicted=predicted, finished=counts.done + counts.failed)
+    return budget.stop_message(spent=spent, next_cost=next_cost, finished=counts.done + counts.failed)
 
 
 def stop_run(engine: Engine, run_id: str, message: str, *, kind: type[RunStopped] = RunStopped) -> RunStopped:

@@ -127,6 +127,36 @@ _CLAIMS = {
 """The claim statements by (crash suspects only, capped by weight)."""
 
 
+def next_claim(
+    session: Session, run_id: str, limit: int, *, max_weight: float | None = None, suspects_of: int | None = None
+) -> tuple[int, float]:
+    """(items, summed weight) that `claim_items` with the same arguments would claim now, claiming nothing.
+
+    The same walk in ledger order within `max_weight`, read without locks: what a stage of
+    `limit` would take when no other worker claims first (the cost budget prices it).
+    """
+    if limit <= 0:
+        return 0, 0.0
+    where = (_PENDING,) if suspects_of is None else (_RETRIED, _LEDGER.c.batch_id == suspects_of)
+    candidates = (
+        select(_LEDGER.c.seq, func.coalesce(_LEDGER.c.weight, 0.0).label("weight"))
+        .where(_LEDGER.c.run_id == run_id, *where)
+        .order_by(_LEDGER.c.seq)
+        .limit(limit)
+        .subquery()
+    )
+    ordered = select(
+        candidates.c.weight,
+        func.sum(candidates.c.weight).over(order_by=candidates.c.seq).label("running"),
+        func.row_number().over(order_by=candidates.c.seq).label("position"),
+    ).subquery()
+    taken = select(func.count(), func.coalesce(func.sum(ordered.c.weight), 0.0))
+    if max_weight is not None:
+        taken = taken.where(or_(ordered.c.position == 1, ordered.c.running <= max_weight))
+    items, weight = session.execute(taken).one()
+    return int(items), float(weight)
+
+
 class ItemCounts(BaseModel):
     """A run's items by ledger status (one field per `ItemStatus`), and the sums reports show."""
 

@@ -6,7 +6,6 @@ The item ledger has its own module (`ledger`), and the read-only reports theirs 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, func, insert, update
@@ -20,8 +19,6 @@ from scaling_core.store.tables import (
     BatchRecord,
     BatchStatus,
     DecisionRecord,
-    ItemStatus,
-    LedgerItem,
     PipelineRun,
     RunStatus,
     now,
@@ -232,40 +229,9 @@ def run_batches(session: Session, run_id: str) -> list[BatchRecord]:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class RunSpending:
-    """What a run has spent so far, and the weight per item its next stage is predicted from."""
-
-    cost: float
-    """The summed cost of the run's batches (every batch whose processor was called)."""
-    weight_per_item: float | None
-    """Weight per item of the run's recent batches; before any, the mean weight of its pending
-    items; None when its items have no weights."""
-
-
-SPENDING_RECENT_BATCHES = 5
-"""Batches whose weight per item predicts the next stage's (`run_spending`)."""
-
-
-def run_spending(session: Session, run_id: str) -> RunSpending:
-    """The run's spent cost and recent weight per item: two short reads by the run's indexes."""
-    cost = session.execute(select(func.sum(_BATCHES.c.cost)).where(_BATCHES.c.run_id == run_id)).scalar()
-    recent = session.execute(
-        select(_BATCHES.c.total_items, _BATCHES.c.total_weight)
-        .where(_BATCHES.c.run_id == run_id, _BATCHES.c.total_weight.is_not(None), _BATCHES.c.total_items > 0)
-        .order_by(_BATCHES.c.id.desc())
-        .limit(SPENDING_RECENT_BATCHES)
-    ).all()
-    weight_per_item: float | None
-    if recent:
-        weight_per_item = sum(row.total_weight for row in recent) / sum(row.total_items for row in recent)
-    else:
-        ledger = LedgerItem.__table__  # type: ignore[attr-defined]
-        mean = session.execute(
-            select(func.avg(ledger.c.weight)).where(ledger.c.run_id == run_id, ledger.c.status == ItemStatus.PENDING)
-        ).scalar()
-        weight_per_item = None if mean is None else float(mean)
-    return RunSpending(cost=float(cost or 0.0), weight_per_item=weight_per_item)
+def run_cost(session: Session, run_id: str) -> float:
+    """What the run's batches have cost so far (every batch whose processor was called): one indexed sum."""
+    return float(session.execute(select(func.sum(_BATCHES.c.cost)).where(_BATCHES.c.run_id == run_id)).scalar() or 0.0)
 
 
 def last_batch_id(session: Session, run_id: str) -> int | None:

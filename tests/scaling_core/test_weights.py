@@ -112,21 +112,18 @@ def test_a_batch_costs_its_items_and_its_weight_at_the_prices_per_unit() -> None
     assert budget.batch_cost(items=10, weight=5_000) == pytest.approx(0.02)
     assert budget.batch_cost(items=10, weight=None) == pytest.approx(0.01)
     assert CostBudget().batch_cost(items=10, weight=5_000) is None
-    # 100 items of 400 tokens on average, capped at 10,000 tokens: 25 items, 10,000 tokens.
-    assert budget.predicted_cost(size=100, weight_per_item=400.0, max_batch_weight=10_000) == pytest.approx(0.045)
-    assert budget.predicted_cost(size=100, weight_per_item=None) == pytest.approx(0.1)
 
 
 def test_the_budget_stops_only_when_spent_plus_the_next_stage_would_pass_it() -> None:
     budget = CostBudget(cost_per_item=0.01, max_cost=2.0)
-    assert budget.stop_message(spent=1.5, predicted=0.5, finished=150) is None
-    assert budget.stop_message(spent=1.5, predicted=0.51, finished=150) == (
+    assert budget.stop_message(spent=1.5, next_cost=0.5, finished=150) is None
+    assert budget.stop_message(spent=1.5, next_cost=0.51, finished=150) == (
         "budget reached after 150 items, $1.50; rerun with a higher --max-cost to continue"
     )
-    assert budget.stop_message(spent=0.0042, predicted=9.0, finished=3) == (
+    assert budget.stop_message(spent=0.0042, next_cost=9.0, finished=3) == (
         "budget reached after 3 items, $0.0042; rerun with a higher --max-cost to continue"
     )
-    assert CostBudget(cost_per_item=0.01).stop_message(spent=1e9, predicted=1e9, finished=1) is None
+    assert CostBudget(cost_per_item=0.01).stop_message(spent=1e9, next_cost=1e9, finished=1) is None
 
 
 @pytest.mark.parametrize(

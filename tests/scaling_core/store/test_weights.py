@@ -117,16 +117,15 @@ def test_batches_and_items_record_their_weight_and_cost_retries_included(engine:
     expected = [1.7, 0.9, 0.9]
     with store.open_session(engine) as session:
         rows = store.run_stages(session, run_id)
-        spending = store.run_spending(session, run_id)
+        spent = store.run_cost(session, run_id)
         totals = run_totals(session, run_id)
         report = run_report(session, run_id)
         history = store.recent_batches(session, "w", 10)
     assert [row.cost for row in rows] == pytest.approx(expected)
     assert [row.weight for row in rows] == [7.0, 4.0, 4.0]
     assert [result.total_weight for result in history] == [7.0, 4.0, 4.0]
-    assert spending.cost == pytest.approx(sum(expected)) and totals.cost == pytest.approx(sum(expected))
+    assert spent == pytest.approx(sum(expected)) and totals.cost == pytest.approx(sum(expected))
     assert report.cost == pytest.approx(sum(expected)) and totals.weight == report.weight == 15.0
-    assert spending.weight_per_item == pytest.approx(15.0 / 4)
     exported = {row["id"]: row for row in iter_results(engine, run_id)}
     # item-1 ran three times: 3 x (0.5 + 0.4).
     assert exported["item-1"]["cost"] == pytest.approx(2.7)
@@ -135,11 +134,27 @@ def test_batches_and_items_record_their_weight_and_cost_retries_included(engine:
     assert sum(row["cost"] or 0.0 for row in exported.values()) == pytest.approx(sum(expected))
 
 
-def test_an_unpriced_run_records_no_cost_and_its_next_stage_is_weighed_from_the_pending_items(engine: Engine) -> None:
+def test_the_next_claim_is_known_before_it_is_made_and_claims_nothing(engine: Engine) -> None:
     run_id = _weighed_run(engine, WEIGHTS)
     with store.open_session(engine) as session:
-        spending = store.run_spending(session, run_id)
-    assert spending.cost == 0.0 and spending.weight_per_item == pytest.approx(sum(WEIGHTS) / len(WEIGHTS))
+        assert store.next_claim(session, run_id, 5, max_weight=8.0) == (2, 7.0)
+        assert store.next_claim(session, run_id, 5) == (5, 19.0)
+        assert store.next_claim(session, run_id, 0) == (0, 0.0)
+        assert store.count_items(session, run_id).pending == len(WEIGHTS)
+    for limit in (5, 5, 2, 5, 5, 5):
+        with store.open_session(engine) as session:
+            expected = store.next_claim(session, run_id, limit, max_weight=8.0)
+            claimed = store.claim_items(session, run_id, limit, batch_id=1, worker="a", max_weight=8.0)
+            session.commit()
+        assert expected == (len(claimed), sum(item.weight or 0.0 for item in claimed))
+    with store.open_session(engine) as session:
+        assert store.next_claim(session, run_id, 5, max_weight=8.0) == (0, 0.0)
+
+
+def test_an_unpriced_run_records_no_cost(engine: Engine) -> None:
+    run_id = _weighed_run(engine, WEIGHTS)
+    with store.open_session(engine) as session:
+        assert store.run_cost(session, run_id) == 0.0
     batches = BatchManager(engine, run_id=run_id, pipeline="w", batch_size=3, worker="a")
     claimed = batches.next_batch()
     assert claimed is not None
