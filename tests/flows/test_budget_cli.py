@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.__main__ import BUDGET_EXIT_CODE
 from tests.flows.support import REPOSITORY, cli_environment
@@ -105,6 +107,23 @@ def test_the_report_shows_each_stage_weight_and_cost_within_the_weight_budget(ru
     table = runs.cli("report", "--pipeline", "docs").stdout
     assert "weight" in table.splitlines()[1] and "cost" in table.splitlines()[1]
     assert f"cost ${total:.4f}" in table.splitlines()[0]
+
+
+def test_the_artifacts_of_both_runs_show_weight_and_cost(runs: Runs) -> None:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["docs-stages", "docs-summary"]))
+        )
+    tables = [json.loads(artifact.data) for artifact in artifacts if artifact.key == "docs-stages"]
+    summaries = [artifact.data for artifact in artifacts if artifact.key == "docs-summary"]
+    # The stopped run wrote its artifacts too, before it raised.
+    assert len(tables) == len(summaries) == 2
+    for rows in tables:
+        assert all(list(row) == ["stage", "size", "items", "weight", "High share", "seconds", "cost", "action"]
+                   for row in rows)
+        assert all(row["cost"].startswith("$") for row in rows)
+    for summary in summaries:
+        assert "| weight | cost |" in summary and re.search(r"s, for \$\d+\.\d{4}\.", summary)
 
 
 @pytest.mark.parametrize(
