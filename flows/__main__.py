@@ -7,7 +7,8 @@
     python -m flows export -o results.csv     # the latest run's results, one row per item
 
 Exit status: 0 done, 1 items left (other workers), 2 bad input or store, 3 stopped by the
-budget (`--max-cost`; rerun with a higher one to continue), 130 interrupted.
+budget (`--max-cost`; rerun with a higher one to continue), 128 + the signal's number interrupted
+(130 after Ctrl-C, 143 after SIGTERM).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     parameters = _pipeline_parameters(args)
     from pydantic import TypeAdapter
 
-    from flows._interrupt import INTERRUPTED_EXIT_CODE, Interrupted, Interruptible
+    from flows._interrupt import Interrupted, Interruptible
     from flows._server import temporary_server
     from flows._terminal import TerminalProgress
     from flows.models import ProcessorPath
@@ -218,15 +219,15 @@ def _run(args: argparse.Namespace) -> int:
             shown.close()
             print(str(reached), file=sys.stderr)
             return BUDGET_EXIT_CODE
-        except Interrupted:
+        except Interrupted as stop:
             shown.close()
             print(_interrupted_line(shown, database, stopped=runner.stopped), file=sys.stderr)
             if not runner.stopped:  # a processor call that cannot be stopped holds a thread
                 if server is not None:
                     server.stop()
                 sys.stdout.flush()
-                os._exit(INTERRUPTED_EXIT_CODE)
-            return INTERRUPTED_EXIT_CODE
+                os._exit(stop.exit_code)
+            return stop.exit_code
     with database:
         rows = stage_rows(database.get_engine(), summary.run_id)
     print(format_stage_table(rows))

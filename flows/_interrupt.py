@@ -22,8 +22,10 @@ from typing import Any, TypeVar
 
 _T = TypeVar("_T")
 
-INTERRUPTED_EXIT_CODE = 130
-"""The exit code after a stop by Ctrl-C or SIGTERM: 128 + SIGINT, what shells report for Ctrl-C."""
+def exit_code(received: signal.Signals) -> int:
+    """The exit code after a stop by `received`: 128 + its number, as shells report it (130
+    for Ctrl-C, 143 for SIGTERM, which service managers read as a clean stop)."""
+    return 128 + int(received)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 STOP_GRACE_SECONDS = 10.0
 """How long an interrupted run gets to give its claims back before the command stops waiting.
@@ -38,6 +40,10 @@ class Interrupted(Exception):
     def __init__(self, received: signal.Signals) -> None:
         super().__init__(f"interrupted by {received.name}")
         self.signal = received
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.signal)
 
 
 class Interruptible:
@@ -98,7 +104,7 @@ class Interruptible:
         if self.received is not None:
             self.hard_stop()
             os.write(2, b"\nstopped at once; rerun the same command to resume\n")
-            os._exit(INTERRUPTED_EXIT_CODE)
+            os._exit(exit_code(self.received))
         self.on_stop()
         with self._lock:
             self.received = signal.Signals(number)

@@ -131,6 +131,8 @@ class StageSummary(BaseModel):
     """The stage failed whole because its processor outlived the stage timeout."""
     crashed: bool = False
     """The processor's process died: each item counted an attempt and is a crash suspect."""
+    crashed_for_good: int = 0
+    """Of a crashed stage's items, those failed for good: alone, with their attempts used up."""
     suspects_of: int | None = None
     """A crash-isolation stage: the crashed batch whose suspects it claimed."""
     error: str | None = None

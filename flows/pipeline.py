@@ -242,6 +242,7 @@ async def _run_stages(
             error=stage.error,
             timed_out=stage.timed_out,
             crashed=stage.crashed,
+            crashed_for_good=stage.crashed_for_good,
         ):
             raise stop_run(engine, opened.run_id, stop)
         if stage.crashed or stage.suspects_of is not None:

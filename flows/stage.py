@@ -185,7 +185,7 @@ async def _stage(
                     _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
                 )
             except ProcessorCrashed as crash:
-                batches.crash_batch(claimed, str(crash))
+                lost = batches.crash_batch(claimed, str(crash))
                 logger.warning(
                     "Stage %s (%s items): %s; each item counts an attempt and is retried as a crash suspect",
                     claimed.stage,
@@ -200,6 +200,7 @@ async def _stage(
                     failed=len(claimed.items),
                     seconds=time.perf_counter() - started,
                     crashed=True,
+                    crashed_for_good=lost,
                     suspects_of=suspects_of,
                     error=str(crash),
                 )

@@ -255,6 +255,148 @@ def fit_costs(
     return robust if outlier_cutoff is not None else mean
 
 
+@dataclass(frozen=True, slots=True)
+class WeightedCostFit:
+    """Batch time model with item weights: seconds(n, w) = fixed + per_item*n + per_weight*w.
+
+    `w` is the batch's total weight (tokens, bytes): a batch of heavy items costs more than
+    one of as many light ones. Coefficients are in seconds, seconds per item and seconds per
+    weight unit; `covariance` is theirs, in the units sizes and weights were scaled by.
+    """
+
+    fixed: float
+    per_item: float
+    per_weight: float
+    points: int
+    item_scale: float
+    weight_scale: float
+    covariance: tuple[tuple[float, ...], ...]
+
+    def seconds(self, size: float, weight: float) -> float:
+        return self.fixed + self.per_item * size + self.per_weight * weight
+
+    @property
+    def weight_t(self) -> float:
+        """t statistic of the per-weight term."""
+        variance = self.covariance[2][2]
+        return self.per_weight * self.weight_scale / math.sqrt(variance) if variance > 0 else math.inf
+
+    def at(self, weight_per_item: float) -> CostFit:
+        """The time model of batches whose items weigh `weight_per_item` each on average:
+        w = weight_per_item * n, so seconds(n) = fixed + (per_item + per_weight * weight_per_item) * n.
+
+        In scaled units the per-item coefficient is beta = b + k*d with k = weight_per_item *
+        item_scale / weight_scale, so Var(beta) = V_bb + 2k V_bd + k^2 V_dd and
+        Cov(fixed, beta) = V_ab + k V_ad.
+        """
+        k = weight_per_item * self.item_scale / self.weight_scale
+        (v_aa, v_ab, v_ad), (_, v_bb, v_bd), (_, _, v_dd) = self.covariance
+        variance = v_bb + 2 * k * v_bd + k * k * v_dd
+        across = v_ab + k * v_ad
+        return CostFit(
+            fixed=self.fixed,
+            per_item=self.per_item + self.per_weight * weight_per_item,
+            quadratic=0.0,
+            points=self.points,
+            scale=self.item_scale,
+            covariance=((v_aa, across, 0.0), (across, variance, 0.0), (0.0, 0.0, 0.0)),
+        )
+
+
+_WEIGHTED_MODELS = ((0, 1, 2), (0, 2), (1, 2))
+"""Columns of the weighted cost models, most general first (0: fixed, 1: items, 2: weight);
+each holds the weight term, the one the fit is about."""
+
+
+def fit_weighted_costs(
+    sizes: Sequence[float],
+    weights: Sequence[float],
+    seconds: Sequence[float],
+    *,
+    min_points: int = 5,
+    weight_t: float = 2.0,
+    half_life: float | None = None,
+) -> WeightedCostFit | None:
+    """Fit batch time against items and total weight; None when the weight term is not
+    significant (t <= `weight_t`) or the data cannot determine it.
+
+    Weighted least squares on the columns (1, n, w), two passes as in `fit_costs`: the
+    second weighted by recency / predicted^2 (timing noise is multiplicative). The weight
+    term is only identified when the weight per item varies between batches (otherwise w is
+    a multiple of n); a negative coefficient is the noise talking, and the best non-negative
+    model that keeps the weight term is taken.
+    """
+    points = [(n, w, t) for n, w, t in zip(sizes, weights, seconds, strict=True) if n > 0 and w > 0 and t > 0]
+    count = len(points)
+    if count < min_points:
+        return None
+    item_scale = max(n for n, _, _ in points)
+    weight_scale = max(w for _, w, _ in points)
+    rows = [(1.0, n / item_scale, w / weight_scale, t) for n, w, t in points]
+    recency = _recency(count, half_life) if half_life else (1.0,) * count
+    first = _solve_weighted(rows, recency)
+    if first is None:
+        return None
+    predicted = [sum(c * x for c, x in zip(first[0], row[:3])) for row in rows]
+    second = _solve_weighted(rows, [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)])
+    if second is None:
+        return None
+    coefficients, covariance = second
+    fit = WeightedCostFit(
+        fixed=coefficients[0],
+        per_item=coefficients[1] / item_scale,
+        per_weight=coefficients[2] / weight_scale,
+        points=count,
+        item_scale=item_scale,
+        weight_scale=weight_scale,
+        covariance=covariance,
+    )
+    return fit if fit.per_weight > 0 and fit.weight_t > weight_t else None
+
+
+def _solve_weighted(
+    rows: Sequence[tuple[float, float, float, float]], weights: Sequence[float]
+) -> tuple[list[float], tuple[tuple[float, ...], ...]] | None:
+    """(coefficients of fixed, items, weight; their 3x3 covariance) of the best non-negative
+    model of `_WEIGHTED_MODELS`, by weighted least squares on `rows` (1, n, w, seconds)."""
+    sums = [[0.0] * 4 for _ in range(3)]
+    yy = 0.0
+    for row, weight in zip(rows, weights, strict=True):
+        y = row[3]
+        yy += weight * y * y
+        for i in range(3):
+            wx = weight * row[i]
+            for j in range(i, 4):
+                sums[i][j] += wx * row[j]
+    best: tuple[float, list[float], list[list[float]], tuple[int, ...]] | None = None
+    for columns in _WEIGHTED_MODELS:
+        xtx = [[sums[min(i, j)][max(i, j)] for j in columns] for i in columns]
+        xty = [sums[i][3] for i in columns]
+        inverse = _inverse(xtx)
+        if inverse is None:
+            continue
+        solution = [sum(a * b for a, b in zip(row, xty)) for row in inverse]
+        if any(c < 0 for c in solution):
+            continue
+        rss = max(yy - sum(c * v for c, v in zip(solution, xty)), 0.0)
+        if best is None or rss < best[0]:
+            best = (rss, solution, inverse, columns)
+        if len(columns) == 3:
+            break  # the general model is non-negative: no nested one fits better
+    if best is None:
+        return None
+    rss, solution, inverse, columns = best
+    dof = len(rows) - len(columns)
+    variance = rss / dof if dof > 0 else 0.0
+    coefficients = [0.0, 0.0, 0.0]
+    covariance = [[0.0] * 3 for _ in range(3)]
+    for i, column in enumerate(columns):
+        coefficients[column] = solution[i]
+        for j, other in enumerate(columns):
+            covariance[column][other] = variance * inverse[i][j]
+    return coefficients, tuple(tuple(row) for row in covariance)
+
+
 def _fit_costs_pair(
     sizes: Sequence[float],
     seconds: Sequence[float],

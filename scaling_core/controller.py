@@ -170,12 +170,17 @@ class BatchManager:
             session.commit()
         return summary
 
-    def crash_batch(self, batch: ClaimedBatch, cause: str) -> None:
-        """Record a batch whose processor's process died: each item counts an attempt (`store.recover_crashed`)."""
+    def crash_batch(self, batch: ClaimedBatch, cause: str) -> int:
+        """Record a batch whose processor's process died: each item counts an attempt
+        (`store.recover_crashed`). Returns how many of its items that failed for good (one
+        that crashed alone with its attempts used up, else none)."""
         with store.open_session(self.engine) as session:
             store.recover_crashed(
                 session, self.run_id, max_attempts=self.max_attempts, batch_id=batch.batch_id, cause=cause
             )
+            if len(batch.items) != 1:
+                return 0
+            return store.count_batch_items(session, self.run_id, batch.batch_id, store.ItemStatus.FAILED)
 
     def counts(self) -> store.ItemCounts:
         """The run's items by status."""

@@ -50,6 +50,8 @@ class BatchView(NamedTuple):
     """True when the batch failed whole (no item came back successful)."""
     error: str | None = None
     """Why it failed whole, when it did."""
+    weight: float | None = None
+    """Total weight of its items (tokens, bytes), when the items carry weights."""
 
 
 class BatchResult(BaseModel):
@@ -131,6 +133,7 @@ class BatchResult(BaseModel):
             seconds=self.processing_time,
             failed=self.is_whole_failure,
             error=self.error,
+            weight=getattr(self, "total_weight", None),
         )
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, inspect
@@ -314,6 +315,13 @@ class RunTally:
     """Fewer than `max_failed_stages_in_a_row` by default: each timeout costs a whole stage timeout."""
     failures_in_a_row: int = 0
     timeouts_in_a_row: int = 0
+    lost_to_crashes_in_a_row: int = 0
+    """Items failed for good by crashing alone, since the last stage that did an item."""
+
+    LOST_TO_CRASHES: ClassVar[int] = 2
+    """Items crashing alone in a row (each failed for good, no item done between them) that
+    stop the run. One poison item is one; a second right after it is a processor that
+    crashes on everything, or poison items side by side, which the rerun goes past."""
     stages: int = 0
     warned: set[str] = field(default_factory=set)
 
@@ -355,16 +363,31 @@ class RunTally:
         error: str | None,
         timed_out: bool = False,
         crashed: bool = False,
+        crashed_for_good: int = 0,
     ) -> str | None:
         """Count a stage; returns why the run must stop (too many whole failures in a row), else None.
 
         A `crashed` stage (its processor's process died) leaves the count of failures in a
         row as it is: bisecting a crashed batch takes several crashes in a row by design, and
-        each crash already counts an attempt against its items.
+        each crash already counts an attempt against its items. But one poison item is
+        failed for good once (it crashes alone with its attempts used up, `crashed_for_good`),
+        and the stages after it do items: `LOST_TO_CRASHES` items failed that way with no
+        item done in between mean a processor that crashes on every item, and the run stops
+        before the crashes use up the attempts of more of its items.
         """
         self.stages += 1
         self.finished += successful
+        if successful:
+            self.lost_to_crashes_in_a_row = 0
         if crashed:
+            self.lost_to_crashes_in_a_row += crashed_for_good
+            if self.lost_to_crashes_in_a_row >= self.LOST_TO_CRASHES:
+                return (
+                    f"processor {self.processor} crashed its process on {self.lost_to_crashes_in_a_row} items in a "
+                    f"row, each alone, with no item done in between (last: {error}); it may crash on every item. "
+                    f"Stopping run {self.run_id}: fix the processor and rerun to resume (if these items are poison, "
+                    "the rerun goes on past them; they stay failed)"
+                )
             return None
         self.failures_in_a_row = self.failures_in_a_row + 1 if failed_whole else 0
         self.timeouts_in_a_row = self.timeouts_in_a_row + 1 if timed_out else 0

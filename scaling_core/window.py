@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from scaling_core._evidence import CostFit, fit_costs, robust_spread
+from scaling_core._evidence import CostFit, fit_costs, fit_weighted_costs, robust_spread
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
@@ -40,7 +40,8 @@ class ViewNumbers(NamedTuple):
     log_seconds: float
     """log of its seconds (0.0 when it took none: such a batch is no timing)."""
     cost_bucket: int
-    """Its `EvidenceWindow.NEIGHBOURHOOD` size bucket, by items (the cost shift tests')."""
+    """Its `EvidenceWindow.NEIGHBOURHOOD` size bucket, by items and, when its items carry
+    weights, by weight per item (the cost shift tests')."""
     quality_bucket: int
     """Its `EvidenceWindow.SAME_SIZE` size bucket, by asked size (the quality shift test's)."""
 
@@ -80,6 +81,13 @@ class EvidenceWindow:
     fit of a cost that curves up is low at the largest sizes, where the time limit is read,
     so the time limit takes curvature on weaker evidence than the throughput optimum
     (`limits.ThroughputOptimum.CURVATURE_T`), which shrinks the size on it."""
+    WEIGHT_T = 2.0
+    """t of the per-weight cost at which the recent fit takes item weights into account: as
+    with curvature (`TIME_CURVATURE_T`), a time model that misses it is low on batches of heavy
+    items, where the time limit is read."""
+    RECENT_WEIGHT = 3
+    """Batches whose weight per item the weighted fit is read at (the items to come are
+    most like the last ones: sources are often sorted or grouped)."""
     CHANGE_BATCHES = 3
     """Recent batches tested against older ones for a shift of quality at unchanged sizes."""
     CHANGE_Z = 4.0
@@ -102,13 +110,17 @@ class EvidenceWindow:
     """Ceiling on the relative timing noise (a factor of e^2 = 7.4 per sigma): beyond it the
     timings say nothing a limit could use."""
     CHANGE_REFERENCE = 20
-    """Batches before a split that a cost shift is judged against: about three probe cycles
-    (`ScalingManager.PROBE_EVERY`), enough neighbours at the sizes in use for the spread,
-    and short enough to hold only the regime just before the split."""
+    """Batches before a split that a cost shift is judged against. The reference's mean error
+    adds CHANGE_AFTER / CHANGE_REFERENCE to the variance of the shift: 20 keeps it under a
+    third (with Student's factor for a spread from 20 batches, z falls by under a fifth
+    against a reference known exactly), and a longer one reaches back into older regimes of a
+    cost that alternates."""
     CHANGE_AFTER = 6
-    """Batches after a split that a cost shift is judged on: about one probe cycle, after
-    which the size has moved to where the new cost puts it (sizes an older regime may
-    have used)."""
+    """Batches after a split that a cost shift is judged on. A shift of d noise spreads has
+    expected z = d * sqrt(m / (1 + m / CHANGE_REFERENCE)) / sqrt(1.13) (Student's factor); the
+    time limit's margin is `TimeLimit.TIME_Z` = 2 spreads, so a shift of 2 spreads is the
+    smallest the window must find, and m = 6 is the fewest batches at which it reaches
+    `CHANGE_Z` = 4 on average (a shift of 3 spreads is then found with probability 0.98)."""
     CHANGE_MIN_DOF = 4
     """Degrees of freedom (same-size pairs, in effect) the reference needs before its spread
     is trusted: with fewer, one lucky pair of batches would make every difference a shift."""
@@ -171,11 +183,12 @@ class EvidenceWindow:
         change = skipped + found if found else 0
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
-        fit, noise = cls._fit(timings[change:])
-        shock = cls._shock(timings[change:], fit, noise)
+        weights = [v.weight for v, _ in timed]
+        fit, noise, expected = cls._fit(timings[change:], weights[change:], metrics)
+        shock = cls._shock(timings[change:], expected, noise)
         if shock:
             change += shock
-            fit, noise = cls._fit(timings[change:])
+            fit, noise, _ = cls._fit(timings[change:], weights[change:], metrics)
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
@@ -212,17 +225,58 @@ class EvidenceWindow:
     @classmethod
     def numbers(cls, view: BatchView) -> ViewNumbers:
         """The numbers the shift tests read of `view` (the same formulas as theirs)."""
+        cost_bucket = int(math.log(view.items) / math.log(cls.NEIGHBOURHOOD)) if view.items > 0 else 0
+        if view.weight and view.items > 0:
+            # Items of another weight cost another time: only batches alike in both are neighbours.
+            cost_bucket = hash((cost_bucket, int(math.log(view.weight / view.items) / math.log(cls.NEIGHBOURHOOD))))
         return ViewNumbers(
             log_seconds=math.log(view.seconds) if view.seconds > 0 else 0.0,
-            cost_bucket=int(math.log(view.items) / math.log(cls.NEIGHBOURHOOD)) if view.items > 0 else 0,
+            cost_bucket=cost_bucket,
             quality_bucket=int(math.log(view.asked) / math.log(cls.SAME_SIZE)) if view.asked > 0 else 0,
         )
 
     @classmethod
-    def _fit(cls, timings: Sequence[Timing]) -> tuple[CostFit | None, float]:
-        """(fit, noise) of the recent `timings`: every batch kept (the time limit is on expected
-        time, outliers included), and the robust spread (1.4826 * MAD) of its log residuals."""
+    def _fit(
+        cls,
+        timings: Sequence[Timing],
+        weights: Sequence[float | None] = (),
+        metrics: dict[str, float] | None = None,
+    ) -> tuple[CostFit | None, float, list[float]]:
+        """(fit, noise, expected) of the recent `timings`: every batch kept (the time limit is on
+        expected time, outliers included), the robust spread (1.4826 * MAD) of its log
+        residuals, and the seconds it expects of each of the last `RECENT_COST` timings (empty
+        without a fit).
+
+        When every recent batch carries its items' total weight (`weights`, aligned with
+        `timings`) and the fit finds a significant per-weight cost (`fit_weighted_costs`),
+        the fit is that model read at the weight per item of the last `RECENT_WEIGHT` batches:
+        heavier items make the size smaller. Otherwise the cost is a function of the item
+        count alone.
+        """
         recent = timings[-cls.RECENT_COST :]
+        recent_weights = list(weights[-cls.RECENT_COST :])
+        if recent_weights and all(w is not None and w > 0 for w in recent_weights):
+            weighed = fit_weighted_costs(
+                [n for n, _ in recent],
+                [float(w) for w in recent_weights if w is not None],
+                [t for _, t in recent],
+                half_life=cls.COST_HALF_LIFE,
+                weight_t=cls.WEIGHT_T,
+            )
+            if weighed is not None:
+                last_items = sum(n for n, _ in recent[-cls.RECENT_WEIGHT :])
+                last_weight = sum(w for w in recent_weights[-cls.RECENT_WEIGHT :] if w is not None)
+                per_item_weight = last_weight / last_items
+                expected = [weighed.seconds(n, w or 0.0) for (n, _), w in zip(recent, recent_weights, strict=True)]
+                if metrics is not None:
+                    metrics.update(
+                        {
+                            "seconds_per_weight_unit": weighed.per_weight,
+                            "seconds_per_item_alone": weighed.per_item,
+                            "recent_weight_per_item": per_item_weight,
+                        }
+                    )
+                return weighed.at(per_item_weight), cls._noise(recent, expected), expected
         fit = fit_costs(
             [n for n, _ in recent],
             [t for _, t in recent],
@@ -232,28 +286,37 @@ class EvidenceWindow:
             curvature_t=cls.TIME_CURVATURE_T,
         )
         if fit is None:
-            return None, cls.MIN_NOISE
+            return None, cls.MIN_NOISE, []
         a, b, c = fit.fixed, fit.per_item, fit.quadratic
-        residuals = [math.log(max(t / e, 1e-300)) for n, t in recent if (e := a + b * n + c * n * n) > 0]
-        return fit, min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
+        expected = [a + b * n + c * n * n for n, _ in recent]
+        return fit, cls._noise(recent, expected), expected
 
     @classmethod
-    def _shock(cls, timings: Sequence[Timing], fit: CostFit | None, noise: float) -> int:
-        """Index (into `timings`) where a trailing run of batches far off `fit` begins; 0 for none.
+    def _noise(cls, timings: Sequence[Timing], expected: Sequence[float]) -> float:
+        """Robust spread of the log residuals of `timings` against `expected`, within
+        [`MIN_NOISE`, `MAX_NOISE`]."""
+        residuals = [math.log(max(t / e, 1e-300)) for (_, t), e in zip(timings, expected, strict=True) if e > 0]
+        return min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
+
+    @classmethod
+    def _shock(cls, timings: Sequence[Timing], expected: Sequence[float], noise: float) -> int:
+        """Index (into `timings`) where a trailing run of batches far off the fit begins; 0 for
+        none. `expected` holds the fit's seconds of the last timings (empty without a fit).
 
         The run must end at the last batch and lie on one side of the fit: a cost that
         jumped (or fell) shows in every batch after the jump, an outlier in one.
         """
-        if fit is None or len(timings) <= cls.SHOCK_SCAN:
+        if len(expected) < cls.SHOCK_SCAN or len(timings) <= cls.SHOCK_SCAN:
             return 0
         begin = len(timings)
         side = 0
+        offset = len(timings) - len(expected)
         for index in range(len(timings) - 1, len(timings) - 1 - cls.SHOCK_SCAN, -1):
-            n, t = timings[index]
-            expected = fit.seconds(n)
-            if expected <= 0:
+            t = timings[index][1]
+            predicted = expected[index - offset]
+            if predicted <= 0:
                 break
-            z = math.log(max(t / expected, 1e-300)) / noise
+            z = math.log(max(t / predicted, 1e-300)) / noise
             direction = (z > cls.SHOCK_Z) - (z < -cls.SHOCK_Z)
             if direction == 0 or (side and direction != side):
                 break

@@ -230,6 +230,12 @@ class SourceSummary(BaseModel):
     )
 
 
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+"""SHA-256 of files this process read, by (path, inode, size, mtime, ctime): a write to the
+file changes its ctime, which no one can set back, so a hit is the same content."""
+_DIGESTS_KEPT = 16
+
+
 class SourceFingerprint(BaseModel):
     """Which file a run was loaded from, and what it held: a run is resumed only on the same content."""
 
@@ -251,9 +257,14 @@ class SourceFingerprint(BaseModel):
         try:
             with path.open("rb") as handle:
                 before = os.fstat(handle.fileno())
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+                # A command checks the run before its flow opens it: one read of a large file.
+                key = (str(path), before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns)
+                digest = _DIGESTS.get(key) or hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as error:
             raise SourceError(source.path, [RowProblem(None, f"cannot be read: {error.strerror or error}")]) from error
+        if len(_DIGESTS) >= _DIGESTS_KEPT:
+            _DIGESTS.clear()
+        _DIGESTS[key] = digest
         return cls(path=str(path), size=before.st_size, mtime_ns=before.st_mtime_ns, sha256=digest)
 
     def unchanged_on_disk(self) -> bool:

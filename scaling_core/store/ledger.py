@@ -549,6 +549,15 @@ def count_items(session: Session, run_id: str) -> ItemCounts:
     return ItemCounts.model_validate({ItemStatus(status).value: count for status, count in rows})
 
 
+def count_batch_items(session: Session, run_id: str, batch_id: int, status: ItemStatus) -> int:
+    """Items of the run last claimed by batch `batch_id` that have `status`."""
+    return session.execute(
+        select(func.count()).where(
+            _LEDGER.c.run_id == run_id, _LEDGER.c.batch_id == batch_id, _LEDGER.c.status == status
+        )
+    ).scalar_one()
+
+
 def has_pending(session: Session, run_id: str) -> bool:
     """True while the run has an item waiting to be claimed."""
     row = session.exec(

@@ -153,3 +153,15 @@ def kills_its_process_on_poison(items: Sequence[_Item]) -> list[dict[str, Any]]:
     if any(item.id == POISON_ITEM for item in items):
         os.kill(os.getpid(), signal.SIGKILL)
     return [_answer(item) for item in items]
+
+
+BROKEN_FLAG = "FAULT_BROKEN_FLAG"
+"""Environment variable naming a file: while it exists, `kills_its_process_while_broken` is broken."""
+
+
+def kills_its_process_while_broken(items: Sequence[_Item]) -> list[dict[str, Any]]:
+    """Kills its own process (SIGKILL) on every call while the file named by `BROKEN_FLAG` exists; then answers like `echo`."""
+    flag = os.environ.get(BROKEN_FLAG)
+    if flag and os.path.exists(flag):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return [_answer(item) for item in items]

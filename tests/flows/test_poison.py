@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.flows.fault_processors import POISON_ITEM
+from tests.flows.fault_processors import BROKEN_FLAG, POISON_ITEM
 from tests.flows.support import batches, cli_environment, ledger, runs, stages, write_csv
 
 PROCESSOR = "tests.flows.fault_processors:kills_its_process_on_poison"
@@ -14,14 +14,20 @@ ITEMS = 20
 MAX_RERUNS = 8
 
 
-def _run(folder: Path, api_url: str, *options: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    folder: Path, api_url: str, *options: str, processor: str = PROCESSOR, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable, "-m", "flows", "run", "--source", "items.csv", "--processor", PROCESSOR,
+            sys.executable, "-m", "flows", "run", "--source", "items.csv", "--processor", processor,
             "--database-url", f"sqlite:///{folder / 'store.db'}", "--no-warm-start",
             "--initial-batch-size", "4", "--min-batch-size", "1", "--max-batch-size", "8", *options,
         ],
-        cwd=folder, env=cli_environment(api_url, folder / "prefect-home"), capture_output=True, text=True, timeout=180,
+        cwd=folder,
+        env={**cli_environment(api_url, folder / "prefect-home"), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -77,3 +83,33 @@ def test_a_processor_in_a_child_process_costs_a_batch_not_the_run(tmp_path: Path
     assert decided and not decided & {record.stage for record in isolation}
     [first_after] = [record for record in records if record.stage == isolation[-1].stage + 1]
     assert (first_after.suspects_of, first_after.batch_size) == (None, 4)
+
+
+def test_a_processor_that_crashes_on_every_item_stops_the_run_before_it_uses_up_the_items(
+    tmp_path: Path, prefect_api_url: str
+) -> None:
+    write_csv(tmp_path / "items.csv", ITEMS)
+    flag = tmp_path / "broken"
+    flag.touch()
+    broken = {BROKEN_FLAG: str(flag)}
+    processor = "tests.flows.fault_processors:kills_its_process_while_broken"
+    stopped = _run(tmp_path, prefect_api_url, "--isolate-processor", processor=processor, env=broken)
+    assert stopped.returncode != 0, stopped.stdout[-3000:]
+    output = stopped.stdout + stopped.stderr
+    assert f"processor {processor} crashed its process on 2 items in a row, each alone" in output, output[-3000:]
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    [run] = runs(url)
+    crashed = [record for record in batches(url, run.run_id) if record.status == "abandoned"]
+    # A batch of 4 crashes, then 2 of its items, then one alone (failed for good), then the other.
+    assert [record.total_items for record in crashed] == [4, 2, 1, 1]
+    statuses = [item.status for item in ledger(url, run.run_id)]
+    assert statuses.count("failed") == 2 and statuses.count("done") == 0, statuses
+    flag.unlink()  # the processor is fixed
+    resumed = _run(tmp_path, prefect_api_url, "--isolate-processor", processor=processor, env=broken)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [again] = runs(url)
+    assert again.run_id == run.run_id and again.status == "completed"
+    items = ledger(url, run.run_id)
+    failed = [item for item in items if item.status == "failed"]
+    assert len(failed) == statuses.count("failed") and all("died" in (item.error or "") for item in failed)
+    assert sum(item.status == "done" for item in items) == ITEMS - len(failed)

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import pytest
 
-from scaling_core._evidence import fit_costs, robust_spread, two_proportion_z, wilson_bounds
+from scaling_core._evidence import fit_costs, fit_weighted_costs, robust_spread, two_proportion_z, wilson_bounds
 from scaling_core.shifts import cost_change_point, pooled_change_point
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchView
@@ -46,6 +46,59 @@ def test_curvature_is_kept_only_on_significant_evidence() -> None:
     for seed in range(20):
         linear = fit_costs(*_sample(0.0, seed=seed), outlier_cutoff=None, curvature_t=3.0)
         assert linear is not None and linear.quadratic == 0.0, seed
+
+
+def _weighed_sample(per_weight: float, seed: int = 5, count: int = 60) -> tuple[list[float], list[float], list[float]]:
+    # Items of heavy-tailed weight (tokens): a batch's weight per item varies with its items.
+    rng = random.Random(seed)
+    sizes = [float(rng.randint(20, 200)) for _ in range(count)]
+    weights = [sum(rng.lognormvariate(5.0, 1.0) for _ in range(int(n))) for n in sizes]
+    seconds = [
+        (1.0 + 0.002 * n + per_weight * w) * math.exp(rng.gauss(0, 0.05)) for n, w in zip(sizes, weights)
+    ]
+    return sizes, weights, seconds
+
+
+def test_the_weighted_cost_fit_is_weighted_least_squares_on_items_and_weight() -> None:
+    sizes, weights, seconds = _weighed_sample(2e-5)
+    fit = fit_weighted_costs(sizes, weights, seconds)
+    assert fit is not None and fit.weight_t > 2
+    # The same two passes with numpy: unweighted, then weights 1/predicted^2.
+    design = np.column_stack([np.ones(len(sizes)), sizes, weights])
+    first = np.linalg.lstsq(design, seconds, rcond=None)[0]
+    root = 1.0 / (design @ first)
+    expected = np.linalg.lstsq(design * root[:, None], np.array(seconds) * root, rcond=None)[0]
+    assert (fit.fixed, fit.per_item, fit.per_weight) == pytest.approx(tuple(expected), rel=1e-6)
+    # Read at a weight per item, it is a plain cost line whose slope carries the weight.
+    line = fit.at(250.0)
+    assert line.per_item == pytest.approx(fit.per_item + 250.0 * fit.per_weight)
+    assert line.seconds(100.0) == pytest.approx(fit.seconds(100.0, 25_000.0))
+    assert line.seconds_upper(100.0, 2.0) > line.seconds(100.0)
+
+
+def test_a_weight_that_costs_nothing_is_left_out_of_the_fit() -> None:
+    assert fit_weighted_costs(*_weighed_sample(0.0)) is None
+
+
+def test_the_time_limit_follows_heavy_items() -> None:
+    sizes, weights, seconds = _weighed_sample(2e-5, count=80)
+    views = [
+        BatchView(asked=int(n), items=int(n), high=int(n), seconds=t, failed=False, weight=w)
+        for n, w, t in zip(sizes, weights, seconds)
+    ]
+    config = ScalingConfig(max_batch_size=1000, processing_time_threshold=5.0)
+    light = [*views, *(BatchView(asked=100, items=100, high=100, seconds=1.7, failed=False, weight=10_000.0),) * 3]
+    heavy = [*views, *(BatchView(asked=100, items=100, high=100, seconds=5.0, failed=False, weight=190_000.0),) * 3]
+    light_window = EvidenceWindow.of(light, config, base=100)
+    heavy_window = EvidenceWindow.of(heavy, config, base=100)
+    assert light_window.fit is not None and heavy_window.fit is not None
+    assert light_window.metrics["recent_weight_per_item"] == pytest.approx(100.0)
+    assert heavy_window.metrics["recent_weight_per_item"] == pytest.approx(1900.0)
+    # 1 s + 0.2 s/100 items + 2e-5 s per token: 100-token items fit ~1,000 in 5 s, 1,900-token ones ~100.
+    light_size = light_window.fit.largest_size_within(5.0)
+    heavy_size = heavy_window.fit.largest_size_within(5.0)
+    assert light_size > 5 * heavy_size
+    assert 70 < heavy_size < 130
 
 
 def test_the_time_limit_root_solves_fixed_plus_per_item_times_n() -> None:

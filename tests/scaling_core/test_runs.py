@@ -257,3 +257,20 @@ def test_a_run_held_by_a_live_opener_on_sqlite_is_refused_until_it_lets_go(tmp_p
         again.close()
     finally:
         engine.dispose()
+
+
+def test_items_that_crash_alone_one_after_another_stop_the_run() -> None:
+    tally = RunTally(run_id="r1", processor="m:f", items=100, finished=0, max_failed_stages_in_a_row=3)
+    # One poison item in a batch of 8, always in the half that runs first: 8, 4, 2 items
+    # crash, then it crashes alone, its attempts used up; the items after it are done.
+    for items in (8, 4, 2):
+        assert tally.after_stage(successful=0, failed_whole=False, error="died", crashed=True) is None, items
+    assert tally.after_stage(successful=0, failed_whole=False, error="died", crashed=True, crashed_for_good=1) is None
+    assert tally.after_stage(successful=7, failed_whole=False, error=None) is None
+    assert tally.after_stage(successful=0, failed_whole=False, error="died", crashed=True, crashed_for_good=1) is None
+    # A second item failed alone with no item done since: the processor crashes on everything.
+    stop = tally.after_stage(successful=0, failed_whole=False, error="died (SIGKILL)", crashed=True, crashed_for_good=1)
+    assert stop is not None and stop.startswith(
+        "processor m:f crashed its process on 2 items in a row, each alone, with no item done in between "
+        "(last: died (SIGKILL))"
+    )

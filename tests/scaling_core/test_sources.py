@@ -7,6 +7,7 @@ import tempfile
 import tracemalloc
 from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -19,6 +20,7 @@ from scaling_core.sources import (
     ItemSource,
     RowProblem,
     SourceError,
+    SourceFingerprint,
     SourceSummary,
     iter_item_batches,
     iter_items,
@@ -537,3 +539,24 @@ def test_ids_the_store_cannot_hold_are_rejected_rows(tmp_path: Path) -> None:
     ]
     jsonl_path = _write_lines(tmp_path / "items.jsonl", ['{"id": "a\\u0000b"}', '{"id": "fine"}'])
     assert _problems(ItemSource(path=jsonl_path)) == [RowProblem(1, "the id holds a NUL character")]
+
+
+def test_a_file_is_hashed_once_until_it_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaling_core.sources import _model
+
+    path = tmp_path / "items.csv"
+    path.write_text("id,text\na,x\n")
+    reads: list[str] = []
+    real = _model.hashlib.file_digest
+
+    def counted(handle: Any, digest: str) -> Any:
+        reads.append(handle.name)
+        return real(handle, digest)
+
+    monkeypatch.setattr(_model.hashlib, "file_digest", counted)
+    source = ItemSource(path=path)
+    first, second = SourceFingerprint.of(source), SourceFingerprint.of(source)
+    assert first == second and len(reads) == 1
+    path.write_text("id,text\na,y\n")  # same size, new content
+    changed = SourceFingerprint.of(source)
+    assert len(reads) == 2 and changed.sha256 != first.sha256
