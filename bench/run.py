@@ -23,7 +23,9 @@ hundred items, which cannot repay any exploration; `Workload.max_time_ratio`) (t
 run is an average matter, and one unlucky seed should not decide it) and, on the WORST seed,
 the low-quality share is <= 0.05, the slow share is <= 0.05 and there are <= 3 whole failures
 (breaking a constraint is a matter of the worst case). Where no size meets a constraint in a
-phase, the oracle and the verdict ignore that constraint there.
+phase, the oracle and the verdict ignore that constraint there. On a workload with a cost
+budget, no seed may spend more than the budget ("budget"), and a run the budget stops is
+measured against the oracle time of the items it delivered.
 """
 
 from __future__ import annotations
@@ -154,6 +156,11 @@ class Aggregate:
         """Batches, over all seeds, whose size lay outside [min, max]."""
         return sum(r.out_of_bounds for r in self.runs)
 
+    @property
+    def over_budget_runs(self) -> int:
+        """Runs that spent more than the workload's cost budget."""
+        return sum(1 for r in self.runs if r.over_budget)
+
     def failed_criteria(self) -> list[str]:
         """Names of the criteria this cell breaks; empty means PASS."""
         if self.errors:
@@ -169,6 +176,8 @@ class Aggregate:
             failed.append("slow")
         if self.truncated_runs:
             failed.append("capped")
+        if self.over_budget_runs:
+            failed.append("budget")
         return failed
 
     @property
@@ -194,6 +203,7 @@ class Aggregate:
             "worst_slow_share": self.worst_slow,
             "mean_late_median_size": self.mean_late_median,
             "truncated_runs": self.truncated_runs,
+            "over_budget_runs": self.over_budget_runs,
             "out_of_bounds_batches": self.out_of_bounds,
             "passed": self.passed,
             "failed_criteria": self.failed_criteria(),
@@ -362,7 +372,11 @@ def _oracle_line(workload: Workload) -> str:
         parts.append(
             f"{where}{optimum.size} items ({1000 * optimum.seconds_per_success:.2f} ms/item{relaxed})"
         )
-    return f"oracle: {'; '.join(parts)}; oracle time {oracle.total_time:.0f} s"
+    line = f"oracle: {'; '.join(parts)}; oracle time {oracle.total_time:.0f} s"
+    budget = workload.budget
+    if budget is not None and budget.max_cost is not None:
+        line += f"; cost budget ${budget.max_cost:g}"
+    return line
 
 
 def _print_plain(
@@ -381,6 +395,13 @@ def _print_plain(
                 print(f"   ! {policy} seed {error.seed} raised {error.message}")
             if agg.out_of_bounds:
                 print(f"   ! {policy} asked for {agg.out_of_bounds} batch sizes outside [min, max]")
+            spent = [r.spent for r in agg.runs if r.spent is not None]
+            if spent:
+                stopped = sum(1 for r in agg.runs if r.budget_stopped)
+                print(
+                    f"   $ {policy} spent ${statistics.fmean(spent):.2f} on average (most ${max(spent):.2f}); "
+                    f"the budget stopped {stopped} of {len(agg.runs)} runs"
+                )
 
 
 def _print_markdown(

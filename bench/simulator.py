@@ -28,11 +28,29 @@ curves of the job; with `n` the number of items in a batch:
 * A broken spell. From ``Workload.broken_at_item`` successful items on, the next
   ``broken_calls`` batches fail whole whatever their size (a bug, fixed and the run resumed
   with its history), at ``broken_cost_s`` each.
+* Item weights. With ``Workload.weights`` every item has a weight (its tokens), drawn once
+  per run from a heavy-tailed distribution (`ItemWeights`) by a random stream of its own, and
+  the batch time gains ``per_weight_s`` per unit of weight:
+  ``C(n, W) = fixed_s + per_item_s*n + quad_s*n**2 + per_weight_s*W``, W the batch's summed
+  weight. A batch takes the next items in order, up to the asked size and, with the config's
+  ``max_batch_weight``, only while their summed weight stays within it (the first item always,
+  alone when it is heavier), as the store claims them. The items of a batch start at the
+  successful items delivered so far: failed items go back to the front, as in the ledger.
+* A cost budget. With ``Workload.budget`` each batch costs ``n*cost_per_item +
+  W*cost_per_weight_unit`` (whole failures included) and, before each batch, the run stops
+  when what it spent plus what that batch's items would cost would pass ``max_cost``, as
+  the pipeline does (it prices the items a stage would claim before claiming them).
 
 The best batch size of a phase (`find_oracle`) is searched over every integer in
 ``[min_batch_size, max_batch_size]`` on these true curves: feasible when ``q(n) >= target``,
 ``E[T(n)] <= processing_time_threshold`` and ``n < cliff``; best when
-``E[T(n)] / (n*(1 - p))``, the expected time per successful item, is lowest. The oracle time
+``E[T(n)] / (n*(1 - p))``, the expected time per successful item, is lowest. With item
+weights, each size is walked over a reference sequence of weights (the workload's own, drawn
+once with a fixed seed) in batches as the simulator makes them: the size's time per
+successful item is the walk's expected time over its items times (1 - p), and it is feasible
+when the items of batches that break the quality target or the time limit are at most
+`WEIGHED_ORACLE_SLACK` of them. A run that a cost budget stops is measured against the oracle
+time of the items it delivered. The oracle time
 of a run is the sum over phases of (successful items the phase needs) x (its best time per
 successful item). When no size is feasible in a phase, the oracle drops the quality target,
 then also the time limit (never the cliff) and says so in `PhaseOptimum.relaxed`; none of the
@@ -42,7 +60,9 @@ delivered before it starts.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import math
 import random
 import statistics
@@ -50,12 +70,14 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol, runtime_checkable
 
+from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
 
 __all__ = [
     "DEFAULT_MAX_TIME_RATIO",
     "BatchRecord",
+    "ItemWeights",
     "Oracle",
     "Phase",
     "PhaseOptimum",
@@ -194,6 +216,8 @@ class Phase:
     """Probability that a batch under the cliff fails whole anyway, whatever its size."""
     item_cost_sigma: float = 0.0
     """Sigma of each item's lognormal cost factor (heterogeneous items); 0 for equal items."""
+    per_weight_s: float = 0.0
+    """Cost per unit of item weight (a token), seconds; needs `Workload.weights`."""
 
     def __post_init__(self) -> None:
         if self.start_item < 0:
@@ -218,19 +242,21 @@ class Phase:
             raise ValueError(f"transient_failure_p must lie in [0, 1), got {self.transient_failure_p}")
         if self.item_cost_sigma < 0.0:
             raise ValueError(f"item_cost_sigma must not be negative, got {self.item_cost_sigma}")
+        if self.per_weight_s < 0.0:
+            raise ValueError(f"per_weight_s must not be negative, got {self.per_weight_s}")
 
     @property
     def outlier_mean_factor(self) -> float:
         """Mean of the outlier multiplier: E[T(n)] = C(n) * this."""
         return 1.0 + self.outlier_prob * (self.outlier_factor - 1.0)
 
-    def curve_time(self, n: int) -> float:
-        """C(n) = fixed + per_item*n + quad*n^2, the noise-free batch time in seconds."""
-        return self.fixed_s + self.per_item_s * n + self.quad_s * n * n
+    def curve_time(self, n: int, weight: float = 0.0) -> float:
+        """C(n, W) = fixed + per_item*n + quad*n^2 + per_weight*W, the noise-free batch time in seconds."""
+        return self.fixed_s + self.per_item_s * n + self.quad_s * n * n + self.per_weight_s * weight
 
-    def expected_time(self, n: int) -> float:
-        """E[T(n)], the true expected time of a batch of `n` items, outliers included."""
-        return self.curve_time(n) * self.outlier_mean_factor
+    def expected_time(self, n: int, weight: float = 0.0) -> float:
+        """E[T(n, W)], the true expected time of a batch of `n` items of summed weight `W`, outliers included."""
+        return self.curve_time(n, weight) * self.outlier_mean_factor
 
     def high_share(self, n: int) -> float:
         """q(n), the true expected High share over all `n` items of a batch that does not fail whole."""
@@ -240,17 +266,44 @@ class Phase:
         """True when a batch of `n` items fails as a whole."""
         return self.cliff is not None and n >= self.cliff
 
-    def expected_cost(self, n: int) -> float:
-        """Expected seconds a batch of `n` items under the cliff costs, transient failures included."""
-        failure = self.failure_cost_s if self.failure_cost_s is not None else self.expected_time(n)
+    def expected_cost(self, n: int, weight: float = 0.0) -> float:
+        """Expected seconds a batch of `n` items (of summed weight `W`) under the cliff costs, transient failures included."""
+        expected = self.expected_time(n, weight)
+        failure = self.failure_cost_s if self.failure_cost_s is not None else expected
         r = self.transient_failure_p
-        return (1.0 - r) * self.expected_time(n) + r * failure
+        return (1.0 - r) * expected + r * failure
 
     def seconds_per_success(self, n: int) -> float:
         """Expected seconds per successful item at a fixed size `n` under the cliff:
         E[cost] / (n*(1-p)*(1-r)), r the transient failure rate."""
         return self.expected_cost(n) / (n * (1.0 - self.item_failure_p) * (1.0 - self.transient_failure_p))
 
+
+@dataclass(frozen=True, kw_only=True)
+class ItemWeights:
+    """Heavy-tailed item weights (tokens): lognormal, rounded to whole units, within [1, max_weight].
+
+    A lognormal of median m and sigma s has mean m*exp(s^2/2) and a tail heavier the larger s
+    (at s = 1.3, one item in 100 weighs over 20 times the median). `max_weight` is the
+    longest input the model takes (8,192 tokens for many embedding models).
+    """
+
+    median: float
+    sigma: float
+    max_weight: float
+
+    def __post_init__(self) -> None:
+        if self.median <= 0 or self.sigma < 0 or self.max_weight < 1:
+            raise ValueError("need median > 0, sigma >= 0 and max_weight >= 1")
+
+    def draw(self, rng: random.Random, count: int) -> list[float]:
+        """`count` weights from `rng`."""
+        mu = math.log(self.median)
+        return [float(min(self.max_weight, max(1, round(rng.lognormvariate(mu, self.sigma))))) for _ in range(count)]
+
+
+WEIGHED_ORACLE_SLACK = 0.01
+"""Share of items a weighed oracle size may deliver from batches over the time limit or under the target."""
 
 DEFAULT_MAX_TIME_RATIO = 1.10
 """Mean time / oracle a policy must keep on a workload to pass, unless the workload says otherwise."""
@@ -278,8 +331,14 @@ class Workload:
     """Batches that fail whole, whatever their size, once it is broken."""
     broken_cost_s: float = 0.1
     """Seconds a call of the broken processor costs (it raises at once)."""
+    weights: ItemWeights | None = None
+    """Each item's weight (tokens), drawn per run; None: items weigh nothing."""
+    budget: CostBudget | None = None
+    """The run's prices and cost budget; the run stops before a batch would pass `max_cost`."""
 
     def __post_init__(self) -> None:
+        if any(phase.per_weight_s for phase in self.phases) and self.weights is None:
+            raise ValueError(f"{self.name}: a cost per unit of weight needs item weights")
         if self.total_items < 1:
             raise ValueError(f"total_items must be positive, got {self.total_items}")
         if not self.phases or self.phases[0].start_item != 0:
@@ -311,6 +370,25 @@ class Workload:
         """Successful items that phase `index` covers."""
         end = self.phases[index + 1].start_item if index + 1 < len(self.phases) else self.total_items
         return end - self.phases[index].start_item
+
+    def item_weights(self, seed: int | str) -> list[float] | None:
+        """The weights of the run's items in ledger order, from a stream of their own (None: no weights)."""
+        if self.weights is None:
+            return None
+        return self.weights.draw(random.Random(stable_seed(self.name, seed, "weights")), self.total_items)
+
+
+def weighed_batch(prefix: list[float], start: int, asked: int, max_weight: float | None) -> tuple[int, float]:
+    """(items, weight) of a batch of up to `asked` items from position `start`, as the store claims them.
+
+    `prefix[k]` is the summed weight of the first k items. The batch takes the items in order
+    while their summed weight stays within `max_weight`, and the first item always.
+    """
+    end = min(start + asked, len(prefix) - 1)
+    if max_weight is not None:
+        within = bisect.bisect_right(prefix, prefix[start] + max_weight, lo=start + 1, hi=end + 1) - 1
+        end = max(start + 1, within)
+    return end - start, prefix[end] - prefix[start]
 
 
 @dataclass(frozen=True)
@@ -344,6 +422,56 @@ class Oracle:
         """Sum over phases of items x best seconds per successful item, plus the broken spell."""
         return sum(phase.time_s for phase in self.phases) + self.broken_time_s
 
+    def time_for(self, workload: Workload, delivered: int) -> float:
+        """Oracle seconds for the first `delivered` successful items (a run a budget stopped)."""
+        if delivered >= workload.total_items:
+            return self.total_time
+        seconds = 0.0
+        for phase in self.phases:
+            start = workload.phases[phase.phase_index].start_item
+            seconds += max(0, min(phase.items, delivered - start)) * phase.seconds_per_success
+        return seconds
+
+
+@cache
+def _reference_prefix(workload: Workload) -> list[float] | None:
+    """Prefix sums of the workload's reference weights, which the oracle walks."""
+    weights = workload.item_weights("oracle")
+    return None if weights is None else [0.0, *itertools.accumulate(weights)]
+
+
+def _weighed_profile(phase: Phase, workload: Workload, n: int) -> tuple[float, float, float]:
+    """(seconds per successful item, share of items over the time limit, share under the target) of
+    asked size `n` walked over the reference weights."""
+    prefix = _reference_prefix(workload)
+    assert prefix is not None
+    config = workload.config
+    slow_limit, target = config.processing_time_threshold, config.high_confidence_threshold
+    seconds = 0.0
+    slow = low = 0
+    start, total = 0, len(prefix) - 1
+    while start < total:
+        items, weight = weighed_batch(prefix, start, n, config.max_batch_weight)
+        seconds += phase.expected_cost(items, weight)
+        slow += items if phase.expected_time(items, weight) > slow_limit else 0
+        low += items if phase.high_share(items) < target else 0
+        start += items
+    successes = total * (1.0 - phase.item_failure_p) * (1.0 - phase.transient_failure_p)
+    return seconds / successes, slow / total, low / total
+
+
+def _best_weighed_size(phase: Phase, workload: Workload, *, quality: bool, time_limit: bool) -> tuple[int, float] | None:
+    best: tuple[int, float] | None = None
+    for n in range(workload.config.min_batch_size, workload.config.max_batch_size + 1):
+        if phase.fails_whole(n):
+            continue
+        cost, slow, low = _weighed_profile(phase, workload, n)
+        if (quality and low > WEIGHED_ORACLE_SLACK) or (time_limit and slow > WEIGHED_ORACLE_SLACK):
+            continue
+        if best is None or cost < best[1]:  # strict: ties keep the smaller size
+            best = (n, cost)
+    return best
+
 
 def _best_size(phase: Phase, config: ScalingConfig, *, quality: bool, time_limit: bool) -> int | None:
     best: int | None = None
@@ -371,6 +499,9 @@ def find_oracle(workload: Workload) -> Oracle:
     """
     optima: list[PhaseOptimum] = []
     for index, phase in enumerate(workload.phases):
+        if workload.weights is not None:
+            optima.append(_weighed_optimum(index, phase, workload))
+            continue
         relaxed: tuple[str, ...] = ()
         size = _best_size(phase, workload.config, quality=True, time_limit=True)
         if size is None:
@@ -393,6 +524,21 @@ def find_oracle(workload: Workload) -> Oracle:
     return Oracle(phases=tuple(optima), broken_time_s=broken)
 
 
+def _weighed_optimum(index: int, phase: Phase, workload: Workload) -> PhaseOptimum:
+    relaxed: tuple[str, ...] = ()
+    best = _best_weighed_size(phase, workload, quality=True, time_limit=True)
+    if best is None:
+        relaxed = ("quality",)
+        best = _best_weighed_size(phase, workload, quality=False, time_limit=True)
+    if best is None:
+        relaxed = ("quality", "time")
+        best = _best_weighed_size(phase, workload, quality=False, time_limit=False)
+    assert best is not None
+    return PhaseOptimum(
+        phase_index=index, size=best[0], seconds_per_success=best[1], items=workload.phase_items(index), relaxed=relaxed
+    )
+
+
 @dataclass(frozen=True)
 class SampledBatch:
     """One simulated batch: what the policy sees and what only the bench knows."""
@@ -412,13 +558,15 @@ def sample_batch(
     items: int,
     rng: random.Random,
     broken_cost_s: float | None = None,
+    weight: float | None = None,
 ) -> SampledBatch:
     """Simulate one batch of `items` items (the policy asked for `asked`) in `phase`.
 
     The draws always happen in the same order (noise, outlier, item costs, transient
     failure, successes, High, Medium; the optional ones only where the phase has them), so a
     run is a pure function of its seed and the sizes the policy chose. With `broken_cost_s`
-    the batch fails whole whatever its size (a broken processor), at that cost.
+    the batch fails whole whatever its size (a broken processor), at that cost. `weight` is
+    the summed weight of the batch's items (None: they weigh nothing); the result carries it.
     """
     sigma = phase.noise_sigma
     noise = math.exp(sigma * rng.gauss(0.0, 1.0) - 0.5 * sigma * sigma)
@@ -430,7 +578,9 @@ def sample_batch(
         spread = math.sqrt(math.log1p(math.expm1(phase.item_cost_sigma**2) / items))
         per_item *= math.exp(spread * rng.gauss(0.0, 1.0) - 0.5 * spread * spread)
     elapsed = (phase.fixed_s + per_item * items + phase.quad_s * items * items) * noise
-    expected_time = phase.expected_time(items)
+    if weight is not None:
+        elapsed += phase.per_weight_s * weight * noise
+    expected_time = phase.expected_time(items, weight or 0.0)
     cause: str | None = None
     cost = phase.failure_cost_s if phase.failure_cost_s is not None else elapsed
     if broken_cost_s is not None:
@@ -454,6 +604,7 @@ def sample_batch(
             },
             failed_whole=True,
             error=f"RuntimeError: simulated {cause} failure",
+            total_weight=weight,
         )
         return SampledBatch(result=result, expected_high_share=0.0, expected_time_s=expected_time, cause=cause)
     p = phase.item_failure_p
@@ -474,6 +625,7 @@ def sample_batch(
             ConfidenceLevel.MEDIUM: medium,
             ConfidenceLevel.LOW: items - high - medium,
         },
+        total_weight=weight,
     )
     return SampledBatch(result=result, expected_high_share=q, expected_time_s=expected_time)
 
@@ -517,6 +669,12 @@ class RunMetrics:
     truncated: bool
     sizes_digest: str = ""
     """SHA-256 of the asked sizes in order: two runs with the same digest chose the same sizes."""
+    spent: float | None = None
+    """What the run's batches cost, with a cost budget (None without one)."""
+    over_budget: bool = False
+    """The run spent more than the workload's `max_cost`."""
+    budget_stopped: bool = False
+    """The budget stopped the run before every item succeeded."""
 
 
 @dataclass(frozen=True)
@@ -538,6 +696,16 @@ class RunOutcome:
     truncated: bool
     """True when the batch cap stopped the run before every item succeeded."""
     history: list[BatchResult] = field(repr=False, compare=False, default_factory=list)
+    spent: float | None = None
+    """What the run's batches cost, with a cost budget."""
+    budget_stopped: bool = False
+    """The cost budget stopped the run (the oracle time is then that of the items delivered)."""
+
+    @property
+    def over_budget(self) -> bool:
+        """True when the run spent more than the workload's `max_cost`."""
+        budget = self.workload.budget
+        return bool(budget and budget.max_cost is not None and (self.spent or 0.0) > budget.max_cost)
 
     @property
     def time_ratio(self) -> float:
@@ -602,6 +770,9 @@ class RunOutcome:
             out_of_bounds=self.out_of_bounds,
             truncated=self.truncated,
             sizes_digest=self.sizes_digest,
+            spent=self.spent,
+            over_budget=self.over_budget,
+            budget_stopped=self.budget_stopped,
         )
 
 
@@ -619,11 +790,24 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
     total_time = 0.0
     broken_left = workload.broken_calls if workload.broken_at_item is not None else 0
     observe = getattr(policy, "observe_remaining", None)
+    weights = workload.item_weights(seed)
+    prefix = None if weights is None else [0.0, *itertools.accumulate(weights)]
+    budget = workload.budget
+    spent: float | None = None if budget is None else 0.0
+    stopped = False
     while delivered < workload.total_items and len(records) < cap:
         asked = int(policy.get_current_batch_size())
         if asked < 1:
             raise ValueError(f"{policy_name} asked for a batch of {asked} items")
         items = min(asked, workload.total_items - delivered)
+        weight: float | None = None
+        if prefix is not None:
+            items, weight = weighed_batch(prefix, delivered, asked, workload.config.max_batch_weight)
+        if budget is not None and spent is not None:
+            next_cost = budget.batch_cost(items=items, weight=weight) or 0.0
+            if budget.stop_message(spent=spent, next_cost=next_cost, finished=delivered) is not None:
+                stopped = True
+                break
         phase_index = workload.phase_index_at(delivered)
         broken = broken_left > 0 and delivered >= (workload.broken_at_item or 0)
         broken_left -= int(broken)
@@ -634,8 +818,11 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
             items=items,
             rng=rng,
             broken_cost_s=workload.broken_cost_s if broken else None,
+            weight=weight,
         )
         result = sampled.result
+        if budget is not None and spent is not None:
+            spent += budget.batch_cost(items=items, weight=weight) or 0.0
         records.append(
             BatchRecord(
                 index=len(records),
@@ -657,14 +844,18 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
             observe(workload.total_items - delivered)
         decision = policy.evaluate_scaling(history)
         policy.apply_scaling_decision(decision)
+    oracle = find_oracle(workload)
     return RunOutcome(
         workload=workload,
         policy=policy_name,
         seed=seed,
         records=tuple(records),
         total_time=total_time,
-        oracle_time=find_oracle(workload).total_time,
+        oracle_time=oracle.time_for(workload, delivered) if stopped else oracle.total_time,
         delivered=delivered,
-        truncated=delivered < workload.total_items,
+        truncated=delivered < workload.total_items and not stopped,
         history=history,
+        spent=spent,
+        budget_stopped=stopped,
     )
+

@@ -29,12 +29,23 @@ tiny-job                  400 items; the time limit binds at n = 97 (1.20x allow
 wide-range                initial 20, min 1; the time limit binds at n = 5,000
 heterogeneous-items       item costs lognormal (sigma 1); time limit at n = 225
 unmet-quality             10% of items fail at every size: no size meets the 0.90 target
+token-budget              lognormal tokens (median 250, sigma 1); 20,000 tokens a batch bind
+token-time-limit          lognormal tokens (median 200, sigma 1.3), no token budget: the
+                          6 s limit binds through the tokens of each batch (~75 items)
+cost-budget               token-budget's job with $2 per 1M tokens + $0.0001 an item and
+                          $15 to spend: the run stops about halfway, within the budget
 ========================  ==============================================================
+
+The last three weigh their items (`ItemWeights`): a batch's time is fixed + per item + per
+token, and a batch takes items only while their tokens stay within `max_batch_weight`.
 """
 
 from __future__ import annotations
 
-from bench.simulator import Phase, Workload
+from dataclasses import replace
+
+from bench.simulator import ItemWeights, Phase, Workload
+from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 
 __all__ = ["WORKLOADS", "get_workload", "workload_names"]
@@ -48,6 +59,7 @@ def _config(
     time_limit_s: float,
     high: float = 0.9,
     low: float = 0.7,
+    max_weight: float | None = None,
 ) -> ScalingConfig:
     """The workload's limits (the other fields keep their defaults)."""
     return ScalingConfig(
@@ -57,7 +69,22 @@ def _config(
         high_confidence_threshold=high,
         low_confidence_threshold=low,
         processing_time_threshold=time_limit_s,
+        max_batch_weight=max_weight,
     )
+
+
+_EMBEDDING_TOKENS = ItemWeights(median=250, sigma=1.0, max_weight=8_192)
+"""Texts of 250 tokens at the median, 412 on average, a few at the 8,192 a model takes."""
+_EMBEDDING = Phase(fixed_s=0.8, per_item_s=0.002, per_weight_s=0.0001, noise_sigma=0.1, q0=0.97, item_failure_p=0.01)
+"""An embedding call: 0.8 s, 2 ms an item, 0.1 ms a token (20,000 tokens: 2 s)."""
+_TOKEN_BUDGET = Workload(
+    name="token-budget",
+    description="Embedding calls of heavy-tailed texts, at most 20,000 tokens a batch: the token budget binds, not the size.",
+    config=_config(initial=16, min_size=4, max_size=512, time_limit_s=10.0, max_weight=20_000),
+    total_items=30_000,
+    weights=_EMBEDDING_TOKENS,
+    phases=(_EMBEDDING,),
+)
 
 
 WORKLOADS: tuple[Workload, ...] = (
@@ -311,6 +338,21 @@ WORKLOADS: tuple[Workload, ...] = (
         config=_config(initial=50, min_size=10, max_size=500, time_limit_s=6.0),
         total_items=50_000,
         phases=(Phase(fixed_s=1.0, per_item_s=0.012, noise_sigma=0.15, q0=0.86, item_failure_p=0.1),),
+    ),
+    _TOKEN_BUDGET,
+    Workload(
+        name="token-time-limit",
+        description="Heavy-tailed tokens (sigma 1.3) and no token budget: each batch's tokens decide whether it keeps the 6 s limit.",
+        config=_config(initial=20, min_size=5, max_size=600, time_limit_s=6.0),
+        total_items=30_000,
+        weights=ItemWeights(median=200, sigma=1.3, max_weight=8_192),
+        phases=(Phase(fixed_s=1.0, per_item_s=0.001, per_weight_s=0.0001, noise_sigma=0.1, q0=0.97, item_failure_p=0.01),),
+    ),
+    replace(
+        _TOKEN_BUDGET,
+        name="cost-budget",
+        description="token-budget's job at $2 per 1M tokens and $0.0001 an item, with $15 to spend: the run stops about halfway.",
+        budget=CostBudget(cost_per_item=0.0001, cost_per_weight_unit=0.000002, max_cost=15.0),
     ),
 )
 

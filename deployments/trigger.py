@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
         "--source", type=Path, help="a .csv, .jsonl or .ndjson file, read by the process that runs the flow"
     )
     parser.add_argument("--id-field", help="id column or key of the source")
+    parser.add_argument("--weight-field", help="column or key of each item's weight (tokens, characters, bytes)")
     parser.add_argument("--processor", help="import path package.module:function")
     parser.add_argument("--pipeline", help="name under which runs and learned sizes are kept")
     parser.add_argument("--run-id", help="resume (or share) this run")
@@ -73,9 +74,11 @@ def _parameters(args: argparse.Namespace) -> dict[str, Any]:
         source = {"path": str(args.source.expanduser().resolve())}
         if args.id_field:
             source["id_field"] = args.id_field
+        if args.weight_field:
+            source["weight_field"] = args.weight_field
         parameters["source"] = source
-    elif args.id_field:
-        raise ValueError("--id-field needs --source")
+    elif args.id_field or args.weight_field:
+        raise ValueError(f"{'--id-field' if args.id_field else '--weight-field'} needs --source")
     flags = {
         "processor": args.processor,
         "pipeline": args.pipeline,

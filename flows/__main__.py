@@ -5,6 +5,10 @@
     python -m flows report --json             # the latest run's stages and decisions
     python -m flows runs                      # every run of the store, newest first
     python -m flows export -o results.csv     # the latest run's results, one row per item
+
+Exit status: 0 done, 1 items left (other workers), 2 bad input or store, 3 stopped by the
+budget (`--max-cost`; rerun with a higher one to continue), 128 + the signal's number interrupted
+(130 after Ctrl-C, 143 after SIGTERM).
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ _Model = TypeVar("_Model", bound="BaseModel")
 
 from flows import _environment
 
+BUDGET_EXIT_CODE = 3
+"""The exit status of a run stopped by its budget (`--max-cost`): resumable with a higher one."""
+
 
 def _parser() -> argparse.ArgumentParser:
     from flows.models import ExecutionOptions
-    from scaling_core import ScalingConfig
+    from scaling_core import CostBudget, ScalingConfig
 
     parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--limit", type=int, help="process at most this many items")
         _model_options(command.add_argument_group("scaling limits"), ScalingConfig)
         _model_options(command.add_argument_group("execution"), ExecutionOptions)
+        _model_options(command.add_argument_group("cost budget"), CostBudget)
         command.add_argument("--no-warm-start", action="store_true", help="ignore sizes learned by earlier runs")
         command.add_argument(
             "--new-run",
@@ -64,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     running(run)
     run.add_argument("--source", required=True, type=Path, help="a .csv, .jsonl or .ndjson file")
     run.add_argument("--id-field", default="id", help="id column or key of the source")
+    run.add_argument(
+        "--weight-field",
+        help="column or key of each item's weight (tokens, characters, bytes), for --max-batch-weight and "
+        "--cost-per-weight-unit (default: the processor module's item_weight function, if any)",
+    )
     run.add_argument(
         "--format", choices=("csv", "jsonl"), help="format of the source (default: from its suffix)"
     )
@@ -121,7 +134,7 @@ def _model_values(args: argparse.Namespace, model: type[_Model]) -> _Model:
 def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
     from flows.database import StoreDatabase
     from flows.models import DEFAULT_PROCESSOR, ExecutionOptions
-    from scaling_core import ItemSource, ScalingConfig
+    from scaling_core import CostBudget, ItemSource, ScalingConfig
 
     if args.command == "demo":
         from scaling_core.samples import PRODUCTS_CSV
@@ -130,7 +143,9 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         processor = DEFAULT_PROCESSOR
         pipeline = args.pipeline or "demo"
     else:
-        source = ItemSource(path=args.source, id_field=args.id_field, format=args.format)
+        source = ItemSource(
+            path=args.source, id_field=args.id_field, format=args.format, weight_field=args.weight_field
+        )
         processor = args.processor
         pipeline = args.pipeline or args.source.stem
     return {
@@ -139,6 +154,7 @@ def _pipeline_parameters(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline": pipeline,
         "scaling": _model_values(args, ScalingConfig),
         "execution": _model_values(args, ExecutionOptions),
+        "budget": _model_values(args, CostBudget),
         # A block from the start: Prefect stores a flow run's parameters as they were
         # passed, and a block's password is kept masked.
         "database": StoreDatabase.from_url(args.database_url) if args.database_url else StoreDatabase.from_settings(),
@@ -162,7 +178,12 @@ def _run(args: argparse.Namespace) -> int:
     from flows.pipeline import batch_pipeline
     from flows.progress import observing
     from flows.report import format_stage_table, stage_rows
-    from scaling_core.runs import RunRequest, check_inputs, check_resumable
+    from scaling_core.runs import (
+        BudgetReached,
+        RunRequest,
+        check_inputs,
+        check_resumable,
+    )
 
     # Refuse bad input here, in a fraction of a second, before a flow run starts.
     try:
@@ -194,6 +215,10 @@ def _run(args: argparse.Namespace) -> int:
         )
         try:
             summary = runner.run(lambda: batch_pipeline(**parameters))
+        except BudgetReached as reached:
+            shown.close()
+            print(str(reached), file=sys.stderr)
+            return BUDGET_EXIT_CODE
         except Interrupted as stop:
             shown.close()
             print(_interrupted_line(shown, database, stopped=runner.stopped), file=sys.stderr)
@@ -218,9 +243,18 @@ def _run(args: argparse.Namespace) -> int:
         f"run {summary.run_id}: {summary.done} of {summary.items} items done, {summary.failed} failed for good, "
         f"{summary.pending} pending; {summary.stages} stages, sizes {min(summary.sizes_used, default=0)}"
         f"..{max(summary.sizes_used, default=0)}, High share {summary.high_share:.3f}, {summary.seconds:.1f} s"
-        f"{ending}"
+        f"{_spent(summary.weight, summary.cost)}{ending}"
     )
     return 0 if summary.pending == 0 else 1
+
+
+def _spent(weight: float | None, cost: float | None) -> str:
+    """`, weight 12,345, cost $0.0123` for a run that weighs or prices its items; empty otherwise."""
+    from scaling_core.budget import dollars
+
+    return (f", weight {weight:,.0f}" if weight is not None else "") + (
+        f", cost {dollars(cost)}" if cost is not None else ""
+    )
 
 
 def _stopping(shown: TerminalProgress, *, quiet: bool) -> None:
@@ -300,7 +334,7 @@ def _report(args: argparse.Namespace) -> int:
     run = report["run"]
     print(
         f"run {run['run_id']} of {run['pipeline']} ({run['status']}): {run['items']} items, {run['done']} done, "
-        f"{run['failed']} failed, {run['pending']} pending"
+        f"{run['failed']} failed, {run['pending']} pending{_spent(run['weight'], run['cost'])}"
     )
     print(format_stage_table(report["stages"], reason_width=None if args.wide else 70))
     return 0

@@ -152,7 +152,14 @@ def _pyarrow() -> Any:
 
 def _write_parquet(rows: Iterable[dict[str, Any]], path: Path) -> int:
     pa = _pyarrow()
-    types = {"success": pa.bool_(), "confidence": pa.float64(), "attempts": pa.int64(), "stage": pa.int64()}
+    types = {
+        "success": pa.bool_(),
+        "confidence": pa.float64(),
+        "attempts": pa.int64(),
+        "stage": pa.int64(),
+        "weight": pa.float64(),
+        "cost": pa.float64(),
+    }
     count = 0
     writer: Any = None
     try:

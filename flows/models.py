@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 from pydantic.fields import FieldInfo
 
 from scaling_core import BatchResult
+from scaling_core.budget import dollars
 from scaling_core.processing import IMPORT_PATH_PATTERN
 from scaling_core import store
 
@@ -176,6 +177,8 @@ class PipelineSummary(BaseModel):
     sizes_used: list[int]
     high_share: float = Field(description="High items / finished items.")
     seconds: float
+    weight: float | None = Field(default=None, description="Summed weight of the stages' items, retries included.")
+    cost: float | None = Field(default=None, description="What the run's stages cost so far, retries included.")
 
     @classmethod
     def of(cls, totals: store.RunTotals, *, seconds: float, completed_here: bool = False) -> PipelineSummary:
@@ -194,6 +197,8 @@ class PipelineSummary(BaseModel):
             sizes_used=totals.sizes_used,
             high_share=totals.high_share,
             seconds=seconds,
+            weight=totals.weight,
+            cost=totals.cost,
         )
 
     def markdown(self, changes: list[str], *, chart_uri: str | None = None) -> str:
@@ -203,16 +208,21 @@ class PipelineSummary(BaseModel):
             changes: one sentence per stage after which the size changed (`flows.report.size_changes`).
             chart_uri: the stage chart as a `data:` URI (`flows.chart.svg_data_uri`), shown as an image.
         """
+        extra_heads = (" weight |" if self.weight is not None else "") + (" cost |" if self.cost is not None else "")
+        extra_cells = (f" {self.weight:,.0f} |" if self.weight is not None else "") + (
+            f" {dollars(self.cost)} |" if self.cost is not None else ""
+        )
         lines = [
             f"# Pipeline `{self.pipeline}`",
             "",
             f"Run `{self.run_id}`: {self.done} of {self.items} items done in {self.stages} stages "
-            f"and {self.seconds:.1f} s.",
+            f"and {self.seconds:.1f} s" + (f", for {dollars(self.cost)}." if self.cost is not None else "."),
             "",
-            "| items | done | failed for good | pending | stages | failed stages | High share | seconds |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| items | done | failed for good | pending | stages | failed stages | High share | seconds |"
+            + extra_heads,
+            "|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * extra_heads.count("|"),
             f"| {self.items} | {self.done} | {self.failed} | {self.pending} | {self.stages} "
-            f"| {self.failed_stages} | {self.high_share:.3f} | {self.seconds:.1f} |",
+            f"| {self.failed_stages} | {self.high_share:.3f} | {self.seconds:.1f} |" + extra_cells,
             "",
         ]
         if chart_uri:

@@ -59,12 +59,14 @@ from flows.models import (
 from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import artifact_rows, size_changes, stage_rows
 from flows.stage import close_children, process_stage
-from scaling_core import ItemSource, ScalingConfig, ScalingDecision, store
+from scaling_core import CostBudget, ItemSource, ScalingConfig, ScalingDecision, store
 from scaling_core.runs import (
+    BudgetReached,
     NextStage,
     OpenedRun,
     RunRequest,
     RunTally,
+    budget_stop,
     check_inputs,
     decide_next_stage,
     finish_run,
@@ -174,6 +176,7 @@ async def _run_stages(
     *,
     request: RunRequest,
     execution: ExecutionOptions,
+    budget: CostBudget,
     database: StoreDatabase,
     progress_id: UUID,
     worker: str,
@@ -183,7 +186,8 @@ async def _run_stages(
 
     Crash suspects go first, in crash-isolation stages of half the crashed batch
     (`store.CrashSuspects`); the manager is not asked after those, and the run goes on at
-    the size it chose before.
+    the size it chose before. With a `budget.max_cost`, each stage's items are priced before
+    it claims them, and the run stops (`BudgetReached`) when they would pass the budget.
     """
     engine = database.get_engine()
     size = opened.batch_size
@@ -204,16 +208,30 @@ async def _run_stages(
             )
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
+        stage_size = size if suspects is None else suspects.claim_size
+        if budget.max_cost is not None and (
+            over := await asyncio.to_thread(
+                budget_stop,
+                engine,
+                opened.run_id,
+                budget,
+                batch_size=stage_size,
+                max_batch_weight=request.scaling.max_batch_weight,
+                suspects_of=None if suspects is None else suspects.batch_id,
+            )
+        ):
+            raise stop_run(engine, opened.run_id, over, kind=BudgetReached)
         stage: StageSummary = await stage_flow(
             run_id=opened.run_id,
             pipeline=request.pipeline,
-            batch_size=size if suspects is None else suspects.claim_size,
+            batch_size=stage_size,
             processor=request.processor,
             scaling=request.scaling,
             execution=execution,
             database=database,
             worker=worker,
             suspects_of=None if suspects is None else suspects.batch_id,
+            budget=budget,
         )
         if stage.items == 0:  # another worker took the last pending items
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
@@ -276,6 +294,39 @@ async def _run_stages(
             progress_shown = time.monotonic()
 
 
+async def _publish(
+    engine: Engine, run_id: str, pipeline: str, key: str, progress_id: UUID, started: float, completed_here: bool
+) -> PipelineSummary:
+    """Write the run's artifacts (summary with its chart, stage table, chart, progress) and return its summary."""
+    with store.open_session(engine) as session:
+        totals = store.run_totals(session, run_id)
+    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started, completed_here=completed_here)
+    await aupdate_progress_artifact(progress_id, progress=100.0 if totals.items.unfinished == 0 else _share(totals))
+    rows = stage_rows(engine, run_id)
+    # A `data:` URI: the UI shows it as an image in markdown and in an image artifact, with
+    # nothing to host.
+    chart = svg_data_uri(stage_chart(rows, title=f"{pipeline}: run {run_id}"))
+    await acreate_markdown_artifact(
+        key=f"{key}-summary",
+        markdown=result.markdown(size_changes(rows), chart_uri=chart),
+        description=f"Run {run_id}: totals, chart, why the size changed",
+    )
+    await acreate_table_artifact(
+        key=f"{key}-stages",
+        table=artifact_rows(rows),
+        description=f"Stages of run {run_id}: size, items, High share, seconds, action",
+    )
+    await acreate_image_artifact(
+        image_url=chart, key=f"{key}-chart", description=f"Batch size, High share and items/s per stage of run {run_id}"
+    )
+    return result
+
+
+def _share(totals: store.RunTotals) -> float:
+    """Finished items of the run in percent."""
+    return 100.0 * (totals.items.done + totals.items.failed) / max(totals.items.total, 1)
+
+
 def _ready_for_stage(
     engine: Engine, run_id: str, alive: store.WorkerLock | None
 ) -> tuple[bool, store.CrashSuspects | None]:
@@ -297,6 +348,7 @@ async def batch_pipeline(
     pipeline: Annotated[str, Field(min_length=1), titled("Pipeline")] = DEFAULT_PIPELINE,
     scaling: Annotated[ScalingConfig, titled("Scaling Limits")] = ScalingConfig(),  # noqa: B008 - frozen
     execution: Annotated[ExecutionOptions, titled("Execution")] = ExecutionOptions(),  # noqa: B008
+    budget: Annotated[CostBudget, titled("Cost Budget")] = CostBudget(),  # noqa: B008 - frozen
     database: Annotated[DatabaseParameter, titled("Database")] = None,
     limit: Annotated[int | None, Field(gt=0), titled("Limit")] = None,
     run_id: Annotated[str | None, titled("Run ID")] = None,
@@ -311,6 +363,8 @@ async def batch_pipeline(
         pipeline: the name under which runs, batches and learned sizes are kept.
         scaling: the limits the batch size is kept within.
         execution: parallelism within a stage, attempts per item, stage timeout.
+        budget: prices per item and per weight unit, and the most the run may spend; the
+            run stops resumably (`BudgetReached`) before a stage would pass `max_cost`.
         database: the store, a `StoreDatabase` block (from Python also a URL, best as a
             `SecretStr`); `$BATCHPILOT_DATABASE_URL` or the embedded SQLite file when empty.
         limit: process at most this many items of the source.
@@ -337,10 +391,12 @@ async def batch_pipeline(
     database = database if database is not None else StoreDatabase.from_settings()
     # The stage subflows and the scaling task are created with the pipeline's tags.
     with database, database.named_errors(), tags(*run_tags(pipeline)):
-        return await _pipeline(request, execution, database)
+        return await _pipeline(request, execution, budget, database)
 
 
-async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: StoreDatabase) -> PipelineSummary:
+async def _pipeline(
+    request: RunRequest, execution: ExecutionOptions, budget: CostBudget, database: StoreDatabase
+) -> PipelineSummary:
     logger = get_run_logger()
     engine = database.get_engine()
     worker = uuid4().hex[:16]
@@ -397,11 +453,18 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
                     tally,
                     request=request,
                     execution=execution,
+                    budget=budget,
                     database=database,
                     progress_id=progress_id,
                     worker=worker,
                     alive=alive,
                 )
+    except BudgetReached as reached:
+        # The run stops with its items pending; its artifacts show what it did and spent.
+        assert opened is not None
+        logger.warning("Run %s: %s", opened.run_id, reached)
+        await _publish(engine, opened.run_id, request.pipeline, key, progress_id, started, False)
+        raise
     except (asyncio.CancelledError, KeyboardInterrupt, TerminationSignal):
         # Ctrl-C, SIGTERM or a cancellation (from the command's signal handler, Python's, or
         # Prefect's in a served or worker run): the stage's items go back to pending, and the
@@ -428,27 +491,7 @@ async def _pipeline(request: RunRequest, execution: ExecutionOptions, database: 
         logger.info("Run %s: every item is finished; this worker completed the run", opened.run_id)
     elif ended.in_progress:
         logger.info("Run %s: %s items are still being processed by other workers", opened.run_id, ended.in_progress)
-    with store.open_session(engine) as session:
-        totals = store.run_totals(session, opened.run_id)
-    result = PipelineSummary.of(totals, seconds=time.perf_counter() - started, completed_here=ended.completed_here)
-    await aupdate_progress_artifact(progress_id, progress=100.0)
-    rows = stage_rows(engine, opened.run_id)
-    # A `data:` URI: the UI shows it as an image in markdown and in an image artifact, with
-    # nothing to host.
-    chart = svg_data_uri(stage_chart(rows, title=f"{request.pipeline}: run {opened.run_id}"))
-    await acreate_markdown_artifact(
-        key=f"{key}-summary",
-        markdown=result.markdown(size_changes(rows), chart_uri=chart),
-        description=f"Run {opened.run_id}: totals, chart, why the size changed",
-    )
-    await acreate_table_artifact(
-        key=f"{key}-stages",
-        table=artifact_rows(rows),
-        description=f"Stages of run {opened.run_id}: size, items, High share, seconds, action",
-    )
-    await acreate_image_artifact(
-        image_url=chart, key=f"{key}-chart", description=f"Batch size, High share and items/s per stage of run {opened.run_id}"
-    )
+    result = await _publish(engine, opened.run_id, request.pipeline, key, progress_id, started, ended.completed_here)
     logger.info(
         "Run %s finished: %s done, %s failed for good, %s stages in this session",
         opened.run_id,

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from scaling_core import store
+from scaling_core.budget import dollars
 
 
 def stage_rows(engine: Engine, run_id: str) -> list[dict[str, Any]]:
@@ -27,6 +28,8 @@ def _stage_row(stage: store.StageRow) -> dict[str, Any]:
         "failed": stage.failed,
         "high_confidence_rate": round(stage.high_share, 4),
         "seconds": round(stage.seconds, 4),
+        "weight": stage.weight,
+        "cost": stage.cost,
         "status": stage.status.value,
         "action": stage.action,
         "next_batch_size": stage.next_batch_size,
@@ -35,18 +38,41 @@ def _stage_row(stage: store.StageRow) -> dict[str, Any]:
 
 
 def artifact_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Stage rows narrowed to what fits the UI's artifact column; the reasons go in the summary."""
-    return [
-        {
+    """Stage rows narrowed to what fits the UI's artifact column; the reasons go in the summary.
+
+    A run that weighs its items shows each stage's weight, and a priced run its cost.
+    """
+    weighed, priced = _shown_columns(rows)
+    narrow = []
+    for row in rows:
+        cells: dict[str, Any] = {
             "stage": row["stage"],
             "size": row["batch_size"],
             "items": row["items"],
-            "High share": round(row["high_confidence_rate"], 2),
-            "seconds": round(row["seconds"], 2),
-            "action": row["action"] or row["status"],
         }
-        for row in rows
-    ]
+        if weighed:
+            cells["weight"] = _number(row["weight"])
+        cells |= {"High share": round(row["high_confidence_rate"], 2), "seconds": round(row["seconds"], 2)}
+        if priced:
+            cells["cost"] = _amount(row["cost"])
+        cells["action"] = row["action"] or row["status"]
+        narrow.append(cells)
+    return narrow
+
+
+def _shown_columns(rows: list[dict[str, Any]]) -> tuple[bool, bool]:
+    """Whether any stage has a weight, and whether any has a cost."""
+    return any(row.get("weight") is not None for row in rows), any(row.get("cost") is not None for row in rows)
+
+
+def _number(value: float | None) -> str:
+    """A weight as a short cell: `12,345`, or `-` when it has none."""
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _amount(value: float | None) -> str:
+    """A cost as a short cell: `$0.0123`, or `-` when it has none."""
+    return "-" if value is None else dollars(value)
 
 
 def size_changes(rows: list[dict[str, Any]]) -> list[str]:
@@ -88,22 +114,35 @@ def run_report(engine: Engine, run_id: str | None = None, *, pipeline: str | Non
             "failed": report.items.failed,
             "pending": report.items.unfinished,
             "stages": len(report.stages),
+            "weight": report.weight,
+            "cost": report.cost,
         },
         "stages": [_stage_row(stage) for stage in report.stages],
     }
 
 
 def format_stage_table(rows: list[dict[str, Any]], *, reason_width: int | None = 70) -> str:
-    """A plain-text table of stage rows for terminals; reasons cut at `reason_width` (None: in full)."""
-    header = f"{'stage':>5} {'size':>5} {'items':>5} {'ok':>5} {'High':>5} {'secs':>6} {'decision':>9} {'next':>5}  reason"
+    """A plain-text table of stage rows for terminals; reasons cut at `reason_width` (None: in full).
+
+    A weight column follows the items when a stage has a weight, and a cost column the
+    seconds when a stage has a cost.
+    """
+    weighed, priced = _shown_columns(rows)
+    header = (
+        f"{'stage':>5} {'size':>5} {'items':>5}" + (f" {'weight':>9}" if weighed else "")
+        + f" {'ok':>5} {'High':>5} {'secs':>6}" + (f" {'cost':>9}" if priced else "")
+        + f" {'decision':>9} {'next':>5}  reason"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         reason = row["reason"] or row["status"]
         if reason_width is not None and len(reason) > reason_width:
             reason = reason[: reason_width - 3] + "..."
         lines.append(
-            f"{row['stage']:>5} {row['batch_size']:>5} {row['items']:>5} {row['successful']:>5} "
-            f"{row['high_confidence_rate']:>5.2f} {row['seconds']:>6.2f} {row['action'] or '-':>9} "
-            f"{row['next_batch_size'] or '-':>5}  {reason}"
+            f"{row['stage']:>5} {row['batch_size']:>5} {row['items']:>5}"
+            + (f" {_number(row['weight']):>9}" if weighed else "")
+            + f" {row['successful']:>5} {row['high_confidence_rate']:>5.2f} {row['seconds']:>6.2f}"
+            + (f" {_amount(row['cost']):>9}" if priced else "")
+            + f" {row['action'] or '-':>9} {row['next_batch_size'] or '-':>5}  {reason}"
         )
     return "\n".join(lines)

@@ -20,7 +20,7 @@ from prefect.futures import PrefectFuture
 from flows._runtime import retrying_store_errors
 from flows.database import StoreDatabase
 from flows.models import ExecutionOptions, ProcessorPath, StageSummary
-from scaling_core import BatchManager, ClaimedBatch, Item, ItemResult, ScalingConfig
+from scaling_core import BatchManager, ClaimedBatch, CostBudget, Item, ItemResult, ScalingConfig
 from scaling_core.isolation import ProcessorCrashed, ProcessorProcess
 from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
 
@@ -52,7 +52,7 @@ def process_chunk(
     processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
 ) -> list[dict[str, Any]]:
     """Run the processor on one chunk of a batch (on the flow's task runner, Dask included)."""
-    chunk = [Item(id=i["id"], payload=i["payload"]) for i in items]
+    chunk = [Item(id=i["id"], payload=i["payload"], weight=i.get("weight")) for i in items]
     return call_with_timeout(lambda: _process(processor, chunk, scaling), timeout)
 
 
@@ -97,7 +97,11 @@ async def _run_processor(
     chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
     futures: list[PrefectFuture[list[dict[str, Any]]]] = [
         process_chunk.submit(
-            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk), timeout
+            processor,
+            [{"id": item.id, "payload": item.payload, "weight": item.weight} for item in chunk],
+            scaling,
+            len(chunk),
+            timeout,
         )
         for chunk in chunks
     ]
@@ -122,8 +126,12 @@ async def process_stage(
     database: StoreDatabase,
     worker: str | None = None,
     suspects_of: int | None = None,
+    budget: CostBudget | None = None,
 ) -> StageSummary:
     """One batch: claim `batch_size` pending items, process them, write every result in bulk.
+
+    The claim stops short of `batch_size` rather than pass `scaling.max_batch_weight`; the
+    batch is charged at `budget`'s prices (`CostBudget.batch_cost`).
 
     A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
     batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
@@ -135,7 +143,9 @@ async def process_stage(
     naming the database.
     """
     return await retrying_store_errors(
-        lambda: _stage(run_id, pipeline, batch_size, processor, scaling, execution, database, worker, suspects_of),
+        lambda: _stage(
+            run_id, pipeline, batch_size, processor, scaling, execution, database, worker, suspects_of, budget
+        ),
         what=f"A stage of size {batch_size} could not use the store",
     )
 
@@ -150,6 +160,7 @@ async def _stage(
     database: StoreDatabase,
     worker: str | None,
     suspects_of: int | None,
+    budget: CostBudget | None,
 ) -> StageSummary:
     logger = get_run_logger()
     with database.named_errors():
@@ -160,6 +171,8 @@ async def _stage(
             batch_size=batch_size,
             max_attempts=execution.max_attempts,
             worker=worker,
+            max_batch_weight=scaling.max_batch_weight,
+            budget=budget,
         )
         claimed = batches.next_batch(suspects_of=suspects_of)
         if claimed is None:

@@ -5,6 +5,7 @@ controller, ledger and tracker run it over a SQLModel store. This package never 
 prefect: the Prefect flows in `flows` are a thin layer over it.
 """
 
+from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 from scaling_core.controller import (
     BatchManager,
@@ -17,6 +18,7 @@ from scaling_core.manager import PerformanceSnapshot, ScalingManager
 from scaling_core.processing import (
     ProcessorContractError,
     ProcessorError,
+    load_item_weight,
     load_processor,
     normalize_results,
     run_processor,
@@ -39,6 +41,7 @@ __all__ = [
     "BatchResult",
     "ClaimedBatch",
     "ConfidenceLevel",
+    "CostBudget",
     "DynamicScalingController",
     "Item",
     "ItemResult",
@@ -58,6 +61,7 @@ __all__ = [
     "default_database_url",
     "iter_items",
     "iter_results",
+    "load_item_weight",
     "load_processor",
     "make_engine",
     "normalize_results",

@@ -68,6 +68,15 @@ class ScalingConfig(BaseModel):
         description="An item whose confidence is at least this (and below the High level) counts as Medium.",
     )
 
+    max_batch_weight: float | None = Field(
+        default=None,
+        gt=0.0,
+        description=(
+            "Largest summed item weight (tokens, characters, bytes) of one batch; a batch stops short of "
+            "its size rather than pass it, and an item heavier than this runs alone. Empty: no weight budget."
+        ),
+    )
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Self:
         if self.min_batch_size > self.max_batch_size:

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from scaling_core import store
+from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 from scaling_core.manager import PerformanceSnapshot, ScalingManager
 from scaling_core.processing import summarize_batch
@@ -32,6 +33,8 @@ class ClaimedBatch:
     batch_size: int
     items: list[Item]
     attempts: dict[str, int]
+    total_weight: float | None = None
+    """Summed weight of the items, when they have weights."""
 
 
 class BatchManager:
@@ -44,6 +47,9 @@ class BatchManager:
         batch_size: the size of the next batch.
         max_attempts: item-level attempts before an item is failed for good.
         worker: a name for whoever claims items (defaults to a random id).
+        max_batch_weight: a batch stops short of its size rather than pass this summed item
+            weight (`store.claim_items`); None: no weight budget.
+        budget: the prices each finished batch is charged at (`CostBudget.batch_cost`).
     """
 
     def __init__(
@@ -55,6 +61,8 @@ class BatchManager:
         batch_size: int,
         max_attempts: int = 3,
         worker: str | None = None,
+        max_batch_weight: float | None = None,
+        budget: CostBudget | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -66,6 +74,8 @@ class BatchManager:
         self.batch_size = batch_size
         self.max_attempts = max_attempts
         self.worker = worker or uuid.uuid4().hex[:16]
+        self.max_batch_weight = max_batch_weight
+        self.budget = budget or CostBudget()
 
     def next_batch(self, size: int | None = None, *, suspects_of: int | None = None) -> ClaimedBatch | None:
         """Claim up to `size` (default: the current size) pending items; None when none are left.
@@ -86,7 +96,13 @@ class BatchManager:
                 suspects_of=suspects_of,
             )
             claimed = store.claim_items(
-                session, self.run_id, size, batch_id=batch_id, worker=self.worker, suspects_of=suspects_of
+                session,
+                self.run_id,
+                size,
+                batch_id=batch_id,
+                worker=self.worker,
+                suspects_of=suspects_of,
+                max_weight=self.max_batch_weight,
             )
             if not claimed:
                 session.rollback()  # nothing pending, or another worker took the last items
@@ -96,8 +112,9 @@ class BatchManager:
             batch_id=batch_id,
             stage=stage,
             batch_size=size,
-            items=[Item(id=row.item_id, payload=row.payload) for row in claimed],
+            items=[Item(id=row.item_id, payload=row.payload, weight=row.weight) for row in claimed],
             attempts={row.item_id: row.attempts for row in claimed},
+            total_weight=_total_weight(claimed),
         )
 
     def complete_batch(
@@ -105,6 +122,8 @@ class BatchManager:
     ) -> BatchResult:
         """Write every item's result and the batch summary in one transaction."""
         summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds)
+        if batch.total_weight is not None:
+            summary = summary.model_copy(update={"total_weight": batch.total_weight})
         with store.open_session(self.engine) as session:
             store.record_item_results(
                 session,
@@ -113,10 +132,20 @@ class BatchManager:
                 batch_id=batch.batch_id,
                 attempts_before=batch.attempts,
                 max_attempts=self.max_attempts,
+                charges=self._charges(batch),
             )
-            store.finish_batch(session, batch.batch_id, summary)
+            store.finish_batch(session, batch.batch_id, summary, cost=self._cost(batch))
             session.commit()
         return summary
+
+    def _cost(self, batch: ClaimedBatch) -> float | None:
+        return self.budget.batch_cost(items=len(batch.items), weight=batch.total_weight)
+
+    def _charges(self, batch: ClaimedBatch) -> dict[str, float] | None:
+        """What this batch cost each of its items, by id; None when nothing is priced."""
+        if not self.budget.charges:
+            return None
+        return {item.id: self.budget.batch_cost(items=1, weight=item.weight) or 0.0 for item in batch.items}
 
     def fail_batch(self, batch: ClaimedBatch, error: str, seconds: float) -> BatchResult:
         """Record a batch that failed whole; its items go back to pending."""
@@ -130,10 +159,14 @@ class BatchManager:
             confidence_distribution={ConfidenceLevel.LOW: len(batch.items)},
             failed_whole=True,
             error=error,
+            total_weight=batch.total_weight,
         )
         with store.open_session(self.engine) as session:
-            store.release_items(session, self.run_id, batch_id=batch.batch_id)
-            store.finish_batch(session, batch.batch_id, summary)
+            charge = (
+                (self.budget.cost_per_item, self.budget.cost_per_weight_unit) if self.budget.charges else None
+            )
+            store.release_items(session, self.run_id, batch_id=batch.batch_id, charge=charge)
+            store.finish_batch(session, batch.batch_id, summary, cost=self._cost(batch))
             session.commit()
         return summary
 
@@ -153,6 +186,12 @@ class BatchManager:
         """The run's items by status."""
         with store.open_session(self.engine) as session:
             return store.count_items(session, self.run_id)
+
+
+def _total_weight(claimed: Sequence[store.ClaimedItem]) -> float | None:
+    """The summed weight of claimed items; None when none of them has a weight."""
+    weights = [row.weight for row in claimed if row.weight is not None]
+    return float(sum(weights)) if weights else None
 
 
 class Trend(enum.StrEnum):

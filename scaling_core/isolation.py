@@ -73,7 +73,7 @@ class ProcessorProcess:
             TimeoutError: no answer within `timeout` seconds; the child was killed.
             Exception: what the processor (or the contract check) raised in the child.
         """
-        request = ([(item.id, item.payload) for item in items], config)
+        request = ([(item.id, item.payload, getattr(item, "weight", None)) for item in items], config)
         with self._lock:
             connection = self._connection if self._alive() else self._start()
             try:
@@ -163,7 +163,9 @@ def _serve(connection: Connection, processor: str, path: list[str]) -> None:
         try:
             if function is None:
                 function = load_processor(processor)
-            results = run_processor(function, [Item(id=id_, payload=payload) for id_, payload in pairs], config)
+            results = run_processor(
+                function, [Item(id=id_, payload=payload, weight=weight) for id_, payload, weight in pairs], config
+            )
             answer: tuple[str, Any] = ("ok", [result.model_dump(mode="json") for result in results])
         except Exception as error:
             answer = ("error", _portable(error))

@@ -23,6 +23,7 @@ import importlib
 import inspect
 import math
 import re
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,12 +37,14 @@ from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult
 
 __all__ = [
     "IMPORT_PATH_PATTERN",
+    "ITEM_WEIGHT_FUNCTION",
     "ItemLike",
     "Processor",
     "ProcessorContractError",
     "ProcessorError",
     "call_with_timeout",
     "confidence_level",
+    "load_item_weight",
     "load_processor",
     "normalize_results",
     "run_processor",
@@ -141,6 +144,39 @@ def load_processor(path: str) -> Processor:
             "result per item (an async processor: `async def` that returns the list)"
         )
     return target  # type: ignore[no-any-return]
+
+
+ITEM_WEIGHT_FUNCTION = "item_weight"
+"""The name of the optional weight function of a processor's module: `def item_weight(item) -> float`."""
+
+
+def load_item_weight(path: str) -> Callable[[Any], float] | None:
+    """The processor module's `item_weight(item) -> float`, or None when the module has none.
+
+    A module may define it next to its processor to give each item a weight (its tokens,
+    characters or bytes), computed once when the source is loaded; `ScalingConfig.max_batch_weight`
+    then caps the summed weight of a batch, and the cost options charge per weight unit. A
+    source's own `weight_field`, when named, is used instead.
+
+    Raises:
+        ProcessorError: as `load_processor` does, or when `item_weight` is not callable.
+
+    Example:
+        >>> weigh = load_item_weight("mypackage.embed:embed")  # mypackage/embed.py defines item_weight
+        >>> weigh(Item("d1", {"text": "a short text"}))
+        12.0
+    """
+    load_processor(path)
+    module = sys.modules[path.partition(":")[0]]
+    weigh = getattr(module, ITEM_WEIGHT_FUNCTION, None)
+    if weigh is None:
+        return None
+    if inspect.isclass(weigh) or not callable(weigh):
+        raise ProcessorError(
+            f"processor {path!r}: {ITEM_WEIGHT_FUNCTION} in module {module.__name__!r} must be a function "
+            f"item_weight(item) -> float, not a {type(weigh).__name__}"
+        )
+    return weigh  # type: ignore[no-any-return]
 
 
 def confidence_level(confidence: float, config: ScalingConfig) -> ConfidenceLevel:

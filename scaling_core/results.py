@@ -79,6 +79,8 @@ class BatchResult(BaseModel):
     failed_whole: bool = False
     error: str | None = None
     item_results: list[ItemResult] | None = None
+    total_weight: float | None = None
+    """Summed weight of the batch's items (tokens, characters, bytes), when the items have weights."""
 
     @model_validator(mode="after")
     def _check_counts(self) -> Self:
@@ -87,6 +89,8 @@ class BatchResult(BaseModel):
                 f"successful_items ({self.successful_items}) + failed_items ({self.failed_items}) "
                 f"must equal total_items ({self.total_items})"
             )
+        if self.total_weight is not None and not self.total_weight >= 0.0:
+            raise ValueError(f"total_weight must not be negative, got {self.total_weight}")
         if any(count < 0 for count in self.confidence_distribution.values()):
             raise ValueError("confidence_distribution counts must not be negative")
         counted = sum(self.confidence_distribution.values())

@@ -28,9 +28,10 @@ from sqlalchemy import Engine, inspect
 from sqlmodel import Session
 
 from scaling_core import store
+from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 from scaling_core.manager import ScalingManager
-from scaling_core.processing import load_processor
+from scaling_core.processing import load_item_weight, load_processor
 from scaling_core.results import ScalingDecision
 from scaling_core.sources import (
     ItemSource,
@@ -38,6 +39,7 @@ from scaling_core.sources import (
     SourceError,
     SourceFingerprint,
     SourceSummary,
+    WeightFunction,
     iter_item_batches,
     validate_source,
 )
@@ -48,6 +50,10 @@ LOAD_CHUNK = 5_000
 
 class RunStopped(RuntimeError):
     """The run stopped before its end, resumably: its items are pending again; rerun to resume."""
+
+
+class BudgetReached(RunStopped):
+    """The next stage would have taken the run's cost past `max_cost`: rerun with a higher one to continue."""
 
 
 class RunRequest(BaseModel):
@@ -120,12 +126,19 @@ def check_inputs(source: ItemSource, processor: str, limit: int | None) -> Sourc
     """Everything about a run's input that can be refused before any work: raises ValueError.
 
     The processor must import and be callable; the source must exist and hold valid,
-    unique ids (every rejected row is named with its line number).
+    unique ids and, when the run weighs its items, a valid weight for every row (every
+    rejected row is named with its line number).
     """
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be positive when given, got {limit}")
     load_processor(processor)
-    return validate_source(source, limit=limit)
+    return validate_source(source, limit=limit, weigh=weight_function(source, processor))
+
+
+def weight_function(source: ItemSource, processor: str) -> WeightFunction | None:
+    """How the run weighs items that its source gives no weight: the processor module's
+    `item_weight`, unless the source names a `weight_field` (which then weighs every item)."""
+    return None if source.weight_field is not None else load_item_weight(processor)
 
 
 def open_run(engine: Engine, request: RunRequest) -> OpenedRun:
@@ -239,8 +252,11 @@ def _load_ledger(session: Session, run_id: str, request: RunRequest, fingerprint
     # One transaction per chunk: a load killed midway resumes where it stopped (from the
     # same content, which the fingerprint guards), and the ledger ignores the rows it holds.
     seq = 0
-    for chunk in iter_item_batches(request.source, chunk_size=LOAD_CHUNK, limit=request.limit):
-        store.load_items(session, run_id, [(seq + i, item.id, item.payload) for i, item in enumerate(chunk)])
+    weigh = weight_function(request.source, request.processor)
+    for chunk in iter_item_batches(request.source, chunk_size=LOAD_CHUNK, limit=request.limit, weigh=weigh):
+        store.load_items(
+            session, run_id, [(seq + i, item.id, item.payload, item.weight) for i, item in enumerate(chunk)]
+        )
         session.commit()
         seq += len(chunk)
     if not fingerprint.unchanged_on_disk():
@@ -406,11 +422,40 @@ class RunTally:
         return bool(new)
 
 
-def stop_run(engine: Engine, run_id: str, message: str) -> RunStopped:
-    """Mark the run failed (resumable: its items are pending again); returns the error to raise."""
+def budget_stop(
+    engine: Engine,
+    run_id: str,
+    budget: CostBudget,
+    *,
+    batch_size: int,
+    max_batch_weight: float | None,
+    suspects_of: int | None = None,
+) -> str | None:
+    """Why the run must stop before a stage of `batch_size` (its cost would pass `max_cost`), else None.
+
+    The stage is priced by the items it would claim now (`store.next_claim`: the next pending
+    items in ledger order within `max_batch_weight`, or the crash suspects of `suspects_of`).
+    "After N items" counts the run's finished items (done or failed for good).
+    """
+    if budget.max_cost is None:
+        return None
+    with store.open_session(engine) as session:
+        spent = store.run_cost(session, run_id)
+        items, weight = store.next_claim(
+            session, run_id, batch_size, max_weight=max_batch_weight, suspects_of=suspects_of
+        )
+        next_cost = budget.batch_cost(items=items, weight=weight) or 0.0
+        if spent + next_cost <= budget.max_cost:
+            return None
+        counts = store.count_items(session, run_id)
+    return budget.stop_message(spent=spent, next_cost=next_cost, finished=counts.done + counts.failed)
+
+
+def stop_run(engine: Engine, run_id: str, message: str, *, kind: type[RunStopped] = RunStopped) -> RunStopped:
+    """Mark the run failed (resumable: its items are pending again); returns the error to raise, a `kind`."""
     with store.open_session(engine) as session:
         store.finish_run(session, run_id, store.RunStatus.FAILED)
-    return RunStopped(message)
+    return kind(message)
 
 
 @dataclass(frozen=True, slots=True)

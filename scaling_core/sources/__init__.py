@@ -27,6 +27,8 @@ from scaling_core.sources._model import (
     SourceFingerprint,
     SourceFormat,
     SourceSummary,
+    WeightFunction,
+    weight_problem,
 )
 from scaling_core.sources._rows import _iter_rows
 
@@ -39,18 +41,21 @@ __all__ = [
     "SourceFingerprint",
     "SourceFormat",
     "SourceSummary",
+    "WeightFunction",
     "iter_item_batches",
     "iter_items",
     "validate_source",
 ]
 
 
-def iter_items(source: ItemSource, limit: int | None = None) -> Iterator[Item]:
+def iter_items(source: ItemSource, limit: int | None = None, *, weigh: WeightFunction | None = None) -> Iterator[Item]:
     """Stream the items of `source`, at most `limit` of them.
 
     The file is opened when iteration starts and read one row at a time. The first rejected
     row raises `SourceError` naming its line. Duplicate ids are not detected here (that
-    needs a pass over the whole file): call `validate_source` first.
+    needs a pass over the whole file): call `validate_source` first. With `weigh` (a
+    processor module's `item_weight`), an item without a weight from the source's
+    `weight_field` gets `weigh(item)` as its weight.
 
     Example:
         >>> [item.id for item in iter_items(ItemSource(path=Path("items.csv")), limit=2)]
@@ -58,11 +63,11 @@ def iter_items(source: ItemSource, limit: int | None = None) -> Iterator[Item]:
     """
     _check_limit(limit, "limit")
     _check_exists(source)
-    return _iter_valid_items(source, limit)
+    return _iter_valid_items(source, limit, weigh)
 
 
 def iter_item_batches(
-    source: ItemSource, chunk_size: int, limit: int | None = None
+    source: ItemSource, chunk_size: int, limit: int | None = None, *, weigh: WeightFunction | None = None
 ) -> Iterator[list[Item]]:
     """Stream the items of `source` as lists of at most `chunk_size` items, for bulk loading.
 
@@ -71,7 +76,7 @@ def iter_item_batches(
         [2, 2, 1]
     """
     _check_limit(chunk_size, "chunk_size", allow_none=False)
-    items = iter_items(source, limit)
+    items = iter_items(source, limit, weigh=weigh)
 
     def _chunks() -> Iterator[list[Item]]:
         while chunk := list(islice(items, chunk_size)):
@@ -80,14 +85,19 @@ def iter_item_batches(
     return _chunks()
 
 
-def validate_source(source: ItemSource, limit: int | None = None) -> SourceSummary:
+def validate_source(
+    source: ItemSource, limit: int | None = None, *, weigh: WeightFunction | None = None
+) -> SourceSummary:
     """Read `source` once (up to `limit` items) and report every rejected row.
 
     Rejected are: undecodable lines, malformed CSV records or JSON lines, a JSON line that
     is not an object, a missing or empty id, an id that is neither a string nor an integer,
-    a field larger than `max_field_bytes`, and a duplicate id (the message names the line
-    of its first occurrence). Blank lines are skipped. A missing file, a CSV header without
-    the id column, and a source without items fail as a whole.
+    a field larger than `max_field_bytes`, a duplicate id (the message names the line of its
+    first occurrence) and, with a `weight_field`, a weight that is missing, not a number or
+    negative. With `weigh` (a processor module's `item_weight`, used when the source names no
+    weight field), a row whose weight it cannot give (it raises, or returns no number of zero
+    or more) is rejected too. Blank lines are skipped. A missing file, a CSV header without
+    the id (or weight) column, and a source without items fail as a whole.
 
     Duplicates are found with a table of 64-bit id hashes (8 bytes a slot, about 16 MB for
     a million ids, where a set of the ids themselves takes over 100 MB). Two different ids
@@ -117,6 +127,9 @@ def validate_source(source: ItemSource, limit: int | None = None) -> SourceSumma
         if item is None:
             assert reason is not None
             collector.add(RowProblem(line, reason))
+            continue
+        if weigh is not None and item.weight is None and (problem := _weigh(weigh, item)[1]):
+            collector.add(RowProblem(line, problem))
             continue
         id_hash = _id_hash(item.id)
         if not seen.add(id_hash):
@@ -233,7 +246,19 @@ def _check_exists(source: ItemSource) -> None:
         raise SourceError(source.path, [RowProblem(None, "is a directory, not a file")])
 
 
-def _iter_valid_items(source: ItemSource, limit: int | None) -> Iterator[Item]:
+def _weigh(weigh: WeightFunction, item: Item) -> tuple[float | None, str | None]:
+    """`(weigh(item), None)`, or `(None, why)` when it raises or returns no number of zero or more."""
+    name = getattr(weigh, "__name__", "item_weight")
+    try:
+        value = weigh(item)
+    except Exception as error:  # noqa: BLE001 - a user's function may raise anything; the row names it
+        return None, f"{name}() raised {type(error).__name__}: {error}"
+    if problem := weight_problem(value, f"the weight {name}() returned"):
+        return None, problem
+    return float(value), None
+
+
+def _iter_valid_items(source: ItemSource, limit: int | None, weigh: WeightFunction | None) -> Iterator[Item]:
     rows = _iter_rows(source)
     count = 0
     try:
@@ -241,6 +266,11 @@ def _iter_valid_items(source: ItemSource, limit: int | None) -> Iterator[Item]:
             if item is None:
                 assert reason is not None
                 raise SourceError(source.path, [RowProblem(line, reason)])
+            if weigh is not None and item.weight is None:
+                weight, problem = _weigh(weigh, item)
+                if problem is not None:
+                    raise SourceError(source.path, [RowProblem(line, problem)])
+                item = Item(item.id, item.payload, weight)
             yield item
             count += 1
             if limit is not None and count >= limit:

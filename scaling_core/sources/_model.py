@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -37,15 +39,45 @@ _ASCII_PROBE = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One unit of work: its id and everything else the row holds.
+    """One unit of work: its id, everything else the row holds, and its weight when it has one.
+
+    `weight` is what the item costs a batch in the unit its source measures (tokens,
+    characters, bytes): the value of the source's `weight_field`, or what the processor
+    module's `item_weight` function returned. None when the run weighs nothing.
 
     Example:
         >>> Item(id="P000001", payload={"name": "Oak Chair", "price": "49.99"})
-        Item(id='P000001', payload={'name': 'Oak Chair', 'price': '49.99'})
+        Item(id='P000001', payload={'name': 'Oak Chair', 'price': '49.99'}, weight=None)
     """
 
     id: str
     payload: dict[str, Any]
+    weight: float | None = None
+
+
+WeightFunction = Callable[[Item], float]
+"""A processor module's `item_weight(item) -> float`: an item's weight, computed once at load."""
+
+
+def weight_problem(value: Any, where: str) -> str | None:
+    """Why `value` is not an item weight (a finite number, zero or more), naming `where`; None when it is.
+
+    Strings are read as numbers (a CSV cell is always text); booleans are refused.
+    """
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return f"{where} is not a number: {value!r}"
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{where} is not a number: {value!r}"
+    else:
+        number = float(value)
+    if not math.isfinite(number):
+        return f"{where} is not a finite number: {value!r}"
+    if number < 0:
+        return f"{where} is negative: {value!r}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +159,14 @@ class ItemSource(BaseModel):
         gt=0,
         description="A row with a field larger than this many bytes is rejected.",
     )
+    weight_field: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "CSV column or JSON key that holds each item's weight (tokens, characters, bytes): a number, "
+            "zero or more. Empty: the processor module's item_weight function, if it has one, else no weights."
+        ),
+    )
 
     @field_validator("path")
     @classmethod
@@ -148,6 +188,13 @@ class ItemSource(BaseModel):
                 "--format csv or --format jsonl)"
             )
         return inferred
+
+    @field_validator("weight_field")
+    @classmethod
+    def _weight_apart_from_id(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and value == info.data.get("id_field"):
+            raise ValueError(f"weight_field {value!r} must not be the id field")
+        return value
 
     @field_validator("encoding")
     @classmethod

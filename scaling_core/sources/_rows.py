@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from scaling_core.sources._model import MAX_ID_LENGTH, Item, ItemSource, RowProblem, SourceError
+from scaling_core.sources._model import MAX_ID_LENGTH, Item, ItemSource, RowProblem, SourceError, weight_problem
 
 _Row = tuple[int, Item | None, str | None]
 
@@ -88,7 +88,17 @@ def _iter_jsonl_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
             if oversized is not None:
                 yield line, None, _oversized_problem(oversized, source)
                 continue
-        yield line, Item(item_id, record), None
+        weight: float | None = None
+        if source.weight_field is not None:
+            if source.weight_field not in record:
+                yield line, None, f"missing weight field {source.weight_field!r}"
+                continue
+            raw_weight = record[source.weight_field]
+            if problem := weight_problem(raw_weight, f"weight field {source.weight_field!r}"):
+                yield line, None, problem
+                continue
+            weight = float(raw_weight)
+        yield line, Item(item_id, record, weight), None
 
 
 def _reject_constant(name: str) -> Any:
@@ -169,6 +179,7 @@ def _iter_csv_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
     encoding, max_bytes = source.encoding, source.max_field_bytes
     header: list[str] | None = None
     id_index = 0
+    weight_index: int | None = None
     while True:
         feed.record_start = None
         try:
@@ -201,6 +212,7 @@ def _iter_csv_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
         if header is None:
             header = row
             id_index = _check_header(source, header, line)
+            weight_index = None if source.weight_field is None else header.index(source.weight_field)
             continue
         if len(row) != len(header):
             yield line, None, f"expected {len(header)} fields, got {len(row)}"
@@ -213,8 +225,14 @@ def _iter_csv_rows(source: ItemSource, handle: Any) -> Iterator[_Row]:
         if oversized is not None:
             yield line, None, _oversized_problem(oversized, source)
             continue
+        weight: float | None = None
+        if weight_index is not None:
+            if problem := weight_problem(row[weight_index], f"weight field {source.weight_field!r}"):
+                yield line, None, problem
+                continue
+            weight = float(row[weight_index])
         payload = {name: value for index, (name, value) in enumerate(zip(header, row)) if index != id_index}
-        yield line, Item(item_id, payload), None
+        yield line, Item(item_id, payload, weight), None
 
 
 def _check_header(source: ItemSource, header: list[str], line: int) -> int:
@@ -228,6 +246,12 @@ def _check_header(source: ItemSource, header: list[str], line: int) -> int:
         raise SourceError(
             source.path,
             [RowProblem(line, f"missing id column {source.id_field!r} in the header (columns: {columns})")],
+        )
+    if source.weight_field is not None and source.weight_field not in seen:
+        columns = ", ".join(repr(name) for name in header)
+        raise SourceError(
+            source.path,
+            [RowProblem(line, f"missing weight column {source.weight_field!r} in the header (columns: {columns})")],
         )
     return header.index(source.id_field)
 

@@ -39,6 +39,7 @@ from scaling_core.store.ledger import (
     has_pending,
     load_items,
     mark_loaded,
+    next_claim,
     record_item_results,
     recover_abandoned,
     recover_crashed,
@@ -61,6 +62,7 @@ from scaling_core.store.queries import (
     record_decision,
     run_batches,
     run_decisions,
+    run_cost,
     start_run,
 )
 from scaling_core.store.reports import RunReport, RunTotals, StageRow, run_report, run_stages, run_totals
@@ -124,6 +126,7 @@ __all__ = [
     "make_engine",
     "mark_loaded",
     "new_run_id",
+    "next_claim",
     "open_session",
     "parse_url",
     "recent_batches",
@@ -135,6 +138,7 @@ __all__ = [
     "redact_url",
     "release_items",
     "run_batches",
+    "run_cost",
     "run_decisions",
     "run_report",
     "run_stages",

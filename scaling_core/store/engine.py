@@ -188,8 +188,15 @@ def create_schema(engine: Engine) -> None:
 def _upgrade(connection: Connection) -> None:
     # `create_all` makes missing tables only: what later versions added to existing tables
     # is added here, to stores made before.
-    if "suspects_of" not in {column["name"] for column in inspect(connection).get_columns("batch_record")}:
-        connection.execute(text("ALTER TABLE batch_record ADD COLUMN suspects_of INTEGER"))
+    added = {
+        "batch_record": {"suspects_of": "INTEGER", "total_weight": "FLOAT", "cost": "FLOAT"},
+        "ledger_item": {"weight": "FLOAT", "cost": "FLOAT"},
+    }
+    for table, columns in added.items():
+        present = {column["name"] for column in inspect(connection).get_columns(table)}
+        for name, kind in columns.items():
+            if name not in present:
+                connection.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {kind}"))
     _tables.RETRY_INDEX.create(connection, checkfirst=True)
 
 

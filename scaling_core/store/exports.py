@@ -17,7 +17,9 @@ from sqlalchemy import Engine, func, select
 
 from scaling_core.store.tables import BatchRecord, ItemStatus, LedgerItem, PipelineRun, RunStatus
 
-RESULT_FIELDS: tuple[str, ...] = ("id", "success", "confidence", "level", "output", "error", "attempts", "stage")
+RESULT_FIELDS: tuple[str, ...] = (
+    "id", "success", "confidence", "level", "output", "error", "attempts", "stage", "weight", "cost",
+)
 """The fields of an exported row, in order; `iter_results(..., with_source=True)` adds `source`."""
 
 EXPORT_CHUNK = 5_000
@@ -40,7 +42,9 @@ def iter_results(
     False when failed for good, None while it waits for a stage); its `confidence`, `level`,
     `output` (the processor's JSON value) and `error`; its failed `attempts`; and the `stage`
     that wrote it (the stage number of the run, as its report shows it; None before its
-    first claim). With `with_source`, `source` holds the item's own fields from the source.
+    first claim); its `weight` (None when the run weighs nothing); and its `cost`, what every
+    batch it ran in charged it, retries included (None while nothing is priced). With
+    `with_source`, `source` holds the item's own fields from the source.
 
     The rows are streamed `chunk_size` at a time over one connection, which stays open until
     the iterator is exhausted or closed.
@@ -63,6 +67,8 @@ def iter_results(
         _LEDGER.c.error,
         _LEDGER.c.attempts,
         _BATCHES.c.stage,
+        _LEDGER.c.weight,
+        _LEDGER.c.cost,
     ]
     if with_source:
         columns.append(_LEDGER.c.payload)
@@ -76,8 +82,8 @@ def iter_results(
     with engine.connect() as connection:
         if connection.execute(select(_RUNS.c.run_id).where(_RUNS.c.run_id == run_id)).first() is None:
             raise LookupError(f"no run {run_id!r} in the store")
-        for item_id, status, confidence, level, output, error, attempts, stage, *payload in connection.execute(
-            query
+        for item_id, status, confidence, level, output, error, attempts, stage, weight, cost, *payload in (
+            connection.execute(query)
         ):
             row = {
                 "id": item_id,
@@ -88,6 +94,8 @@ def iter_results(
                 "error": error,
                 "attempts": attempts,
                 "stage": stage,
+                "weight": weight,
+                "cost": cost,
             }
             if with_source:
                 row["source"] = payload[0]

@@ -34,36 +34,46 @@ _LEDGER = LedgerItem.__table__  # type: ignore[attr-defined]
 
 # Every item's result, by primary key, as one executemany (bind names must differ from the
 # column names that the SET clause binds).
-_RESULT_UPDATE = (
-    update(_LEDGER)
-    .where(
-        _LEDGER.c.run_id == bindparam("key_run_id"),
-        _LEDGER.c.item_id == bindparam("key_item_id"),
-        # Only while the item is still this batch's: a claim taken back (its worker looked
-        # dead) is pending and still names the batch until another batch claims it; then it
-        # belongs to that batch.
-        _LEDGER.c.batch_id == bindparam("key_batch_id"),
-        or_(_LEDGER.c.status == ItemStatus.PROCESSING, _LEDGER.c.status == ItemStatus.PENDING),
+def _result_update(*, charged: bool) -> Any:
+    statement = (
+        update(_LEDGER)
+        .where(
+            _LEDGER.c.run_id == bindparam("key_run_id"),
+            _LEDGER.c.item_id == bindparam("key_item_id"),
+            # Only while the item is still this batch's: a claim taken back (its worker looked
+            # dead) is pending and still names the batch until another batch claims it; then it
+            # belongs to that batch.
+            _LEDGER.c.batch_id == bindparam("key_batch_id"),
+            or_(_LEDGER.c.status == ItemStatus.PROCESSING, _LEDGER.c.status == ItemStatus.PENDING),
+        )
+        .values(
+            output=bindparam("output"),
+            confidence=bindparam("confidence"),
+            level=bindparam("level"),
+            error=bindparam("error"),
+            attempts=bindparam("attempts"),
+            claimed_by=None,
+            status=bindparam("status"),
+        )
     )
-    .values(
-        output=bindparam("output"),
-        confidence=bindparam("confidence"),
-        level=bindparam("level"),
-        error=bindparam("error"),
-        attempts=bindparam("attempts"),
-        claimed_by=None,
-        status=bindparam("status"),
-    )
-)
+    if charged:
+        statement = statement.values(cost=func.coalesce(_LEDGER.c.cost, 0.0) + bindparam("charge"))
+    return statement
+
+
+_RESULT_UPDATE = _result_update(charged=False)
+_CHARGED_RESULT_UPDATE = _result_update(charged=True)
+"""The same, adding each item's charge for this batch to its cost."""
 
 
 # A materialised CTE, not `IN (subquery)`: PostgreSQL may run an IN-subquery once per outer
 # row, and with LIMIT + SKIP LOCKED each run picks other rows, so the update would claim far
 # more than `limit` items. Built once with bind parameters (compiled once, not per stage), on
 # the Core table: the ORM's bulk UPDATE path costs a few ms per claim.
-def _claim_statement(*where: Any) -> Any:
+def _claim_statement(*where: Any, weighed: bool = False) -> Any:
+    columns = (_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.weight) if weighed else (_LEDGER.c.item_id,)
     claimable = (
-        select(_LEDGER.c.item_id)
+        select(*columns)
         .where(_LEDGER.c.run_id == bindparam("claim_run_id"), *where)
         .order_by(_LEDGER.c.seq)
         .limit(bindparam("claim_limit"))
@@ -71,6 +81,25 @@ def _claim_statement(*where: Any) -> Any:
         .cte("claimable")
         .prefix_with("MATERIALIZED", dialect="postgresql")
     )
+    if weighed:
+        # PostgreSQL refuses a window function beside FOR UPDATE, so the running sum is taken
+        # over the rows locked above, in a second step: the longest prefix (in ledger order)
+        # whose summed weight stays within the budget, and always the first row, however
+        # heavy. The rows locked past that prefix stay pending; their locks end with the claim.
+        ordered = (
+            select(
+                claimable.c.item_id,
+                func.sum(func.coalesce(claimable.c.weight, 0.0)).over(order_by=claimable.c.seq).label("running"),
+                func.row_number().over(order_by=claimable.c.seq).label("position"),
+            )
+            .cte("ordered")
+            .prefix_with("MATERIALIZED", dialect="postgresql")
+        )
+        claimable = (
+            select(ordered.c.item_id)
+            .where(or_(ordered.c.position == 1, ordered.c.running <= bindparam("claim_max_weight")))
+            .cte("within_budget")
+        )
     return (
         update(_LEDGER)
         .where(_LEDGER.c.run_id == bindparam("claim_run_id"), _LEDGER.c.item_id == claimable.c.item_id)
@@ -80,15 +109,52 @@ def _claim_statement(*where: Any) -> Any:
             claimed_by=bindparam("claim_worker"),
             claimed_at=bindparam("claim_at"),
         )
-        .returning(_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.payload, _LEDGER.c.attempts)
+        .returning(_LEDGER.c.item_id, _LEDGER.c.seq, _LEDGER.c.payload, _LEDGER.c.attempts, _LEDGER.c.weight)
     )
 
 
 # Pending items that were in a batch before, written as the partial index `RETRY_INDEX` is
 # defined (literally, not with bound values), so that SQLite and PostgreSQL use it.
 _RETRIED = text(RETRY_CONDITION)
-_CLAIM = _claim_statement(_LEDGER.c.status == ItemStatus.PENDING)
-_CLAIM_SUSPECTS = _claim_statement(_RETRIED, _LEDGER.c.batch_id == bindparam("claim_suspects_of"))
+_PENDING = _LEDGER.c.status == ItemStatus.PENDING
+_SUSPECTS = (_RETRIED, _LEDGER.c.batch_id == bindparam("claim_suspects_of"))
+_CLAIMS = {
+    (False, False): _claim_statement(_PENDING),
+    (True, False): _claim_statement(*_SUSPECTS),
+    (False, True): _claim_statement(_PENDING, weighed=True),
+    (True, True): _claim_statement(*_SUSPECTS, weighed=True),
+}
+"""The claim statements by (crash suspects only, capped by weight)."""
+
+
+def next_claim(
+    session: Session, run_id: str, limit: int, *, max_weight: float | None = None, suspects_of: int | None = None
+) -> tuple[int, float]:
+    """(items, summed weight) that `claim_items` with the same arguments would claim now, claiming nothing.
+
+    The same walk in ledger order within `max_weight`, read without locks: what a stage of
+    `limit` would take when no other worker claims first (the cost budget prices it).
+    """
+    if limit <= 0:
+        return 0, 0.0
+    where = (_PENDING,) if suspects_of is None else (_RETRIED, _LEDGER.c.batch_id == suspects_of)
+    candidates = (
+        select(_LEDGER.c.seq, func.coalesce(_LEDGER.c.weight, 0.0).label("weight"))
+        .where(_LEDGER.c.run_id == run_id, *where)
+        .order_by(_LEDGER.c.seq)
+        .limit(limit)
+        .subquery()
+    )
+    ordered = select(
+        candidates.c.weight,
+        func.sum(candidates.c.weight).over(order_by=candidates.c.seq).label("running"),
+        func.row_number().over(order_by=candidates.c.seq).label("position"),
+    ).subquery()
+    taken = select(func.count(), func.coalesce(func.sum(ordered.c.weight), 0.0))
+    if max_weight is not None:
+        taken = taken.where(or_(ordered.c.position == 1, ordered.c.running <= max_weight))
+    items, weight = session.execute(taken).one()
+    return int(items), float(weight)
 
 
 class ItemCounts(BaseModel):
@@ -117,10 +183,12 @@ class ItemCounts(BaseModel):
         return int(getattr(self, ItemStatus(status).value))
 
 
-def load_items(
-    session: Session, run_id: str, rows: Iterable[tuple[int, str, dict[str, Any]]]
-) -> int:
-    """Insert `(seq, item_id, payload)` rows into the ledger in one bulk statement.
+LedgerRow = tuple[int, str, dict[str, Any]] | tuple[int, str, dict[str, Any], float | None]
+"""A row to load: `(seq, item_id, payload)`, or `(seq, item_id, payload, weight)`."""
+
+
+def load_items(session: Session, run_id: str, rows: Iterable[LedgerRow]) -> int:
+    """Insert `(seq, item_id, payload[, weight])` rows into the ledger in one bulk statement.
 
     Rows already present (a load resumed after a crash) are left as they are.
     Returns the number of rows handed in. The caller commits.
@@ -128,13 +196,14 @@ def load_items(
     values = [
         {
             "run_id": run_id,
-            "item_id": item_id,
-            "seq": seq,
+            "item_id": row[1],
+            "seq": row[0],
             "status": ItemStatus.PENDING,
             "attempts": 0,
-            "payload": payload,
+            "payload": row[2],
+            "weight": float(row[3]) if len(row) > 3 and row[3] is not None else None,
         }
-        for seq, item_id, payload in rows
+        for row in rows
     ]
     if not values:
         return 0
@@ -159,16 +228,29 @@ def mark_loaded(session: Session, run_id: str) -> int:
 
 
 def claim_items(
-    session: Session, run_id: str, limit: int, *, batch_id: int, worker: str, suspects_of: int | None = None
+    session: Session,
+    run_id: str,
+    limit: int,
+    *,
+    batch_id: int,
+    worker: str,
+    suspects_of: int | None = None,
+    max_weight: float | None = None,
 ) -> list[ClaimedItem]:
     """Move up to `limit` pending items (in source order) to processing, for `batch_id`.
 
     With `suspects_of`, only the pending items of that crashed batch (its crash suspects,
-    see `crash_suspects`). One statement: on PostgreSQL the inner select locks rows with
-    SKIP LOCKED, so concurrent claimers get disjoint items. The caller commits.
+    see `crash_suspects`). With `max_weight`, the claim stops short of `limit` rather than
+    pass that summed weight (items without a weight weigh 0): it takes the pending items in
+    ledger order while their running sum stays within it, never skipping one to take a
+    lighter one after it, and the first item always, alone when it alone is heavier. One
+    statement: on PostgreSQL the inner select locks rows with SKIP LOCKED, so concurrent
+    claimers get disjoint items. The caller commits.
     """
     if limit <= 0:
         return []
+    if max_weight is not None and not max_weight > 0:
+        raise ValueError(f"max_weight must be positive when given, got {max_weight}")
     parameters: dict[str, Any] = {
         "claim_run_id": run_id,
         "claim_limit": limit,
@@ -178,7 +260,10 @@ def claim_items(
     }
     if suspects_of is not None:
         parameters["claim_suspects_of"] = suspects_of
-    rows = session.execute(_CLAIM if suspects_of is None else _CLAIM_SUSPECTS, parameters).all()
+    if max_weight is not None:
+        parameters["claim_max_weight"] = float(max_weight)
+    statement = _CLAIMS[(suspects_of is not None, max_weight is not None)]
+    rows = session.execute(statement, parameters).all()
     # Plain rows, not `LedgerItem` table models: building a table model runs defaults and
     # instrumented setattr for all 13 fields, about nine tenths of a claim's time.
     items = [ClaimedItem(**row._mapping) for row in rows]
@@ -194,12 +279,14 @@ def record_item_results(
     batch_id: int,
     attempts_before: dict[str, int],
     max_attempts: int,
+    charges: dict[str, float] | None = None,
 ) -> None:
     """Write every item's outcome in one bulk UPDATE by primary key. The caller commits.
 
     A failed item goes back to pending while it has attempts left, else it is failed for good.
     Only items still `batch_id`'s are written: an item whose claim was taken back and given
-    to another batch keeps that batch's outcome.
+    to another batch keeps that batch's outcome. With `charges`, each item's charge for this
+    batch (by item id) is added to its cost.
     """
     rows: list[dict[str, Any]] = []
     for result in results:
@@ -221,22 +308,32 @@ def record_item_results(
                 "status": status,
             }
         )
+        if charges is not None:
+            rows[-1]["charge"] = charges.get(result.item_id, 0.0)
     if rows:
         # A Core executemany by primary key: the ORM's bulk UPDATE re-keys every row first.
-        session.execute(_RESULT_UPDATE, rows)
+        session.execute(_RESULT_UPDATE if charges is None else _CHARGED_RESULT_UPDATE, rows)
 
 
-def release_items(session: Session, run_id: str, *, batch_id: int) -> None:
+def release_items(
+    session: Session, run_id: str, *, batch_id: int, charge: tuple[float, float] | None = None
+) -> None:
     """Return the items `batch_id` still holds to pending (the batch failed whole). The caller commits.
 
-    Items whose claim has since passed to another batch are left to it.
+    Items whose claim has since passed to another batch are left to it. With `charge`
+    (cost per item, cost per weight unit), each item's cost grows by what this batch cost it.
     """
+    values: dict[str, Any] = {"status": ItemStatus.PENDING, "claimed_by": None, "claimed_at": None}
+    if charge is not None:
+        per_item, per_weight = charge
+        values["cost"] = (
+            func.coalesce(_LEDGER.c.cost, 0.0) + per_item + func.coalesce(_LEDGER.c.weight, 0.0) * per_weight
+        )
     session.execute(
-        update(LedgerItem)
-        .where(col(LedgerItem.run_id) == run_id, col(LedgerItem.batch_id) == batch_id)
-        .where(col(LedgerItem.status) == ItemStatus.PROCESSING)
-        .values(status=ItemStatus.PENDING, claimed_by=None, claimed_at=None),
-        execution_options={"synchronize_session": False},
+        update(_LEDGER)
+        .where(_LEDGER.c.run_id == run_id, _LEDGER.c.batch_id == batch_id)
+        .where(_LEDGER.c.status == ItemStatus.PROCESSING)
+        .values(**values)
     )
 
 

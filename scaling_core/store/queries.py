@@ -184,15 +184,15 @@ def insert_batch(
     return int(row.id), int(row.stage)
 
 
-def finish_batch(session: Session, batch_id: int, result: BatchResult) -> None:
-    """Fill the record of batch `batch_id` from its result, by key. The caller commits.
+def finish_batch(session: Session, batch_id: int, result: BatchResult, *, cost: float | None = None) -> None:
+    """Fill the record of batch `batch_id` from its result and its `cost`, by key. The caller commits.
 
     One UPDATE by key: loading the record first would cost a SELECT on the stage's critical path.
     """
     session.execute(
         update(_BATCHES)
         .where(_BATCHES.c.id == batch_id)
-        .values(**BatchOutcome.of(result).model_dump(), finished_at=now())
+        .values(**BatchOutcome.of(result, cost=cost).model_dump(), finished_at=now())
     )
 
 
@@ -227,6 +227,11 @@ def run_batches(session: Session, run_id: str) -> list[BatchRecord]:
             select(BatchRecord).where(BatchRecord.run_id == run_id).order_by(col(BatchRecord.id))
         ).all()
     )
+
+
+def run_cost(session: Session, run_id: str) -> float:
+    """What the run's batches have cost so far (every batch whose processor was called): one indexed sum."""
+    return float(session.execute(select(func.sum(_BATCHES.c.cost)).where(_BATCHES.c.run_id == run_id)).scalar() or 0.0)
 
 
 def last_batch_id(session: Session, run_id: str) -> int | None:

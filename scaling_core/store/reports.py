@@ -29,6 +29,10 @@ class StageRow(BaseModel):
     high: int
     seconds: float
     status: BatchStatus
+    weight: float | None = None
+    """Summed weight of the stage's items; None when the run weighs nothing."""
+    cost: float | None = None
+    """What the stage cost; None when nothing is priced."""
     action: str | None = None
     next_batch_size: int | None = None
     reason: str | None = None
@@ -55,6 +59,10 @@ class RunTotals(BaseModel):
     sizes_used: list[int]
     high_share: float
     """High items / items of the completed stages (0.0 before the first)."""
+    weight: float | None = None
+    """Summed weight of the items of its stages, retries included; None when the run weighs nothing."""
+    cost: float | None = None
+    """What its stages cost, retries included; None when nothing is priced."""
 
 
 class RunReport(BaseModel):
@@ -70,6 +78,18 @@ class RunReport(BaseModel):
     items: ItemCounts
     stages: list[StageRow]
 
+    @property
+    def cost(self) -> float | None:
+        """What the run's stages cost; None when nothing is priced."""
+        costs = [stage.cost for stage in self.stages if stage.cost is not None]
+        return sum(costs) if costs else None
+
+    @property
+    def weight(self) -> float | None:
+        """Summed weight of the run's stages, retries included; None when the run weighs nothing."""
+        weights = [stage.weight for stage in self.stages if stage.weight is not None]
+        return sum(weights) if weights else None
+
 
 def run_stages(session: Session, run_id: str) -> list[StageRow]:
     """Every stage of the run, in order, with the decision taken after it (None when none was)."""
@@ -84,6 +104,8 @@ def run_stages(session: Session, run_id: str) -> list[StageRow]:
             BatchRecord.high,
             BatchRecord.seconds,
             BatchRecord.status,
+            col(BatchRecord.total_weight).label("weight"),
+            BatchRecord.cost,
         )
         .where(BatchRecord.run_id == run_id)
         .order_by(col(BatchRecord.id))
@@ -113,12 +135,21 @@ def run_totals(session: Session, run_id: str) -> RunTotals:
     if pipeline is None:
         raise LookupError(f"no run {run_id!r} in the store")
     batches = session.execute(
-        select(BatchRecord.batch_size, BatchRecord.status, BatchRecord.total_items, BatchRecord.high)
+        select(
+            BatchRecord.batch_size,
+            BatchRecord.status,
+            BatchRecord.total_items,
+            BatchRecord.high,
+            BatchRecord.total_weight,
+            BatchRecord.cost,
+        )
         .where(BatchRecord.run_id == run_id, BatchRecord.status != BatchStatus.ABANDONED)
         .order_by(col(BatchRecord.id))
     ).all()
     completed = [batch for batch in batches if batch.status == BatchStatus.COMPLETED]
     finished_items = sum(batch.total_items for batch in completed)
+    weights = [batch.total_weight for batch in batches if batch.total_weight is not None]
+    costs = [batch.cost for batch in batches if batch.cost is not None]
     return RunTotals(
         run_id=run_id,
         pipeline=pipeline,
@@ -127,6 +158,8 @@ def run_totals(session: Session, run_id: str) -> RunTotals:
         failed_stages=sum(batch.status == BatchStatus.FAILED_WHOLE for batch in batches),
         sizes_used=[batch.batch_size for batch in batches],
         high_share=sum(batch.high for batch in completed) / finished_items if finished_items else 0.0,
+        weight=sum(weights) if weights else None,
+        cost=sum(costs) if costs else None,
     )
 
 

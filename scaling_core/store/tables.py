@@ -118,6 +118,10 @@ class LedgerItem(SQLModel, table=True):
     batch_id: int | None = None
     claimed_by: str | None = Field(default=None, max_length=64)
     claimed_at: datetime | None = None
+    weight: float | None = None
+    """The item's weight (tokens, characters, bytes), computed once at load; None when the run weighs nothing."""
+    cost: float | None = None
+    """What the item has cost so far, every batch it ran in counted; None while nothing is priced."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +136,7 @@ class ClaimedItem:
     seq: int
     payload: dict[str, Any]
     attempts: int
+    weight: float | None = None
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -152,10 +157,14 @@ class BatchOutcome(SQLModel):
     seconds: float = 0.0
     status: BatchStatus = Field(default=BatchStatus.PROCESSING, max_length=20)
     error: str | None = None
+    total_weight: float | None = None
+    """Summed weight of the batch's items; None when the run weighs nothing."""
+    cost: float | None = None
+    """What the batch cost (items x cost_per_item + weight x cost_per_weight_unit); None without prices."""
 
     @classmethod
-    def of(cls, result: BatchResult) -> BatchOutcome:
-        """The outcome of a batch as the manager saw it."""
+    def of(cls, result: BatchResult, *, cost: float | None = None) -> BatchOutcome:
+        """The outcome of a batch as the manager saw it, and what it cost."""
         distribution = result.confidence_distribution
         return cls(
             total_items=result.total_items,
@@ -167,6 +176,8 @@ class BatchOutcome(SQLModel):
             seconds=result.processing_time,
             status=BatchStatus.FAILED_WHOLE if result.failed_whole else BatchStatus.COMPLETED,
             error=result.error,
+            total_weight=result.total_weight,
+            cost=cost,
         )
 
 
@@ -191,7 +202,7 @@ class BatchRecord(BatchOutcome, table=True):
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "id", "batch_size", "total_items", "successful_items", "failed_items", "high", "medium", "low", "seconds",
-    "status", "error",
+    "status", "error", "total_weight",
 )
 """The columns of a batch record that `to_result` reads."""
 
@@ -218,6 +229,7 @@ def to_result(row: Mapping[str, Any]) -> BatchResult:
         confidence_distribution=distribution,
         failed_whole=failed_whole,
         error=row["error"],
+        total_weight=row["total_weight"],
     )
 
 

@@ -97,8 +97,8 @@ def test_on_demand_deployment_renders_a_form_with_defaults_and_descriptions(
     schema = deployment["parameter_openapi_schema"]
     assert schema["required"] == ["source"]
     definitions = schema["definitions"]
-    assert {"ItemSource", "ScalingConfig", "ExecutionOptions"} <= set(definitions)
-    for name in ("ItemSource", "ScalingConfig", "ExecutionOptions"):
+    assert {"ItemSource", "ScalingConfig", "ExecutionOptions", "CostBudget"} <= set(definitions)
+    for name in ("ItemSource", "ScalingConfig", "ExecutionOptions", "CostBudget"):
         fields = definitions[name]["properties"]
         assert all(field.get("description") for field in fields.values()), name
     properties = schema["properties"]
@@ -117,8 +117,8 @@ def test_on_demand_deployment_renders_a_form_with_defaults_and_descriptions(
     assert all(properties[name]["description"] for name in properties)
     # Every label of the form in Title Case; the format a list of its choices.
     assert [properties[name]["title"] for name in properties] == [
-        "Source", "Processor", "Pipeline", "Scaling Limits", "Execution", "Database", "Limit", "Run ID",
-        "Warm Start", "New Run",
+        "Source", "Processor", "Pipeline", "Scaling Limits", "Execution", "Cost Budget", "Database", "Limit",
+        "Run ID", "Warm Start", "New Run",
     ]
     assert definitions["ItemSource"]["properties"]["format"]["enum"] == ["csv", "jsonl"]
     assert properties["limit"]["anyOf"][0]["exclusiveMinimum"] == 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from sqlalchemy import Engine
 from sqlmodel import select
 
@@ -46,3 +48,30 @@ def finished_batch(
         store.finish_batch(session, batch_id, result)
         session.commit()
         return batch_id
+
+
+def claim_concurrently(
+    engine: Engine, run_id: str, limit: int, *, workers: int = 4, max_weight: float | None = None
+) -> list[list[store.ClaimedItem]]:
+    """Every claim `workers` threads made until nothing was left, each claim of up to `limit` items."""
+    claims: list[list[store.ClaimedItem]] = []
+    lock = threading.Lock()
+
+    def claim_all(worker: str) -> None:
+        mine: list[list[store.ClaimedItem]] = []
+        while True:
+            with store.open_session(engine) as session:
+                items = store.claim_items(session, run_id, limit, batch_id=0, worker=worker, max_weight=max_weight)
+                session.commit()
+            if not items:
+                break
+            mine.append(items)
+        with lock:
+            claims.extend(mine)
+
+    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return claims

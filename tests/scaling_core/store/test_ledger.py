@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from scaling_core import ConfidenceLevel, ItemResult
 from scaling_core import store
-from tests.scaling_core.store.support import ledger, new_run
+from tests.scaling_core.store.support import claim_concurrently, ledger, new_run
 
 
 def test_reloading_the_same_items_adds_nothing(engine: Engine) -> None:
@@ -38,26 +37,7 @@ def test_claims_follow_source_order_and_never_overlap(engine: Engine) -> None:
 
 def test_concurrent_claims_share_nothing(engine: Engine) -> None:
     run_id = new_run(engine, items=400)
-    claimed: list[list[str]] = []
-    lock = threading.Lock()
-
-    def claim_all(worker: str) -> None:
-        mine: list[str] = []
-        while True:
-            with store.open_session(engine) as session:
-                items = store.claim_items(session, run_id, 7, batch_id=0, worker=worker)
-                session.commit()
-            if not items:
-                break
-            mine.extend(item.item_id for item in items)
-        with lock:
-            claimed.append(mine)
-
-    threads = [threading.Thread(target=claim_all, args=(f"w{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    claimed = [[item.item_id for item in claim] for claim in claim_concurrently(engine, run_id, 7)]
     every = [item for mine in claimed for item in mine]
     assert len(every) == 400
     assert len(set(every)) == 400
