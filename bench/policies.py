@@ -62,6 +62,10 @@ class ManagerPolicy:
         """The manager's current size."""
         return int(self._manager.get_current_batch_size())
 
+    def get_current_batch_weight(self) -> float | None:
+        """The most summed item weight the manager lets the next batch take (None: no bound)."""
+        return self._manager.get_current_batch_weight()
+
     def observe_remaining(self, items: int) -> None:
         """Items still to deliver, as the pipeline tells the manager (peers are not told)."""
         self._remaining = items

@@ -790,6 +790,8 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
     total_time = 0.0
     broken_left = workload.broken_calls if workload.broken_at_item is not None else 0
     observe = getattr(policy, "observe_remaining", None)
+    # A policy may bound the next batch's summed weight too (`ScalingManager.get_current_batch_weight`).
+    weight_cap = getattr(policy, "get_current_batch_weight", None)
     weights = workload.item_weights(seed)
     prefix = None if weights is None else [0.0, *itertools.accumulate(weights)]
     budget = workload.budget
@@ -802,7 +804,8 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
         items = min(asked, workload.total_items - delivered)
         weight: float | None = None
         if prefix is not None:
-            items, weight = weighed_batch(prefix, delivered, asked, workload.config.max_batch_weight)
+            most = workload.config.weight_cap(weight_cap() if weight_cap is not None else None)
+            items, weight = weighed_batch(prefix, delivered, asked, most)
         if budget is not None and spent is not None:
             next_cost = budget.batch_cost(items=items, weight=weight) or 0.0
             if budget.stop_message(spent=spent, next_cost=next_cost, finished=delivered) is not None:

@@ -191,6 +191,7 @@ async def _run_stages(
     """
     engine = database.get_engine()
     size = opened.batch_size
+    weight: float | None = None  # what the scaling task lets the next batch weigh (None: max_batch_weight)
     progress_shown = time.monotonic()
     pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
     while True:
@@ -209,6 +210,8 @@ async def _run_stages(
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
         stage_size = size if suspects is None else suspects.claim_size
+        # Crash suspects are claimed by count alone: bisection needs its halves.
+        stage_weight = request.scaling.weight_cap(weight if suspects is None else None)
         if budget.max_cost is not None and (
             over := await asyncio.to_thread(
                 budget_stop,
@@ -216,7 +219,7 @@ async def _run_stages(
                 opened.run_id,
                 budget,
                 batch_size=stage_size,
-                max_batch_weight=request.scaling.max_batch_weight,
+                max_batch_weight=stage_weight,
                 suspects_of=None if suspects is None else suspects.batch_id,
             )
         ):
@@ -232,6 +235,7 @@ async def _run_stages(
             worker=worker,
             suspects_of=None if suspects is None else suspects.batch_id,
             budget=budget,
+            max_weight=weight if suspects is None else None,
         )
         if stage.items == 0:  # another worker took the last pending items
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
@@ -287,7 +291,7 @@ async def _run_stages(
                 error=stage.error,
             )
         )
-        size = next_stage.batch_size
+        size, weight = next_stage.batch_size, next_stage.max_weight
         # An API call each: at most one per interval (the run's end sets 100 %).
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             await aupdate_progress_artifact(progress_id, progress=tally.progress)

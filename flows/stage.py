@@ -127,11 +127,14 @@ async def process_stage(
     worker: str | None = None,
     suspects_of: int | None = None,
     budget: CostBudget | None = None,
+    max_weight: float | None = None,
 ) -> StageSummary:
     """One batch: claim `batch_size` pending items, process them, write every result in bulk.
 
-    The claim stops short of `batch_size` rather than pass `scaling.max_batch_weight`; the
-    batch is charged at `budget`'s prices (`CostBudget.batch_cost`).
+    The claim stops short of `batch_size` rather than pass `scaling.max_batch_weight` or
+    `max_weight` (the weight the scaling task lets this batch take within the time limit,
+    `ScalingDecision.max_weight`); the batch is charged at `budget`'s prices
+    (`CostBudget.batch_cost`).
 
     A processor call that raises or outlives `execution.stage_timeout_seconds` fails the
     batch whole: it is recorded, its items go back to pending, and the scaling task shrinks.
@@ -144,7 +147,17 @@ async def process_stage(
     """
     return await retrying_store_errors(
         lambda: _stage(
-            run_id, pipeline, batch_size, processor, scaling, execution, database, worker, suspects_of, budget
+            run_id,
+            pipeline,
+            batch_size,
+            processor,
+            scaling,
+            execution,
+            database,
+            worker,
+            suspects_of,
+            budget,
+            scaling.weight_cap(max_weight),
         ),
         what=f"A stage of size {batch_size} could not use the store",
     )
@@ -161,6 +174,7 @@ async def _stage(
     worker: str | None,
     suspects_of: int | None,
     budget: CostBudget | None,
+    max_weight: float | None,
 ) -> StageSummary:
     logger = get_run_logger()
     with database.named_errors():
@@ -171,7 +185,7 @@ async def _stage(
             batch_size=batch_size,
             max_attempts=execution.max_attempts,
             worker=worker,
-            max_batch_weight=scaling.max_batch_weight,
+            max_batch_weight=max_weight,
             budget=budget,
         )
         claimed = batches.next_batch(suspects_of=suspects_of)

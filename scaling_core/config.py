@@ -103,3 +103,10 @@ class ScalingConfig(BaseModel):
     def clamp(self, size: float) -> int:
         """Round `size` to an int within [min_batch_size, max_batch_size]."""
         return max(self.min_batch_size, min(self.max_batch_size, int(round(size))))
+
+    def weight_cap(self, decided: float | None = None) -> float | None:
+        """The summed item weight a batch may take: `max_batch_weight`, tightened by a
+        decision's `ScalingDecision.max_weight` when given (None: no cap)."""
+        if decided is None or self.max_batch_weight is None:
+            return self.max_batch_weight if decided is None else decided
+        return min(self.max_batch_weight, decided)

@@ -133,7 +133,7 @@ class BatchResult(BaseModel):
             seconds=self.processing_time,
             failed=self.is_whole_failure,
             error=self.error,
-            weight=getattr(self, "total_weight", None),
+            weight=self.total_weight,
         )
 
 

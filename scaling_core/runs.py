@@ -107,6 +107,8 @@ class NextStage(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     batch_size: int = Field(gt=0)
+    max_weight: float | None = Field(default=None, ge=0.0)
+    """The most summed item weight the stage may claim (`ScalingDecision.max_weight`)."""
     stop: str | None = None
     unmet: tuple[str, ...] = ()
     reason: str = ""
@@ -116,6 +118,7 @@ class NextStage(BaseModel):
         metrics = decision.performance_metrics
         return cls(
             batch_size=decision.new_batch_size,
+            max_weight=decision.max_weight,
             stop=decision.reason if "deterministic_failures" in metrics else None,
             unmet=tuple(name for name in ("quality", "time") if f"{name}_unmet" in metrics),
             reason=decision.reason,

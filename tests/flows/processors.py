@@ -113,3 +113,14 @@ def slow_calls(items: Sequence[_Item]) -> list[dict[str, Any]]:
     """Answers every item after `INTERRUPTIBLE_SECONDS`: a stage is in flight most of the time."""
     time.sleep(INTERRUPTIBLE_SECONDS)
     return [_answer(item) for item in items]
+
+
+SECONDS_PER_TOKEN = 0.0004
+"""What each token of an item costs `reads_tokens` (plus `SECONDS_PER_CALL` a call)."""
+SECONDS_PER_CALL = 0.05
+
+
+def reads_tokens(items: Sequence[Any]) -> list[dict[str, Any]]:
+    """Sleeps in proportion to the items' tokens (their weight), as a model reading them does."""
+    time.sleep(SECONDS_PER_CALL + SECONDS_PER_TOKEN * sum(item.weight or 0.0 for item in items))
+    return [_answer(item) for item in items]

@@ -25,6 +25,14 @@ def result(size: int, seconds: float, high: int | None = None, *, failed: bool =
     )
 
 
+def weighed_result(asked: int, items: int, seconds: float, weight: float) -> BatchResult:
+    """A batch asked for `asked` items that took `items` of summed weight `weight`, all High."""
+    return BatchResult(
+        batch_id="b", batch_size=asked, total_items=items, successful_items=items, processing_time=seconds,
+        confidence_distribution={ConfidenceLevel.HIGH: items}, total_weight=weight,
+    )
+
+
 def drive(
     config: ScalingConfig,
     outcome: Outcome,

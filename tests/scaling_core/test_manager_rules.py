@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
-from scaling_core import ScalingAction, ScalingConfig
-from tests.scaling_core.rules import BatchResult, drive, result
+import pytest
+
+from scaling_core import ScalingAction, ScalingConfig, ScalingManager
+from tests.scaling_core.rules import BatchResult, drive, result, weighed_result
 
 # The time limit: 1 s + 10 ms/item reaches 0.97 x 5 s at 385 items.
 TIMED = ScalingConfig(initial_batch_size=20, min_batch_size=5, max_batch_size=1000, processing_time_threshold=5.0)
@@ -130,3 +132,37 @@ def test_a_size_whose_share_is_under_the_target_unproven_is_a_ceiling_approached
     # (0.904) and does not leap over 198 again while that evidence is remembered.
     sizes, _ = drive(config, knee, 24)
     assert sizes == [100, 100, 100, 150, 338, 216, 173, 188, 198] + [188] * 15
+
+
+def test_heavy_items_make_the_batch_shorter_within_the_time_limit() -> None:
+    # A ledger of 4,000 items: light ones (about 50 tokens) then heavy ones (about 400), with a
+    # spread between neighbours so that a batch's tokens per item vary. Time: 0.5 s + 2 ms an
+    # item + 0.2 ms a token, noise-free; the limit is 5 s.
+    weights = [(50.0 if i < 2_000 else 400.0) * (0.6 + 0.8 * ((i * 37) % 11) / 10) for i in range(4_000)]
+    config = ScalingConfig(initial_batch_size=20, min_batch_size=5, max_batch_size=2_000, processing_time_threshold=5.0)
+    manager = ScalingManager(config)
+    history: list[BatchResult] = []
+    start = 0
+    while start < len(weights):
+        asked, cap = manager.get_current_batch_size(), manager.get_current_batch_weight()
+        # The claim: up to `asked` items in order while their tokens stay within the cap.
+        taken, total = 0, 0.0
+        while start + taken < len(weights) and taken < asked:
+            if taken and cap is not None and total + weights[start + taken] > cap:
+                break
+            total += weights[start + taken]
+            taken += 1
+        seconds = 0.5 + 0.002 * taken + 0.0002 * total
+        history.append(weighed_result(asked, taken, seconds, total))
+        start += taken
+        manager.apply_scaling_decision(manager.evaluate_scaling(history))
+    assert all(batch.processing_time <= 0.97 * 5.0 + 1e-9 for batch in history[3:])
+    # The weight cost is learned (0.2 ms a token): the cap is the time limit solved for the tokens.
+    last = history[-1]
+    assert manager.get_current_batch_weight() == pytest.approx(
+        (0.97 * 5.0 - 0.5 - 0.002 * manager.get_current_batch_size()) / 0.0002, rel=0.01
+    )
+    # At the switch to heavy items, batches are cut short by the cap before the size follows.
+    first_heavy = next(index for index, batch in enumerate(history) if batch.total_weight / batch.total_items > 150)
+    assert [batch.total_items < batch.asked_size for batch in history[first_heavy : first_heavy + 3]] == [True] * 3
+    assert history[first_heavy].asked_size > 300 and last.asked_size < 60
