@@ -60,6 +60,7 @@ from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import artifact_rows, size_changes, stage_rows
 from flows.stage import close_children, process_stage
 from scaling_core import ItemSource, ScalingConfig, ScalingDecision, store
+from scaling_core.rates import ConcurrencyLimit
 from scaling_core.runs import (
     NextStage,
     OpenedRun,
@@ -187,6 +188,8 @@ async def _run_stages(
     """
     engine = database.get_engine()
     size = opened.batch_size
+    # With parallelism, the chunks in flight follow an AIMD limit on 429s (`rates.ConcurrencyLimit`).
+    concurrency = ConcurrencyLimit(execution.parallelism) if execution.parallelism > 1 else None
     progress_shown = time.monotonic()
     pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
     while True:
@@ -214,7 +217,18 @@ async def _run_stages(
             database=database,
             worker=worker,
             suspects_of=None if suspects is None else suspects.batch_id,
+            concurrency=None if concurrency is None else concurrency.limit,
         )
+        if concurrency is not None and stage.calls:
+            before = concurrency.limit
+            if concurrency.record(calls=stage.calls, rate_limited=stage.rate_limited_calls) != before:
+                get_run_logger().info(
+                    "Stage %s: %s of its calls came back rate limited; chunks at once %s -> %s (AIMD)",
+                    stage.stage,
+                    stage.rate_limited_calls,
+                    before,
+                    concurrency.limit,
+                )
         if stage.items == 0:  # another worker took the last pending items
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
@@ -269,6 +283,9 @@ async def _run_stages(
             )
         )
         size = next_stage.batch_size
+        if next_stage.wait_seconds > 0:
+            # The decision's reason (logged by the scaling task, shown in the UI) says why.
+            await asyncio.sleep(next_stage.wait_seconds)
         # An API call each: at most one per interval (the run's end sets 100 %).
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             await aupdate_progress_artifact(progress_id, progress=tally.progress)

@@ -19,6 +19,7 @@ from scaling_core import store
 from scaling_core.config import ScalingConfig
 from scaling_core.manager import PerformanceSnapshot, ScalingManager
 from scaling_core.processing import summarize_batch
+from scaling_core.rates import RateWaits
 from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult, ScalingDecision
 from scaling_core.sources import Item
 
@@ -101,10 +102,13 @@ class BatchManager:
         )
 
     def complete_batch(
-        self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float
+        self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float, *, rate: RateWaits | None = None
     ) -> BatchResult:
-        """Write every item's result and the batch summary in one transaction."""
-        summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds)
+        """Write every item's result and the batch summary in one transaction.
+
+        `rate`: the calls refused for a rate limit and the seconds waited on them (not in `seconds`).
+        """
+        summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds, rate=rate)
         with store.open_session(self.engine) as session:
             store.record_item_results(
                 session,
@@ -118,7 +122,9 @@ class BatchManager:
             session.commit()
         return summary
 
-    def fail_batch(self, batch: ClaimedBatch, error: str, seconds: float) -> BatchResult:
+    def fail_batch(
+        self, batch: ClaimedBatch, error: str, seconds: float, *, rate: RateWaits | None = None
+    ) -> BatchResult:
         """Record a batch that failed whole; its items go back to pending."""
         summary = BatchResult(
             batch_id=str(batch.batch_id),
@@ -130,6 +136,8 @@ class BatchManager:
             confidence_distribution={ConfidenceLevel.LOW: len(batch.items)},
             failed_whole=True,
             error=error,
+            rate_limited_calls=rate.rate_limited_calls if rate is not None else 0,
+            rate_wait=rate.waited if rate is not None else 0.0,
         )
         with store.open_session(self.engine) as session:
             store.release_items(session, self.run_id, batch_id=batch.batch_id)

@@ -42,6 +42,7 @@ from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
 from scaling_core.limits import LIMITS, SizeLimit
 from scaling_core.predictions import PerformanceSnapshot
+from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
@@ -122,6 +123,8 @@ class ScalingManager:
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
+        self.pacer = RatePacer()
+        """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
 
     # -- the decision protocol ---------------------------------------------------------------
 
@@ -130,6 +133,35 @@ class ScalingManager:
         return self._current_batch_size
 
     def evaluate_scaling(
+        self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
+    ) -> ScalingDecision:
+        """Decide the next batch size from the ordered history (oldest first), and the wait before it.
+
+        The size comes from `_decide_size`; the wait (`ScalingDecision.wait_seconds`) from the
+        manager's `RatePacer`, which is 0 until a batch met a rate limit (HTTP 429).
+        """
+        if batches is None and self.store is not None:
+            batches = self.store.recent_batches(self.HISTORY)
+        decision = self._decide_size(batches, remaining_items=remaining_items)
+        # -- rate limits (scaling_core.rates): pacing never changes the size, only when it starts.
+        pacing = self.pacer.pacing(batches[-self.HISTORY :], decision.new_batch_size) if batches else None
+        if pacing is None or pacing.wait_seconds <= 0.0:
+            return decision
+        assert pacing.ceiling is not None
+        metrics = {
+            **decision.performance_metrics,
+            "rate_ceiling_per_minute": pacing.ceiling.per_minute,
+            "pacing_wait_s": pacing.wait_seconds,
+        }
+        return decision.model_copy(
+            update={
+                "wait_seconds": pacing.wait_seconds,
+                "reason": f"{decision.reason}; {pacing.reason}",
+                "performance_metrics": metrics,
+            }
+        )
+
+    def _decide_size(
         self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
     ) -> ScalingDecision:
         """Decide the next batch size from the ordered history (oldest first).

@@ -77,6 +77,15 @@ class BatchResult(BaseModel):
     failed_whole: bool = False
     error: str | None = None
     item_results: list[ItemResult] | None = None
+    rate_limited_calls: int = Field(default=0, ge=0)
+    """Calls of this batch that the provider refused for its rate limit (HTTP 429) and that
+    were made again with the same items; the `RatePacer` learns the ceiling from them."""
+    rate_wait: float = Field(default=0.0, ge=0.0)
+    """Seconds waited on those refusals, left out of `processing_time` (a wait is not a cost
+    of the batch's size)."""
+    ended_at: float | None = None
+    """When the batch ended, in seconds since the epoch (the store's record of it); the
+    pacer's clock. None when not recorded."""
 
     @model_validator(mode="after")
     def _check_counts(self) -> Self:
@@ -170,4 +179,7 @@ class ScalingDecision(BaseModel):
     reason: str
     confidence_threshold: float = Field(ge=0.0, le=1.0)
     performance_metrics: dict[str, float] = Field(default_factory=dict)
+    wait_seconds: float = Field(default=0.0, ge=0.0)
+    """Seconds to wait before the next batch to stay under a learned rate limit
+    (`scaling_core.rates.RatePacer`); the `reason` says so when it is not 0."""
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))

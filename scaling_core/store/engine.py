@@ -188,8 +188,13 @@ def create_schema(engine: Engine) -> None:
 def _upgrade(connection: Connection) -> None:
     # `create_all` makes missing tables only: what later versions added to existing tables
     # is added here, to stores made before.
-    if "suspects_of" not in {column["name"] for column in inspect(connection).get_columns("batch_record")}:
+    columns = {column["name"] for column in inspect(connection).get_columns("batch_record")}
+    if "suspects_of" not in columns:
         connection.execute(text("ALTER TABLE batch_record ADD COLUMN suspects_of INTEGER"))
+    if "rate_limited_calls" not in columns:
+        connection.execute(text("ALTER TABLE batch_record ADD COLUMN rate_limited_calls INTEGER NOT NULL DEFAULT 0"))
+    if "rate_wait_seconds" not in columns:
+        connection.execute(text("ALTER TABLE batch_record ADD COLUMN rate_wait_seconds FLOAT NOT NULL DEFAULT 0"))
     _tables.RETRY_INDEX.create(connection, checkfirst=True)
 
 

@@ -152,6 +152,10 @@ class BatchOutcome(SQLModel):
     seconds: float = 0.0
     status: BatchStatus = Field(default=BatchStatus.PROCESSING, max_length=20)
     error: str | None = None
+    rate_limited_calls: int = 0
+    """Calls refused for the provider's rate limit (429) and made again with the same items."""
+    rate_wait_seconds: float = 0.0
+    """Seconds waited on those refusals; not part of `seconds`."""
 
     @classmethod
     def of(cls, result: BatchResult) -> BatchOutcome:
@@ -167,6 +171,8 @@ class BatchOutcome(SQLModel):
             seconds=result.processing_time,
             status=BatchStatus.FAILED_WHOLE if result.failed_whole else BatchStatus.COMPLETED,
             error=result.error,
+            rate_limited_calls=result.rate_limited_calls,
+            rate_wait_seconds=result.rate_wait,
         )
 
 
@@ -191,7 +197,7 @@ class BatchRecord(BatchOutcome, table=True):
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "id", "batch_size", "total_items", "successful_items", "failed_items", "high", "medium", "low", "seconds",
-    "status", "error",
+    "status", "error", "rate_limited_calls", "rate_wait_seconds", "finished_at",
 )
 """The columns of a batch record that `to_result` reads."""
 
@@ -218,7 +224,17 @@ def to_result(row: Mapping[str, Any]) -> BatchResult:
         confidence_distribution=distribution,
         failed_whole=failed_whole,
         error=row["error"],
+        rate_limited_calls=row["rate_limited_calls"],
+        rate_wait=row["rate_wait_seconds"],
+        ended_at=_epoch_seconds(row["finished_at"]),
     )
+
+
+def _epoch_seconds(moment: datetime | None) -> float | None:
+    """`moment` as seconds since the epoch; the store writes UTC, which a naive column drops."""
+    if moment is None:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 # -- decisions -----------------------------------------------------------------------------------

@@ -1,0 +1,438 @@
+"""Rate limits: a call that came back "too many requests", and how a run learns to stay under it.
+
+A provider's rate limit (tokens or requests per minute) is not a property of the batch size:
+a rate-limited call failed because calls came too fast, not because the batch was too big.
+This module holds the parts that deal with it, all plain Python:
+
+- `RateLimited`, the exception a processor raises for such a call (with the provider's
+  `retry_after` when it gave one), and `translate_rate_limits` / `rate_limited_from`, which
+  turn the common client errors into it (an HTTP 429 from httpx; `openai.RateLimitError`
+  where the `openai` package is installed);
+- `call_retrying_rate_limits`, which waits (the provider's `retry_after`, or an exponential
+  backoff, with jitter) and calls again with the same items, a bounded number of times;
+- `RatePacer`, which learns the ceiling in items (or weight) per minute from the batches that
+  met a 429, and says how long to wait before the next batch to stay under it;
+- `ConcurrencyLimit`, an AIMD limit on the calls in flight (Netflix concurrency-limits'
+  `AIMDLimit`).
+
+Example, a processor that calls an HTTP API through httpx:
+
+    def label(items):
+        with translate_rate_limits():
+            response = client.post("/v1/chat/completions", json=...)
+            response.raise_for_status()
+        return [...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from scaling_core.results import BatchResult
+
+__all__ = [
+    "ConcurrencyLimit",
+    "Pacing",
+    "RateCeiling",
+    "RateLimitExhausted",
+    "RateLimited",
+    "RatePacer",
+    "RateWaits",
+    "call_retrying_rate_limits",
+    "parse_retry_after",
+    "rate_limited_from",
+    "translate_rate_limits",
+]
+
+
+class RateLimited(Exception):
+    """A call the provider refused for its rate limit (an HTTP 429): retry the same items later.
+
+    Args:
+        message: what the provider said.
+        retry_after: seconds the provider asked to wait before the next call, when it said.
+
+    Example:
+        >>> raise RateLimited("60000 tokens per minute reached", retry_after=2.0)
+    """
+
+    def __init__(self, message: str = "rate limited", *, retry_after: float | None = None) -> None:
+        if retry_after is not None and (math.isnan(retry_after) or retry_after < 0):
+            raise ValueError(f"retry_after must be a non-negative number of seconds, got {retry_after!r}")
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Crosses a process boundary (an isolated processor, a Dask worker) with its wait.
+        return (_rebuild_rate_limited, (str(self), self.retry_after))
+
+
+def _rebuild_rate_limited(message: str, retry_after: float | None) -> RateLimited:
+    return RateLimited(message, retry_after=retry_after)
+
+
+class RateLimitExhausted(RuntimeError):
+    """Rate-limited calls kept coming back for longer than the allowed total wait."""
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from an HTTP `Retry-After` value: delay-seconds or an HTTP-date (RFC 9110).
+
+    None when the value is missing or unreadable; a date in the past gives 0.
+
+    Example:
+        >>> parse_retry_after("7")
+        7.0
+        >>> parse_retry_after("Wed, 02 Dec 2026 10:00:05 GMT", now=datetime(2026, 12, 2, 10, 0, tzinfo=UTC))
+        5.0
+    """
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+_RETRY_AFTER_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+
+
+def _retry_after_of(headers: Any) -> float | None:
+    """The wait a response's headers ask for: `Retry-After`, else OpenAI's `retry-after-ms`."""
+    if headers is None:
+        return None
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    milliseconds = parse_retry_after(headers.get("retry-after-ms"))
+    return milliseconds / 1000.0 if milliseconds is not None else None
+
+
+def rate_limited_from(error: BaseException) -> RateLimited | None:
+    """`error` as a `RateLimited` when it is a rate-limited call, else None.
+
+    Maps a `RateLimited` (itself), an `httpx.HTTPStatusError` whose response is a 429, and
+    the `openai` SDK's `RateLimitError` (only where `openai` is installed: nothing is
+    imported otherwise). `retry_after` comes from the response's `Retry-After` header
+    (seconds or an HTTP-date) or OpenAI's `retry-after-ms`.
+
+    Example:
+        >>> response = httpx.Response(429, headers={"Retry-After": "3"}, request=request)
+        >>> rate_limited_from(httpx.HTTPStatusError("429", request=request, response=response)).retry_after
+        3.0
+    """
+    if isinstance(error, RateLimited):
+        return error
+    httpx = _loaded("httpx")
+    if httpx is not None and isinstance(error, httpx.HTTPStatusError):
+        response = error.response
+        if response.status_code != 429:
+            return None
+        return RateLimited(f"HTTP 429 from {error.request.url}", retry_after=_retry_after_of(response.headers))
+    openai = _loaded("openai")
+    if openai is not None and isinstance(error, getattr(openai, "RateLimitError", ())):
+        response = getattr(error, "response", None)
+        headers = getattr(response, "headers", None)
+        return RateLimited(f"openai.RateLimitError: {error}", retry_after=_retry_after_of(headers))
+    return None
+
+
+def _loaded(name: str) -> Any:
+    """The module `name` when the processor's process has it installed, else None.
+
+    Imported only on an error's path: a package absent here cannot have raised the error.
+    """
+    try:
+        return __import__(name)
+    except ImportError:
+        return None
+
+
+@contextlib.contextmanager
+def translate_rate_limits() -> Iterator[None]:
+    """Re-raise a rate-limited client error from the block as `RateLimited` (see `rate_limited_from`).
+
+    Other errors pass unchanged. Works around sync and async code alike.
+
+    Example:
+        >>> with translate_rate_limits():
+        ...     client.post(url, json=body).raise_for_status()
+    """
+    try:
+        yield
+    except RateLimited:
+        raise
+    except Exception as error:
+        mapped = rate_limited_from(error)
+        if mapped is None:
+            raise
+        raise mapped from error
+
+
+# -- waiting and retrying ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateWaits:
+    """What the rate limit cost one call: the calls that came back 429, and the seconds waited."""
+
+    rate_limited_calls: int = 0
+    waited: float = 0.0
+
+
+_T = TypeVar("_T")
+
+FIRST_BACKOFF = 1.0
+"""Seconds before the first retry when the provider gave no `Retry-After`."""
+MAX_BACKOFF = 60.0
+"""The backoff stops doubling here: limits are stated per minute, so a minute frees any of them."""
+JITTER = 0.2
+"""Each wait is lengthened by a random share up to this: chunks refused together must not
+return together (never shortened: the provider said not before `retry_after`)."""
+MAX_TOTAL_WAIT = 600.0
+"""Seconds of rate-limit waits after which one call gives up: ten per-minute windows that
+all refused the same items mean the items do not fit the limit (or another client uses it all)."""
+
+
+def backoff(attempt: int, retry_after: float | None) -> float:
+    """The wait before retry `attempt` (1, 2, ...) without jitter: `retry_after`, else
+    min(MAX_BACKOFF, FIRST_BACKOFF * 2**(attempt - 1))."""
+    if retry_after is not None:
+        return retry_after
+    return min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** (attempt - 1))
+
+
+def call_retrying_rate_limits(
+    call: Callable[[], _T],
+    *,
+    on_wait: Callable[[RateLimited, float], None] | None = None,
+    max_total_wait: float = MAX_TOTAL_WAIT,
+    rng: random.Random | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[_T, RateWaits]:
+    """`call()`, called again with the same items after each `RateLimited` it raises.
+
+    Waits `backoff(attempt, retry_after) * (1 + JITTER * U)`, U uniform in [0, 1), before each
+    new call. Other exceptions propagate at once. Returns the answer and what the waits cost.
+
+    Args:
+        call: the call to make; it raises `RateLimited` (or an error `rate_limited_from` maps).
+        on_wait: told the error and the wait before each wait (a log line).
+        max_total_wait: seconds of waiting allowed in all; beyond, `RateLimitExhausted`.
+        rng: the jitter's randomness (seeded in tests).
+        sleep: how to wait (a fake clock in tests).
+
+    Raises:
+        RateLimitExhausted: naming the calls refused and the seconds waited.
+    """
+    rng = rng if rng is not None else random.Random()
+    refused = 0
+    waited = 0.0
+    while True:
+        try:
+            return call(), RateWaits(rate_limited_calls=refused, waited=waited)
+        except Exception as error:
+            limited = rate_limited_from(error)
+            if limited is None:
+                raise
+            refused += 1
+            wait = backoff(refused, limited.retry_after) * (1.0 + JITTER * rng.random())
+            if waited + wait > max_total_wait:
+                raise RateLimitExhausted(
+                    f"rate limited: {refused} calls in a row came back 429 over {waited:.0f} s of waiting "
+                    f"(the most allowed is {max_total_wait:g} s); last: {limited}"
+                ) from error
+            if on_wait is not None:
+                on_wait(limited, wait)
+            sleep(wait)
+            waited += wait
+
+
+# -- learning the ceiling ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RateCeiling:
+    """A learned rate limit: `per_minute` items (or weight, when `unit` is "weight")."""
+
+    per_minute: float
+    unit: str
+    """"items" or "weight"."""
+    learned_at: float
+    """When the 429 it was learned from came back (the batch's `ended_at`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pacing:
+    """How long to wait before the next batch, and why (empty when no ceiling is known)."""
+
+    wait_seconds: float = 0.0
+    reason: str = ""
+    ceiling: RateCeiling | None = None
+
+
+class RatePacer:
+    """Learns a provider's rate ceiling from the batch history and paces the next batch under it.
+
+    Each batch carries the calls of it that came back 429 (`rate_limited_calls`), when it
+    ended (`ended_at`, seconds on the clock the pipeline records), its items and, when the
+    batches carry one, its weight (`total_weight`, e.g. tokens). Limits are stated per minute,
+    so the pacer reasons over a sliding window of `PERIOD` seconds:
+
+    - Ceiling. At the last batch that met a 429, the provider had just refused more: what it
+      admitted in the `PERIOD` before that batch ended is the ceiling,
+      ``C = sum(amount_j for batches j with ended_at_j in (t_429 - PERIOD, t_429])`` per minute.
+      A later 429 replaces it: one while paced under C gives C' <= (1 - MARGIN) C, so an
+      estimate that was too high falls geometrically (the multiplicative decrease).
+    - Wait. The next batch of amount x may start at the earliest time s >= now at which the
+      window ending at s holds at most ``B - x``, with ``B = (1 - MARGIN) * C``:
+      ``s = min { s >= now : sum(amount_j : ended_at_j > s - PERIOD) + x <= B }``; the wait
+      is s - now. A batch larger than B alone waits for an empty window.
+
+    The amount is the batches' weight when every batch in the window has one, else items.
+    The pacer never raises the ceiling on its own: it learns only from 429s.
+
+    Example:
+        >>> RatePacer().pacing(history, next_size=50).wait_seconds
+        3.4
+    """
+
+    PERIOD = 60.0
+    """Seconds of the window: providers state their limits per minute."""
+    MARGIN = 0.1
+    """Pace at 90 % of the learned ceiling: batch ends stand in for the provider's own
+    admission times, so a window's count is off by up to a batch at each edge."""
+
+    def ceiling(self, batches: Sequence[BatchResult]) -> RateCeiling | None:
+        """The ceiling learned at the last batch that met a 429, or None when none did."""
+        for index in range(len(batches) - 1, -1, -1):
+            batch = batches[index]
+            if batch.rate_limited_calls > 0 and batch.ended_at is not None:
+                window = self._window(batches[: index + 1], batch.ended_at)
+                unit, amounts = self._amounts(window)
+                return RateCeiling(per_minute=sum(amounts) * 60.0 / self.PERIOD, unit=unit, learned_at=batch.ended_at)
+        return None
+
+    def pacing(self, batches: Sequence[BatchResult], next_size: int, *, now: float | None = None) -> Pacing:
+        """The wait before a batch of `next_size` items, given `batches` (oldest first).
+
+        `now` defaults to the last batch's `ended_at` (the decision is taken as it ends).
+        """
+        if next_size < 1:
+            raise ValueError(f"next_size must be positive, got {next_size}")
+        ceiling = self.ceiling(batches)
+        if ceiling is None or not batches:
+            return Pacing()
+        last_end = batches[-1].ended_at
+        start = now if now is not None else last_end
+        if start is None:
+            return Pacing(ceiling=ceiling)
+        window = self._window(batches, start)
+        unit, amounts = self._amounts(window)
+        if unit != ceiling.unit:
+            return Pacing(ceiling=ceiling)  # the history changed units: nothing comparable to pace by
+        per_item = (sum(amounts) / sum(batch.total_items for batch in window)) if window and unit == "weight" else 1.0
+        wanted = per_item * next_size
+        budget = (1.0 - self.MARGIN) * ceiling.per_minute * self.PERIOD / 60.0
+        held = sum(amounts)
+        wait = 0.0
+        # Oldest first: the window frees each batch's amount PERIOD seconds after it ended.
+        for batch, amount in zip(window, amounts):
+            if held + wanted <= budget:
+                break
+            held -= amount
+            wait = max(wait, batch.ended_at + self.PERIOD - start)  # type: ignore[operator]
+        if wait <= 0.0:
+            return Pacing(ceiling=ceiling)
+        reason = (
+            f"pacing {wait:.1f} s under the learned rate limit of {ceiling.per_minute:,.0f} {ceiling.unit} per minute "
+            f"(kept at {1 - self.MARGIN:.0%})"
+        )
+        return Pacing(wait_seconds=wait, reason=reason, ceiling=ceiling)
+
+    def _window(self, batches: Sequence[BatchResult], end: float) -> list[BatchResult]:
+        """The batches that ended in (end - PERIOD, end], oldest first."""
+        window: list[BatchResult] = []
+        for batch in reversed(batches):
+            if batch.ended_at is None:
+                continue
+            if batch.ended_at <= end - self.PERIOD:
+                break
+            if batch.ended_at <= end:
+                window.append(batch)
+        window.reverse()
+        return window
+
+    @staticmethod
+    def _amounts(window: Sequence[BatchResult]) -> tuple[str, list[float]]:
+        weights = [getattr(batch, "total_weight", None) for batch in window]
+        if window and all(weight is not None for weight in weights):
+            return "weight", [float(weight) for weight in weights]  # type: ignore[arg-type]
+        return "items", [float(batch.total_items) for batch in window]
+
+
+class ConcurrencyLimit:
+    """An AIMD limit on the calls in flight, as Netflix concurrency-limits' `AIMDLimit`.
+
+    After each round of calls (a stage's chunks):
+
+        if any call came back 429:  limit = max(1, floor(limit * BACKOFF))
+        else:                       clean += calls
+                                    if clean >= WINDOW * limit: limit = min(maximum, limit + 1); clean = 0
+
+    A 429 also restarts the count of clean calls. The limit starts at `maximum` (the
+    configured parallelism) unless told otherwise.
+
+    Example:
+        >>> limit = ConcurrencyLimit(8)
+        >>> limit.record(calls=8, rate_limited=2)
+        4
+    """
+
+    BACKOFF = 0.5
+    """Halve on a 429, as TCP does on a loss: the rate was over the ceiling at this limit."""
+    WINDOW = 4
+    """Rounds of clean calls at the limit before it grows by one: a few windows' worth of
+    evidence that the provider takes this many calls at once."""
+
+    def __init__(self, maximum: int, *, initial: int | None = None) -> None:
+        if maximum < 1:
+            raise ValueError(f"maximum must be at least 1, got {maximum}")
+        start = maximum if initial is None else initial
+        if not 1 <= start <= maximum:
+            raise ValueError(f"initial must lie in [1, {maximum}], got {initial}")
+        self.maximum = maximum
+        self.limit = start
+        self._clean = 0
+
+    def record(self, *, calls: int, rate_limited: int) -> int:
+        """Learn from a round of `calls` calls of which `rate_limited` came back 429; the new limit."""
+        if calls < 0 or rate_limited < 0:
+            raise ValueError(f"calls and rate_limited must not be negative, got {calls} and {rate_limited}")
+        if rate_limited:
+            self.limit = max(1, math.floor(self.limit * self.BACKOFF))
+            self._clean = 0
+            return self.limit
+        self._clean += calls
+        if self._clean >= self.WINDOW * self.limit:
+            self.limit = min(self.maximum, self.limit + 1)
+            self._clean = 0
+        return self.limit
