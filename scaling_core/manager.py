@@ -123,7 +123,7 @@ class ScalingManager:
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
-        self.pacer = RatePacer()
+        self.pacer = RatePacer(self.config.rate_limit_period_seconds)
         """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
 
     # -- the decision protocol ---------------------------------------------------------------

@@ -112,18 +112,14 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
-_RETRY_AFTER_HEADERS = ("retry-after", "retry-after-ms", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-
-
 def _retry_after_of(headers: Any) -> float | None:
-    """The wait a response's headers ask for: `Retry-After`, else OpenAI's `retry-after-ms`."""
+    """The wait a response's headers ask for: OpenAI's `retry-after-ms` (finer), else `Retry-After`."""
     if headers is None:
         return None
-    seconds = parse_retry_after(headers.get("retry-after"))
-    if seconds is not None:
-        return seconds
     milliseconds = parse_retry_after(headers.get("retry-after-ms"))
-    return milliseconds / 1000.0 if milliseconds is not None else None
+    if milliseconds is not None:
+        return milliseconds / 1000.0
+    return parse_retry_after(headers.get("retry-after"))
 
 
 def rate_limited_from(error: BaseException) -> RateLimited | None:
@@ -294,17 +290,18 @@ class RatePacer:
 
     Each batch carries the calls of it that came back 429 (`rate_limited_calls`), when it
     ended (`ended_at`, seconds on the clock the pipeline records), its items and, when the
-    batches carry one, its weight (`total_weight`, e.g. tokens). Limits are stated per minute,
-    so the pacer reasons over a sliding window of `PERIOD` seconds:
+    batches carry one, its weight (`total_weight`, e.g. tokens). Limits are stated per period
+    (a minute, `PERIOD`, unless `ScalingConfig.rate_limit_period_seconds` says otherwise), so the
+    pacer reasons over a sliding window of that many seconds, P:
 
     - Ceiling. At the last batch that met a 429, the provider had just refused more: what it
-      admitted in the `PERIOD` before that batch ended is the ceiling,
-      ``C = sum(amount_j for batches j with ended_at_j in (t_429 - PERIOD, t_429])`` per minute.
+      admitted in the P seconds before that batch ended is the ceiling,
+      ``C = sum(amount_j for batches j with ended_at_j in (t_429 - P, t_429])`` per P.
       A later 429 replaces it: one while paced under C gives C' <= (1 - MARGIN) C, so an
       estimate that was too high falls geometrically (the multiplicative decrease).
     - Wait. The next batch of amount x may start at the earliest time s >= now at which the
       window ending at s holds at most ``B - x``, with ``B = (1 - MARGIN) * C``:
-      ``s = min { s >= now : sum(amount_j : ended_at_j > s - PERIOD) + x <= B }``; the wait
+      ``s = min { s >= now : sum(amount_j : ended_at_j > s - P) + x <= B }``; the wait
       is s - now. A batch larger than B alone waits for an empty window.
 
     The amount is the batches' weight when every batch in the window has one, else items.
@@ -316,10 +313,15 @@ class RatePacer:
     """
 
     PERIOD = 60.0
-    """Seconds of the window: providers state their limits per minute."""
+    """Seconds of the window by default: providers state their limits per minute."""
     MARGIN = 0.1
     """Pace at 90 % of the learned ceiling: batch ends stand in for the provider's own
     admission times, so a window's count is off by up to a batch at each edge."""
+
+    def __init__(self, period: float | None = None) -> None:
+        if period is not None and not period > 0:
+            raise ValueError(f"period must be a positive number of seconds, got {period!r}")
+        self.period = period if period is not None else self.PERIOD
 
     def ceiling(self, batches: Sequence[BatchResult]) -> RateCeiling | None:
         """The ceiling learned at the last batch that met a 429, or None when none did."""
@@ -328,7 +330,7 @@ class RatePacer:
             if batch.rate_limited_calls > 0 and batch.ended_at is not None:
                 window = self._window(batches[: index + 1], batch.ended_at)
                 unit, amounts = self._amounts(window)
-                return RateCeiling(per_minute=sum(amounts) * 60.0 / self.PERIOD, unit=unit, learned_at=batch.ended_at)
+                return RateCeiling(per_minute=sum(amounts) * 60.0 / self.period, unit=unit, learned_at=batch.ended_at)
         return None
 
     def pacing(self, batches: Sequence[BatchResult], next_size: int, *, now: float | None = None) -> Pacing:
@@ -351,15 +353,15 @@ class RatePacer:
             return Pacing(ceiling=ceiling)  # the history changed units: nothing comparable to pace by
         per_item = (sum(amounts) / sum(batch.total_items for batch in window)) if window and unit == "weight" else 1.0
         wanted = per_item * next_size
-        budget = (1.0 - self.MARGIN) * ceiling.per_minute * self.PERIOD / 60.0
+        budget = (1.0 - self.MARGIN) * ceiling.per_minute * self.period / 60.0
         held = sum(amounts)
         wait = 0.0
-        # Oldest first: the window frees each batch's amount PERIOD seconds after it ended.
+        # Oldest first: the window frees each batch's amount P seconds after it ended.
         for batch, amount in zip(window, amounts):
             if held + wanted <= budget:
                 break
             held -= amount
-            wait = max(wait, batch.ended_at + self.PERIOD - start)  # type: ignore[operator]
+            wait = max(wait, batch.ended_at + self.period - start)  # type: ignore[operator]
         if wait <= 0.0:
             return Pacing(ceiling=ceiling)
         reason = (
@@ -369,12 +371,12 @@ class RatePacer:
         return Pacing(wait_seconds=wait, reason=reason, ceiling=ceiling)
 
     def _window(self, batches: Sequence[BatchResult], end: float) -> list[BatchResult]:
-        """The batches that ended in (end - PERIOD, end], oldest first."""
+        """The batches that ended in (end - period, end], oldest first."""
         window: list[BatchResult] = []
         for batch in reversed(batches):
             if batch.ended_at is None:
                 continue
-            if batch.ended_at <= end - self.PERIOD:
+            if batch.ended_at <= end - self.period:
                 break
             if batch.ended_at <= end:
                 window.append(batch)
