@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 from sqlmodel import col, select
 
-from flows.models import ExecutionOptions
+from flows.models import ExecutionOptions, PipelineSummary
 from scaling_core import ScalingConfig, make_engine, store
 from tests.flows import rate_limited_server
 from tests.flows.rate_limited_server import RateLimitedServer
@@ -38,6 +39,26 @@ def endpoint() -> Iterator[RateLimitedServer]:
     rate_limited_server.server_url = None
 
 
+def _run_labelling(
+    tmp_path: Path,
+    sqlite_url: str,
+    pipeline_name: str,
+    items: int,
+    *,
+    initial_batch_size: int = SCALING.initial_batch_size,
+    execution: ExecutionOptions | None = None,
+) -> tuple[PipelineSummary, UUID]:
+    """A run of `label_items` against the endpoint over `items` items."""
+    return run_pipeline(
+        source=write_csv(tmp_path / "items.csv", items),
+        processor="tests.flows.rate_limited_server:label_items",
+        pipeline=pipeline_name,
+        scaling=SCALING.model_copy(update={"initial_batch_size": initial_batch_size}),
+        execution=execution or ExecutionOptions(),
+        database=sqlite_url,
+    )
+
+
 def _after_learning(statuses: list[int]) -> list[int]:
     """The calls after the first 429 and the retries that settled it (the first 200 after it)."""
     first = statuses.index(429)
@@ -60,13 +81,7 @@ def _decision_reasons(url: str, run_id: str) -> list[str]:
 def test_a_rate_limited_endpoint_finishes_every_item_and_is_paced_once_learned(
     tmp_path: Path, sqlite_url: str, pipeline_name: str, endpoint: RateLimitedServer
 ) -> None:
-    summary, _ = run_pipeline(
-        source=write_csv(tmp_path / "items.csv", 300),
-        processor="tests.flows.rate_limited_server:label_items",
-        pipeline=pipeline_name,
-        scaling=SCALING,
-        database=sqlite_url,
-    )
+    summary, _ = _run_labelling(tmp_path, sqlite_url, pipeline_name, 300)
     assert (summary.done, summary.failed, summary.pending) == (300, 0, 0)
     statuses = endpoint.log.statuses()
     assert 429 in statuses, "the run never met the limit: the test proves nothing"
@@ -85,13 +100,8 @@ def test_a_rate_limited_endpoint_finishes_every_item_and_is_paced_once_learned(
 def test_with_parallel_chunks_the_endpoint_finishes_every_item(
     tmp_path: Path, sqlite_url: str, pipeline_name: str, endpoint: RateLimitedServer
 ) -> None:
-    summary, flow_run_id = run_pipeline(
-        source=write_csv(tmp_path / "items.csv", 180),
-        processor="tests.flows.rate_limited_server:label_items",
-        pipeline=pipeline_name,
-        scaling=SCALING.model_copy(update={"initial_batch_size": 12}),
-        execution=ExecutionOptions(parallelism=3),
-        database=sqlite_url,
+    summary, flow_run_id = _run_labelling(
+        tmp_path, sqlite_url, pipeline_name, 180, initial_batch_size=12, execution=ExecutionOptions(parallelism=3)
     )
     assert (summary.done, summary.failed, summary.pending) == (180, 0, 0)
     statuses = endpoint.log.statuses()
