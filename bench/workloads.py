@@ -29,12 +29,18 @@ tiny-job                  400 items; the time limit binds at n = 97 (1.20x allow
 wide-range                initial 20, min 1; the time limit binds at n = 5,000
 heterogeneous-items       item costs lognormal (sigma 1); time limit at n = 225
 unmet-quality             10% of items fail at every size: no size meets the 0.90 target
+tokens-per-minute         60,000 tokens a minute, 60 an item: 16.7 items/s from n = 20 on
+tokens-per-minute-large   2M tokens a minute, 1,000 an item: 33.3 items/s from n = 200 on
 ========================  ==============================================================
+
+On the two rate-limited jobs a call above the limit comes back 429 (see `bench.simulator`);
+the oracle is the best fixed size at the best fixed pacing, and the bench also reports the
+items per second of each policy against it.
 """
 
 from __future__ import annotations
 
-from bench.simulator import Phase, Workload
+from bench.simulator import Phase, RateLimit, Workload
 from scaling_core.config import ScalingConfig
 
 __all__ = ["WORKLOADS", "get_workload", "workload_names"]
@@ -311,6 +317,22 @@ WORKLOADS: tuple[Workload, ...] = (
         config=_config(initial=50, min_size=10, max_size=500, time_limit_s=6.0),
         total_items=50_000,
         phases=(Phase(fixed_s=1.0, per_item_s=0.012, noise_sigma=0.15, q0=0.86, item_failure_p=0.1),),
+    ),
+    Workload(
+        name="tokens-per-minute",
+        description="LLM labelling under a 60,000 tokens-per-minute limit (LangChain #15767): 429 above it.",
+        config=_config(initial=20, min_size=5, max_size=400, time_limit_s=6.0),
+        total_items=30_000,
+        rate_limit=RateLimit(tokens_per_minute=60_000, tokens_per_item=60),
+        phases=(Phase(fixed_s=1.0, per_item_s=0.01, noise_sigma=0.15, q0=0.96, item_failure_p=0.01),),
+    ),
+    Workload(
+        name="tokens-per-minute-large",
+        description="Long prompts under a 2M tokens-per-minute limit: the limit binds only from 200 items a call.",
+        config=_config(initial=32, min_size=8, max_size=1000, time_limit_s=8.0),
+        total_items=75_000,
+        rate_limit=RateLimit(tokens_per_minute=2_000_000, tokens_per_item=1_000),
+        phases=(Phase(fixed_s=2.0, per_item_s=0.02, noise_sigma=0.12, q0=0.97, item_failure_p=0.005),),
     ),
 )
 

@@ -143,23 +143,30 @@ class ScalingManager:
         if batches is None and self.store is not None:
             batches = self.store.recent_batches(self.HISTORY)
         decision = self._decide_size(batches, remaining_items=remaining_items)
-        # -- rate limits (scaling_core.rates): pacing never changes the size, only when it starts.
-        pacing = self.pacer.pacing(batches[-self.HISTORY :], decision.new_batch_size) if batches else None
-        if pacing is None or pacing.wait_seconds <= 0.0:
+        # -- rate limits (scaling_core.rates): once a 429 taught the ceiling, a batch is kept to a
+        # small share of it and starts when the window has room.
+        pacing = (
+            self.pacer.pacing(batches[-self.HISTORY :], decision.new_batch_size, whole=len(batches) < self.HISTORY)
+            if batches
+            else None
+        )
+        if pacing is None or pacing.ceiling is None:
             return decision
-        assert pacing.ceiling is not None
+        size, reason = decision.new_batch_size, decision.reason
+        if pacing.max_size is not None and self.config.clamp(pacing.max_size) < size:
+            size = self.config.clamp(pacing.max_size)
+            reason += f"; at most {size} items a batch under the learned rate limit"
+        if pacing.wait_seconds > 0.0:
+            reason += f"; {pacing.reason}"
+        if (size, reason) == (decision.new_batch_size, decision.reason):
+            return decision
+        base = batches[-1].asked_size if batches else size
         metrics = {
             **decision.performance_metrics,
             "rate_ceiling_per_minute": pacing.ceiling.per_minute,
             "pacing_wait_s": pacing.wait_seconds,
         }
-        return decision.model_copy(
-            update={
-                "wait_seconds": pacing.wait_seconds,
-                "reason": f"{decision.reason}; {pacing.reason}",
-                "performance_metrics": metrics,
-            }
-        )
+        return self._decision(base, size, reason, metrics).model_copy(update={"wait_seconds": pacing.wait_seconds})
 
     def _decide_size(
         self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import itertools
 import math
 import random
 import time
@@ -273,16 +274,21 @@ class RateCeiling:
     unit: str
     """"items" or "weight"."""
     learned_at: float
-    """When the 429 it was learned from came back (the batch's `ended_at`)."""
+    """When the call of the batch that met the 429 was admitted at last."""
 
 
 @dataclass(frozen=True, slots=True)
 class Pacing:
-    """How long to wait before the next batch, and why (empty when no ceiling is known)."""
+    """How long to wait before the next batch, and why (empty when no ceiling is known).
+
+    `max_size`: the largest batch that keeps to `RatePacer.BATCHES_PER_PERIOD`, when a
+    ceiling is known.
+    """
 
     wait_seconds: float = 0.0
     reason: str = ""
     ceiling: RateCeiling | None = None
+    max_size: int | None = None
 
 
 class RatePacer:
@@ -290,22 +296,32 @@ class RatePacer:
 
     Each batch carries the calls of it that came back 429 (`rate_limited_calls`), when it
     ended (`ended_at`, seconds on the clock the pipeline records), its items and, when the
-    batches carry one, its weight (`total_weight`, e.g. tokens). Limits are stated per period
-    (a minute, `PERIOD`, unless `ScalingConfig.rate_limit_period_seconds` says otherwise), so the
-    pacer reasons over a sliding window of that many seconds, P:
+    batches carry one, its weight (`total_weight`, e.g. tokens). A provider counts a call when
+    it admits it, which is taken as ``a_j = ended_at_j - processing_time_j`` (the batch's time
+    leaves the waits out). Limits are stated per period (a minute, `PERIOD`, unless
+    `ScalingConfig.rate_limit_period_seconds` says otherwise), so the pacer reasons over a
+    sliding window of that many seconds, P:
 
-    - Ceiling. At the last batch that met a 429, the provider had just refused more: what it
-      admitted in the P seconds before that batch ended is the ceiling,
-      ``C = sum(amount_j for batches j with ended_at_j in (t_429 - P, t_429])`` per P.
-      A later 429 replaces it: one while paced under C gives C' <= (1 - MARGIN) C, so an
-      estimate that was too high falls geometrically (the multiplicative decrease).
+    - Ceiling. A batch of amount x that met a 429 was first refused at ``r = a - rate_wait``,
+      when the provider held ``W(r) = sum(amount_j : a_j in (r - P, r])`` (the batches before
+      it): so ``limit < W(r) + x``. Each 429 bounds the limit from above; the ceiling is the
+      least of these bounds in the history, ``C = min over 429s of (W(r) + x)``. Pacing at
+      ``(1 - MARGIN) C`` either stays under the limit or meets a 429 whose bound is at most
+      ``(1 - MARGIN) C``: the estimate falls geometrically onto the limit (a multiplicative
+      decrease) and then holds. A 429 whose window reaches before the history handed in is
+      not read (its count would be short).
     - Wait. The next batch of amount x may start at the earliest time s >= now at which the
       window ending at s holds at most ``B - x``, with ``B = (1 - MARGIN) * C``:
-      ``s = min { s >= now : sum(amount_j : ended_at_j > s - P) + x <= B }``; the wait
-      is s - now. A batch larger than B alone waits for an empty window.
+      ``s = min { s >= now : sum(amount_j : a_j > s - (1 + EDGE) P) + x <= B }``; the wait is
+      s - now (W(r) above also counts over (1 + EDGE) P).
+      A batch larger than B alone waits for an empty window.
+    - Size. A window admits whole batches, so a batch is kept to ``B / k`` for a whole k, at
+      most `BATCHES_PER_PERIOD`, and as large as the call's own fixed cost needs to keep up
+      with B (`_max_size`).
 
     The amount is the batches' weight when every batch in the window has one, else items.
-    The pacer never raises the ceiling on its own: it learns only from 429s.
+    The pacer never raises the ceiling on its own: it learns only from 429s, and forgets a
+    ceiling once its 429 has left the history.
 
     Example:
         >>> RatePacer().pacing(history, next_size=50).wait_seconds
@@ -314,71 +330,133 @@ class RatePacer:
 
     PERIOD = 60.0
     """Seconds of the window by default: providers state their limits per minute."""
-    MARGIN = 0.1
-    """Pace at 90 % of the learned ceiling: batch ends stand in for the provider's own
-    admission times, so a window's count is off by up to a batch at each edge."""
+    BATCHES_PER_PERIOD = 40
+    """A batch holds at most 1/40 of the period's budget, and a whole number of batches fills
+    it: a sliding window admits whole batches, so what a batch does not fit is lost..."""
+    OWN_RATE_SLACK = 1.1
+    """...but never so few items that the call itself, at its fixed cost, could not keep up
+    with the budget: a batch stays at least this many times the size whose own rate is the
+    budget's (10 % for the timing noise), from a fit of time = a + b * items."""
+    EDGE = 0.01
+    """A call counts in a window 1 % of the period longer than its estimated admission says:
+    the estimate misses refused calls' round trips and the provider's own clock, and a batch
+    counted on the wrong side of an edge would make a 429's bound too low."""
+    FIT_BATCHES = 50
+    """Recent batches the own-rate floor's time fit reads: more than a window's worth, so that
+    the sizes spread (the manager's probes) and the fixed cost can be told from the per-item one."""
+    MARGIN = 0.02
+    """Pace at 98 % of the learned ceiling: admission times are estimated from the batch's
+    end and time, so a call's count can fall on the wrong side of a window's edge; a 429
+    that this lets through costs one refused call and lowers the estimate."""
 
     def __init__(self, period: float | None = None) -> None:
         if period is not None and not period > 0:
             raise ValueError(f"period must be a positive number of seconds, got {period!r}")
         self.period = period if period is not None else self.PERIOD
 
-    def ceiling(self, batches: Sequence[BatchResult]) -> RateCeiling | None:
-        """The ceiling learned at the last batch that met a 429, or None when none did."""
-        for index in range(len(batches) - 1, -1, -1):
-            batch = batches[index]
-            if batch.rate_limited_calls > 0 and batch.ended_at is not None:
-                window = self._window(batches[: index + 1], batch.ended_at)
-                unit, amounts = self._amounts(window)
-                return RateCeiling(per_minute=sum(amounts) * 60.0 / self.period, unit=unit, learned_at=batch.ended_at)
-        return None
+    def ceiling(self, batches: Sequence[BatchResult], *, whole: bool = True) -> RateCeiling | None:
+        """The ceiling: the least amount a 429 in `batches` refused, or None when none did.
 
-    def pacing(self, batches: Sequence[BatchResult], next_size: int, *, now: float | None = None) -> Pacing:
+        `whole`: `batches` is the whole history (nothing before it was cut off), so a window
+        that reaches before its first batch is complete all the same.
+        """
+        first = _admitted(batches[0]) if batches else None
+        best: RateCeiling | None = None
+        for index, batch in enumerate(batches):
+            at = _admitted(batch)
+            if batch.rate_limited_calls == 0 or at is None:
+                continue
+            refused_at = at - batch.rate_wait
+            if not whole and (first is None or first > refused_at - self.period):
+                continue  # the window before this 429 is cut off: its count would be short
+            unit, amounts = self._amounts([*self._window(batches[:index], refused_at, edge=self.EDGE), batch])
+            per_minute = sum(amounts) * 60.0 / self.period
+            if best is None or unit != best.unit or per_minute <= best.per_minute:
+                best = RateCeiling(per_minute=per_minute, unit=unit, learned_at=at)
+        return best
+
+    def pacing(
+        self, batches: Sequence[BatchResult], next_size: int, *, now: float | None = None, whole: bool = True
+    ) -> Pacing:
         """The wait before a batch of `next_size` items, given `batches` (oldest first).
 
-        `now` defaults to the last batch's `ended_at` (the decision is taken as it ends).
+        `now` defaults to the last batch's `ended_at` (the decision is taken as it ends);
+        `whole` as in `ceiling`.
         """
         if next_size < 1:
             raise ValueError(f"next_size must be positive, got {next_size}")
-        ceiling = self.ceiling(batches)
+        ceiling = self.ceiling(batches, whole=whole)
         if ceiling is None or not batches:
             return Pacing()
-        last_end = batches[-1].ended_at
-        start = now if now is not None else last_end
+        start = now if now is not None else batches[-1].ended_at
         if start is None:
             return Pacing(ceiling=ceiling)
-        window = self._window(batches, start)
+        window = self._window(batches, start, edge=self.EDGE)
         unit, amounts = self._amounts(window)
         if unit != ceiling.unit:
             return Pacing(ceiling=ceiling)  # the history changed units: nothing comparable to pace by
-        per_item = (sum(amounts) / sum(batch.total_items for batch in window)) if window and unit == "weight" else 1.0
-        wanted = per_item * next_size
+        items = sum(batch.total_items for batch in window)
+        per_item = sum(amounts) / items if unit == "weight" and items else 1.0
         budget = (1.0 - self.MARGIN) * ceiling.per_minute * self.period / 60.0
+        max_size = self._max_size(batches[-self.FIT_BATCHES :], budget, per_item)
+        next_size = min(next_size, max_size) if max_size is not None else next_size
+        wanted = per_item * next_size
         held = sum(amounts)
         wait = 0.0
-        # Oldest first: the window frees each batch's amount P seconds after it ended.
+        # Oldest first: the window frees each batch's amount P seconds after its admission.
         for batch, amount in zip(window, amounts):
             if held + wanted <= budget:
                 break
             held -= amount
-            wait = max(wait, batch.ended_at + self.period - start)  # type: ignore[operator]
+            wait = max(wait, _admitted(batch) + (1.0 + self.EDGE) * self.period - start)  # type: ignore[operator]
         if wait <= 0.0:
-            return Pacing(ceiling=ceiling)
+            return Pacing(ceiling=ceiling, max_size=max_size)
         reason = (
             f"pacing {wait:.1f} s under the learned rate limit of {ceiling.per_minute:,.0f} {ceiling.unit} per minute "
             f"(kept at {1 - self.MARGIN:.0%})"
         )
-        return Pacing(wait_seconds=wait, reason=reason, ceiling=ceiling)
+        return Pacing(wait_seconds=wait, reason=reason, ceiling=ceiling, max_size=max_size)
 
-    def _window(self, batches: Sequence[BatchResult], end: float) -> list[BatchResult]:
-        """The batches that ended in (end - period, end], oldest first."""
+    def _max_size(self, recent: Sequence[BatchResult], budget: float, per_item: float) -> int | None:
+        """The largest next batch: B / k for a whole number k of batches a window holds.
+
+        ``k = min(BATCHES_PER_PERIOD, floor(P / shortest cycle), floor(B / n_floor))``, so that
+        k batches fill the budget exactly, where ``n_floor = OWN_RATE_SLACK * a * rate / (1 - b *
+        rate)`` is the size whose own rate (time = a + b * items, fitted) keeps up with it, and a
+        cycle is the time from one batch's end to the next's.
+        """
+        if per_item <= 0:
+            return None
+        items = budget / per_item
+        fit = _time_fit([(batch.total_items, batch.processing_time) for batch in recent if not batch.is_whole_failure])
+        floor = 1.0
+        if fit is not None:
+            fixed, per_item_s = fit
+            rate = items / self.period  # items per second the budget allows
+            # n / (a + b n) >= rate  <=>  n >= a * rate / (1 - b * rate), when b * rate < 1.
+            if per_item_s * rate >= 1.0:
+                return None  # the call cannot outrun the budget at any size: no cap
+            floor = max(floor, self.OWN_RATE_SLACK * fixed * rate / (1.0 - per_item_s * rate))
+        most = self.BATCHES_PER_PERIOD
+        ends = [batch.ended_at for batch in recent if batch.ended_at is not None]
+        cycles = [later - earlier for earlier, later in itertools.pairwise(ends) if later > earlier]
+        if cycles:
+            # One batch after another: a window holds no more batches than fit in it end to end
+            # (the shortest recent cycle, the pipeline's own time between stages included).
+            most = min(most, max(1, math.floor(self.period / min(cycles))))
+        batches = max(1, min(most, math.floor(items / floor)))
+        return max(1, math.floor(items / batches))
+
+    def _window(self, batches: Sequence[BatchResult], end: float, *, edge: float = 0.0) -> list[BatchResult]:
+        """The batches admitted in (end - (1 + edge) * period, end], oldest first."""
         window: list[BatchResult] = []
         for batch in reversed(batches):
-            if batch.ended_at is None:
+            at = _admitted(batch)
+            if at is None:
                 continue
-            if batch.ended_at <= end - self.period:
+            if at <= end - (1.0 + edge) * self.period:
                 break
-            if batch.ended_at <= end:
+            if at <= end:
                 window.append(batch)
         window.reverse()
         return window
@@ -389,6 +467,31 @@ class RatePacer:
         if window and all(weight is not None for weight in weights):
             return "weight", [float(weight) for weight in weights]  # type: ignore[arg-type]
         return "items", [float(batch.total_items) for batch in window]
+
+
+def _admitted(batch: BatchResult) -> float | None:
+    """When the provider admitted the batch's call: its end less its time (waits are not in it)."""
+    return batch.ended_at - batch.processing_time if batch.ended_at is not None else None
+
+
+def _time_fit(points: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """(a, b) of time = a + b * items by least squares, a and b kept >= 0; None without points.
+
+    With one size only, the fixed part cannot be told apart: a = 0, b = time per item.
+    """
+    points = [(items, seconds) for items, seconds in points if items > 0]
+    if not points:
+        return None
+    count = len(points)
+    mean_n = sum(items for items, _ in points) / count
+    mean_t = sum(seconds for _, seconds in points) / count
+    spread = sum((items - mean_n) ** 2 for items, _ in points)
+    if spread > 0:
+        b = sum((items - mean_n) * (seconds - mean_t) for items, seconds in points) / spread
+        a = mean_t - b * mean_n
+        if a >= 0 and b >= 0:
+            return a, b
+    return 0.0, mean_t / mean_n
 
 
 class ConcurrencyLimit:

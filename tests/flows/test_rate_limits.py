@@ -22,18 +22,20 @@ from tests.flows.support import batches, child_flow_runs, run_pipeline, write_cs
 
 WINDOW = 3.0
 """Seconds of the endpoint's window, and the pacer's period."""
-LIMIT = 600
-"""Tokens per window: 60 items of 10 tokens, 20 items per second."""
+LIMIT = 1500
+"""Tokens per window: 150 items of 10 tokens, 50 items per second, about what stages of up
+to 20 items run at here, so that the run meets the limit and then keeps under it."""
 SCALING = ScalingConfig(
-    initial_batch_size=5, min_batch_size=1, max_batch_size=12, rate_limit_period_seconds=WINDOW
+    initial_batch_size=5, min_batch_size=1, max_batch_size=20, rate_limit_period_seconds=WINDOW
 )
 LEARNED_SHARE = 0.05
 """Once the limit is learned, at most this share of the calls may come back 429."""
 
 
 @pytest.fixture
-def endpoint() -> Iterator[RateLimitedServer]:
-    with RateLimitedServer(limit=LIMIT, window=WINDOW) as server:
+def endpoint(request: pytest.FixtureRequest) -> Iterator[RateLimitedServer]:
+    """The endpoint, at `LIMIT` tokens a window unless the test asks for another (indirect)."""
+    with RateLimitedServer(limit=getattr(request, "param", LIMIT), window=WINDOW) as server:
         rate_limited_server.server_url = server.url
         yield server
     rate_limited_server.server_url = None
@@ -81,8 +83,8 @@ def _decision_reasons(url: str, run_id: str) -> list[str]:
 def test_a_rate_limited_endpoint_finishes_every_item_and_is_paced_once_learned(
     tmp_path: Path, sqlite_url: str, pipeline_name: str, endpoint: RateLimitedServer
 ) -> None:
-    summary, _ = _run_labelling(tmp_path, sqlite_url, pipeline_name, 300)
-    assert (summary.done, summary.failed, summary.pending) == (300, 0, 0)
+    summary, _ = _run_labelling(tmp_path, sqlite_url, pipeline_name, 400)
+    assert (summary.done, summary.failed, summary.pending) == (400, 0, 0)
     statuses = endpoint.log.statuses()
     assert 429 in statuses, "the run never met the limit: the test proves nothing"
     later = _after_learning(statuses)
@@ -94,16 +96,19 @@ def test_a_rate_limited_endpoint_finishes_every_item_and_is_paced_once_learned(
     limited = [record for record in records if record.rate_limited_calls]
     assert sum(record.rate_limited_calls for record in records) == statuses.count(429)
     assert limited and all(record.seconds < record.rate_wait_seconds for record in limited)
-    assert any("pacing" in reason for reason in _decision_reasons(sqlite_url, summary.run_id))
+    # The decisions after the first 429 say that the learned limit shaped them.
+    assert any("under the learned rate limit" in reason for reason in _decision_reasons(sqlite_url, summary.run_id))
 
 
+# Three chunks at once run slower than one: 60 items a window, so that they meet the limit.
+@pytest.mark.parametrize("endpoint", [600], indirect=True)
 def test_with_parallel_chunks_the_endpoint_finishes_every_item(
     tmp_path: Path, sqlite_url: str, pipeline_name: str, endpoint: RateLimitedServer
 ) -> None:
     summary, flow_run_id = _run_labelling(
-        tmp_path, sqlite_url, pipeline_name, 180, initial_batch_size=12, execution=ExecutionOptions(parallelism=3)
+        tmp_path, sqlite_url, pipeline_name, 240, initial_batch_size=20, execution=ExecutionOptions(parallelism=3)
     )
-    assert (summary.done, summary.failed, summary.pending) == (180, 0, 0)
+    assert (summary.done, summary.failed, summary.pending) == (240, 0, 0)
     statuses = endpoint.log.statuses()
     assert 429 in statuses
     later = _after_learning(statuses)

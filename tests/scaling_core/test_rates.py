@@ -12,6 +12,7 @@ import pytest
 from scaling_core import RateLimited, ScalingManager, rate_limited_from, translate_rate_limits
 from scaling_core.rates import (
     ConcurrencyLimit,
+    RateCeiling,
     RateLimitExhausted,
     RatePacer,
     RateWaits,
@@ -158,43 +159,54 @@ def test_no_429_means_no_ceiling_and_no_wait() -> None:
     assert RatePacer().pacing(history, 100).wait_seconds == 0.0
 
 
-def test_the_ceiling_is_what_was_admitted_in_the_minute_before_the_429() -> None:
-    # 100 items every 10 s; the batch ending at t=60 met a 429: (0, 60] held six batches.
+def test_the_ceiling_is_what_the_window_held_when_the_429_came_plus_the_refused_batch() -> None:
+    # 100 items every 10 s, each admitted 1 s before it ended (processing_time 1 s); the batch
+    # admitted at 59 was refused there: the window (59 - 60.6, 59] held 500, and 100 more did not fit.
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
     ceiling = RatePacer().ceiling(history)
-    assert ceiling is not None and (ceiling.per_minute, ceiling.unit, ceiling.learned_at) == (600.0, "items", 60.0)
+    assert ceiling is not None and (ceiling.per_minute, ceiling.unit, ceiling.learned_at) == (600.0, "items", 59.0)
 
 
-def test_the_wait_keeps_the_window_under_the_margin() -> None:
+def test_the_wait_keeps_the_window_under_the_margin_and_the_batch_small() -> None:
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
     pacing = RatePacer().pacing(history, 100)
-    # Budget 0.9 * 600 = 540: the window holds 600, so 100 more fit once the batches that
-    # ended at 10 and 20 have left it (at 70 and 80): wait 80 - 60 = 20 s.
-    assert pacing.wait_seconds == pytest.approx(20.0)
+    # Budget 0.98 * 600 = 588; a batch every 10 s at most: 6 batches of 98 fill it. The window
+    # holds 600; 98 more fit once the batches admitted at 9 and 19 have left it, at 19 + 60.6.
+    assert (pacing.max_size, pacing.wait_seconds) == (98, pytest.approx(19.6))
     assert "600 items per minute" in pacing.reason
 
 
 def test_pacing_follows_the_window_exactly_in_steady_state() -> None:
     pacer = RatePacer()
-    history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
+    # 14 items a second for a minute; the last batch met a 429: the ceiling is 840 a minute.
+    history = [_batch(14, float(i), refused=int(i == 60)) for i in range(1, 61)]
+    assert pacer.ceiling(history) == RateCeiling(per_minute=840.0, unit="items", learned_at=59.0)
     waits = []
     clock = 60.0
-    for _ in range(8):
-        wait = pacer.pacing(history, 100).wait_seconds
+    for _ in range(6):
+        wait = pacer.pacing(history, 14).wait_seconds
         waits.append(round(wait, 6))
-        clock += wait + 5.0  # each batch takes 5 s
-        history.append(_batch(100, clock))
-    # Five batches of 100 fit the 540 budget of a minute; the sixth waits for the first to leave.
-    assert waits == [20.0, 5.0, 5.0, 5.0, 5.0, 20.0, 5.0, 5.0]
-    ends = [batch.ended_at for batch in history[6:]]
-    assert all(sum(1 for other in ends if end - 60.0 < other <= end) <= 5 for end in ends)
+        clock += wait + 0.5  # each batch takes 0.5 s
+        history.append(_batch(14, clock).model_copy(update={"processing_time": 0.5}))
+    # Budget 823.2: three batches must leave first (the last of them, admitted at 2, at 62.6),
+    # then one per batch.
+    assert waits == [2.6, 0.5, 0.5, 0.5, 0.5, 0.5]
+    admitted = [batch.ended_at - batch.processing_time for batch in history if batch.ended_at is not None]
+    assert all(14 * sum(1 for other in admitted if at - 60.0 < other <= at) <= 823.2 for at in admitted[60:])
 
 
 def test_a_later_429_lowers_the_ceiling() -> None:
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
     history += [_batch(100, 90.0), _batch(100, 100.0, refused=1)]
     ceiling = RatePacer().ceiling(history)
-    assert ceiling is not None and ceiling.per_minute == 400.0  # (40, 100] held the batches ending at 50, 60, 90, 100
+    # Refused at 99: (38.4, 99] held the batches admitted at 39, 49, 59 and 89, and 100 more did not fit.
+    assert ceiling is not None and ceiling.per_minute == 500.0
+
+
+def test_a_429_whose_window_was_cut_off_is_not_read() -> None:
+    history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
+    assert RatePacer().ceiling(history[2:], whole=False) is None
+    assert RatePacer().ceiling(history[2:], whole=True) is not None
 
 
 def test_weight_is_paced_when_every_batch_carries_one() -> None:
@@ -209,9 +221,10 @@ def test_weight_is_paced_when_every_batch_carries_one() -> None:
 
 def test_the_manager_puts_the_wait_in_its_decision_and_reason() -> None:
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
-    decision = ScalingManager().evaluate_scaling(history)
-    assert decision.wait_seconds > 0.0
-    assert "pacing" in decision.reason and "rate limit" in decision.reason
+    decision = ScalingManager(batch_size=100).evaluate_scaling(history)
+    assert (decision.new_batch_size, decision.wait_seconds) == (98, pytest.approx(19.6))
+    assert "at most 98 items a batch under the learned rate limit" in decision.reason
+    assert "pacing 19.6 s" in decision.reason
     assert decision.performance_metrics["rate_ceiling_per_minute"] == 600.0
     calm = ScalingManager().evaluate_scaling([_batch(100, 10.0 * i) for i in range(1, 7)])
     assert calm.wait_seconds == 0.0 and "pacing" not in calm.reason
@@ -238,3 +251,18 @@ def test_aimd_stays_within_one_and_the_parallelism() -> None:
         ConcurrencyLimit(0)
     with pytest.raises(ValueError, match="initial"):
         ConcurrencyLimit(2, initial=3)
+
+
+def test_the_batch_cap_never_falls_below_what_the_call_needs_to_keep_up() -> None:
+    # Sizes 50 and 100 at a s fixed + 10 ms an item, one every 2.5 s; the 429 bounds the limit
+    # at 450 a minute, a budget of 441 (7.35 items/s). A batch keeps up from
+    # n = a * 7.35 / (1 - 0.0735), 1.1 x that with the slack: 8.7 at a = 1 s, where the
+    # 2.5 s cycle allows 24 batches of 18; 34.9 at a = 4 s: 12 batches of 36.
+    def history(fixed: float) -> list[BatchResult]:
+        return [
+            _batch(size, 2.5 * i, refused=int(i == 6)).model_copy(update={"processing_time": fixed + 0.01 * size})
+            for i, size in enumerate([50, 100, 50, 100, 50, 100], start=1)
+        ]
+
+    assert RatePacer().pacing(history(1.0), 100).max_size == 18
+    assert RatePacer().pacing(history(4.0), 100).max_size == 36
