@@ -31,6 +31,7 @@ import email.utils
 import itertools
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "RateLimited",
     "RatePacer",
     "RateWaits",
+    "backoff",
     "call_retrying_rate_limits",
     "parse_retry_after",
     "rate_limited_from",
@@ -127,8 +129,8 @@ def rate_limited_from(error: BaseException) -> RateLimited | None:
     """`error` as a `RateLimited` when it is a rate-limited call, else None.
 
     Maps a `RateLimited` (itself), an `httpx.HTTPStatusError` whose response is a 429, and
-    the `openai` SDK's `RateLimitError` (only where `openai` is installed: nothing is
-    imported otherwise). `retry_after` comes from the response's `Retry-After` header
+    the `openai` SDK's `RateLimitError` (where the processor uses `openai`: nothing is
+    imported here). `retry_after` comes from the response's `Retry-After` header
     (seconds or an HTTP-date) or OpenAI's `retry-after-ms`.
 
     Example:
@@ -153,14 +155,12 @@ def rate_limited_from(error: BaseException) -> RateLimited | None:
 
 
 def _loaded(name: str) -> Any:
-    """The module `name` when the processor's process has it installed, else None.
+    """The module `name` when this process has imported it, else None.
 
-    Imported only on an error's path: a package absent here cannot have raised the error.
+    A client that raised the error was imported by the processor: nothing is imported here,
+    so an installed but unused `openai` costs nothing.
     """
-    try:
-        return __import__(name)
-    except ImportError:
-        return None
+    return sys.modules.get(name)
 
 
 @contextlib.contextmanager

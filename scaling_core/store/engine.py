@@ -195,6 +195,8 @@ def _upgrade(connection: Connection) -> None:
         connection.execute(text("ALTER TABLE batch_record ADD COLUMN rate_limited_calls INTEGER NOT NULL DEFAULT 0"))
     if "rate_wait_seconds" not in columns:
         connection.execute(text("ALTER TABLE batch_record ADD COLUMN rate_wait_seconds FLOAT NOT NULL DEFAULT 0"))
+    if "ended_at" not in columns:
+        connection.execute(text("ALTER TABLE batch_record ADD COLUMN ended_at FLOAT"))
     _tables.RETRY_INDEX.create(connection, checkfirst=True)
 
 
