@@ -188,7 +188,7 @@ async def _run_stages(
     """
     engine = database.get_engine()
     size = opened.batch_size
-    # With parallelism, the chunks in flight follow an AIMD limit on 429s (`rates.ConcurrencyLimit`).
+    # With parallelism, the chunks a stage is cut into follow an AIMD limit on 429s (`rates.ConcurrencyLimit`).
     concurrency = ConcurrencyLimit(execution.parallelism) if execution.parallelism > 1 else None
     progress_shown = time.monotonic()
     pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
@@ -223,7 +223,7 @@ async def _run_stages(
             before = concurrency.limit
             if concurrency.record(calls=stage.calls, rate_limited=stage.rate_limited_calls) != before:
                 get_run_logger().info(
-                    "Stage %s: %s of its calls came back rate limited; chunks at once %s -> %s (AIMD)",
+                    "Stage %s: %s of its calls came back rate limited; chunks a stage %s -> %s (AIMD)",
                     stage.stage,
                     stage.rate_limited_calls,
                     before,

@@ -136,7 +136,9 @@ async def _run_processor(
             call_in_daemon_thread(lambda: _in_child(processor, claimed.items, scaling, timeout, where=where))
         )
         return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
-    parts = max(1, min(execution.parallelism, len(claimed.items)))
+    # As many chunks as the run's AIMD limit on 429s allows (`concurrency`), all at once: a
+    # stage's calls then all start with it, as the rate pacer counts them.
+    parts = max(1, min(execution.parallelism, concurrency or execution.parallelism, len(claimed.items)))
     if parts == 1 and not execution.uses_dask:
         # One chunk in this process: a task run around it would only add its API calls to
         # the critical path between two processor calls. A daemon thread, not the loop's
@@ -148,18 +150,14 @@ async def _run_processor(
         return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
     size = -(-len(claimed.items) // parts)
     chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
-    # At most `concurrency` chunks in flight (the run's AIMD limit on 429s), all of them otherwise.
-    gate = asyncio.Semaphore(max(1, min(concurrency or len(chunks), len(chunks))))
-
-    async def run(chunk: list[Item]) -> dict[str, Any]:
-        async with gate:
-            future: PrefectFuture[dict[str, Any]] = process_chunk.submit(
-                processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk), timeout
-            )
-            # `result()` blocks; wait in a thread so the event loop stays free for Prefect's own work.
-            return await asyncio.to_thread(future.result)
-
-    answers = await asyncio.gather(*(run(chunk) for chunk in chunks))
+    futures: list[PrefectFuture[dict[str, Any]]] = [
+        process_chunk.submit(
+            processor, [{"id": item.id, "payload": item.payload} for item in chunk], scaling, len(chunk), timeout
+        )
+        for chunk in chunks
+    ]
+    # `result()` blocks; wait in threads so the event loop stays free for Prefect's own work.
+    answers = await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
     return _Processed(
         [result for answer in answers for result in answer["results"]],
         len(chunks),
@@ -171,11 +169,9 @@ async def _run_processor(
     )
 
 
-def _stage_timeout(execution: ExecutionOptions, concurrency: int | None) -> float:
-    """The bound on a whole stage: each call has the stage timeout (in waves when fewer chunks
-    than `parallelism` may run at once), and rate-limit waits come on top."""
-    waves = -(-execution.parallelism // concurrency) if concurrency else 1
-    return execution.stage_timeout_seconds * waves + MAX_TOTAL_WAIT
+def _stage_timeout(execution: ExecutionOptions) -> float:
+    """The bound on a whole stage: each call has the stage timeout, and rate-limit waits come on top."""
+    return execution.stage_timeout_seconds + MAX_TOTAL_WAIT
 
 
 @flow(
@@ -205,8 +201,8 @@ async def process_stage(
     stage claims only the crash suspects of that batch (a crash-isolation stage).
     A call refused for a rate limit (`scaling_core.rates.RateLimited`, an httpx 429, an
     `openai.RateLimitError`) fails nothing: the stage waits and calls again with the same
-    items, and the wait is left out of the batch's time. With `concurrency`, at most that many
-    chunks run at once (the run's AIMD limit).
+    items, and the wait is left out of the batch's time. With `concurrency` (the run's AIMD
+    limit), the batch is cut into at most that many chunks.
     Only a store error escapes a stage: a store that went away may be back after a pause, so
     the stage is tried again (`retrying_store_errors`), and then fails with a `StoreError`
     naming the database.
@@ -250,7 +246,7 @@ async def _stage(
             try:
                 processed = await asyncio.wait_for(
                     _run_processor(claimed, processor, scaling, execution, concurrency, f"Stage {claimed.stage}"),
-                    timeout=_stage_timeout(execution, concurrency),
+                    timeout=_stage_timeout(execution),
                 )
             except ProcessorCrashed as crash:
                 batches.crash_batch(claimed, str(crash))

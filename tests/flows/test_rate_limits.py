@@ -113,6 +113,6 @@ def test_with_parallel_chunks_the_endpoint_finishes_every_item(
     assert 429 in statuses
     later = _after_learning(statuses)
     assert later.count(429) <= LEARNED_SHARE * len(later), statuses
-    # The chunks in flight halved on the 429s (AIMD) and grew back once calls came back clean.
+    # The chunks a stage is cut into halved on the 429s (AIMD) and grew back once calls came back clean.
     limits = [run.parameters.get("concurrency") for run in child_flow_runs(flow_run_id)]
     assert limits[0] == 3 and min(limits) < 3, limits
