@@ -316,8 +316,8 @@ class RatePacer:
       s - now (W(r) above also counts over (1 + EDGE) P).
       A batch larger than B alone waits for an empty window.
     - Size. A window admits whole batches, so a batch is kept to ``B / k`` for a whole k, at
-      most `BATCHES_PER_PERIOD`, and as large as the call's own fixed cost needs to keep up
-      with B (`_max_size`).
+      most `BATCHES_PER_PERIOD`, and as large as the call's own fixed cost and the time between
+      stages need to keep up with B (`_max_size`).
 
     The amount is the batches' weight when every batch in the window has one, else items.
     The pacer never raises the ceiling on its own: it learns only from 429s, and forgets a
@@ -420,10 +420,11 @@ class RatePacer:
     def _max_size(self, recent: Sequence[BatchResult], budget: float, per_item: float) -> int | None:
         """The largest next batch: B / k for a whole number k of batches a window holds.
 
-        ``k = min(BATCHES_PER_PERIOD, floor(P / shortest cycle), floor(B / n_floor))``, so that
-        k batches fill the budget exactly, where ``n_floor = OWN_RATE_SLACK * a * rate / (1 - b *
-        rate)`` is the size whose own rate (time = a + b * items, fitted) keeps up with it, and a
-        cycle is the time from one batch's end to the next's.
+        ``k = min(BATCHES_PER_PERIOD, floor(B / n_floor))``, so that k batches fill the budget
+        exactly, where ``n_floor = OWN_RATE_SLACK * (a + g) * R / (1 - b * R)`` is the size whose
+        own rate keeps up with it: time = a + b * items fitted on the recent batches, g the
+        shortest gap between one batch's end and the next one's call (the pipeline's own time
+        between stages; a longer gap holds a pacing wait too), R = B / P.
         """
         if per_item <= 0:
             return None
@@ -433,18 +434,17 @@ class RatePacer:
         if fit is not None:
             fixed, per_item_s = fit
             rate = items / self.period  # items per second the budget allows
-            # n / (a + b n) >= rate  <=>  n >= a * rate / (1 - b * rate), when b * rate < 1.
+            # n / (a + g + b n) >= rate  <=>  n >= (a + g) * rate / (1 - b * rate), when b * rate < 1.
             if per_item_s * rate >= 1.0:
                 return None  # the call cannot outrun the budget at any size: no cap
-            floor = max(floor, self.OWN_RATE_SLACK * fixed * rate / (1.0 - per_item_s * rate))
-        most = self.BATCHES_PER_PERIOD
-        ends = [batch.ended_at for batch in recent if batch.ended_at is not None]
-        cycles = [later - earlier for earlier, later in itertools.pairwise(ends) if later > earlier]
-        if cycles:
-            # One batch after another: a window holds no more batches than fit in it end to end
-            # (the shortest recent cycle, the pipeline's own time between stages included).
-            most = min(most, max(1, math.floor(self.period / min(cycles))))
-        batches = max(1, min(most, math.floor(items / floor)))
+            gaps = [
+                later.ended_at - later.processing_time - earlier.ended_at
+                for earlier, later in itertools.pairwise(recent)
+                if earlier.ended_at is not None and later.ended_at is not None
+            ]
+            gap = max(0.0, min(gaps)) if gaps else 0.0  # the shortest: a paced gap holds a wait too
+            floor = max(floor, self.OWN_RATE_SLACK * (fixed + gap) * rate / (1.0 - per_item_s * rate))
+        batches = max(1, min(self.BATCHES_PER_PERIOD, math.floor(items / floor)))
         return max(1, math.floor(items / batches))
 
     def _window(self, batches: Sequence[BatchResult], end: float, *, edge: float = 0.0) -> list[BatchResult]:

@@ -170,9 +170,11 @@ def test_the_ceiling_is_what_the_window_held_when_the_429_came_plus_the_refused_
 def test_the_wait_keeps_the_window_under_the_margin_and_the_batch_small() -> None:
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
     pacing = RatePacer().pacing(history, 100)
-    # Budget 0.98 * 600 = 588; a batch every 10 s at most: 6 batches of 98 fill it. The window
-    # holds 600; 98 more fit once the batches admitted at 9 and 19 have left it, at 19 + 60.6.
-    assert (pacing.max_size, pacing.wait_seconds) == (98, pytest.approx(19.6))
+    # Budget 0.98 * 600 = 588 (9.8 items/s). Calls start 9 s after the batch before ended, so a
+    # batch keeps up from 1.1 * 9 * 9.8 / (1 - 0.098) = 108 items: 5 batches of 117 fill the
+    # budget. The window holds 600; 117 more fit once the batches admitted at 9 and 19 have left
+    # it, at 19 + 60.6.
+    assert (pacing.max_size, pacing.wait_seconds) == (117, pytest.approx(19.6))
     assert "600 items per minute" in pacing.reason
 
 
@@ -222,8 +224,8 @@ def test_weight_is_paced_when_every_batch_carries_one() -> None:
 def test_the_manager_puts_the_wait_in_its_decision_and_reason() -> None:
     history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, 7)]
     decision = ScalingManager(batch_size=100).evaluate_scaling(history)
-    assert (decision.new_batch_size, decision.wait_seconds) == (98, pytest.approx(19.6))
-    assert "at most 98 items a batch under the learned rate limit" in decision.reason
+    assert (decision.new_batch_size, decision.wait_seconds) == (117, pytest.approx(19.6))
+    assert "at most 117 items a batch under the learned rate limit" in decision.reason
     assert "pacing 19.6 s" in decision.reason
     assert decision.performance_metrics["rate_ceiling_per_minute"] == 600.0
     calm = ScalingManager().evaluate_scaling([_batch(100, 10.0 * i) for i in range(1, 7)])
@@ -254,15 +256,16 @@ def test_aimd_stays_within_one_and_the_parallelism() -> None:
 
 
 def test_the_batch_cap_never_falls_below_what_the_call_needs_to_keep_up() -> None:
-    # Sizes 50 and 100 at a s fixed + 10 ms an item, one every 2.5 s; the 429 bounds the limit
-    # at 450 a minute, a budget of 441 (7.35 items/s). A batch keeps up from
-    # n = a * 7.35 / (1 - 0.0735), 1.1 x that with the slack: 8.7 at a = 1 s, where the
-    # 2.5 s cycle allows 24 batches of 18; 34.9 at a = 4 s: 12 batches of 36.
+    # Sizes 50 and 100 at a s fixed + 10 ms an item, one ending every 2.5 s; the 429 bounds the
+    # limit at 450 a minute, a budget of 441 (7.35 items/s). A batch keeps up from
+    # n = (a + g) * 7.35 / (1 - 0.0735), 1.1 x that with the slack, g the shortest gap between a
+    # batch's end and the next call: at a = 1 s, g = 0.5 s and n = 13.1 (33 batches of 13); at
+    # a = 4 s the calls overlap, g = 0, and n = 34.9 (12 batches of 36).
     def history(fixed: float) -> list[BatchResult]:
         return [
             _batch(size, 2.5 * i, refused=int(i == 6)).model_copy(update={"processing_time": fixed + 0.01 * size})
             for i, size in enumerate([50, 100, 50, 100, 50, 100], start=1)
         ]
 
-    assert RatePacer().pacing(history(1.0), 100).max_size == 18
+    assert RatePacer().pacing(history(1.0), 100).max_size == 13
     assert RatePacer().pacing(history(4.0), 100).max_size == 36
