@@ -51,6 +51,9 @@ def known_policies() -> list[str]:
 class ManagerPolicy:
     """Drives `scaling_core.manager.ScalingManager` through the bench's `Policy` protocol."""
 
+    honours_rate_limits = True
+    """The package's stage waits on a 429 and calls again with the same items (`flows.stage`)."""
+
     def __init__(self, config: ScalingConfig) -> None:
         # Imported here, not at module level: the bench must import without the manager.
         from scaling_core.manager import ScalingManager

@@ -16,12 +16,17 @@ Per workload and policy it reports, over the seeds:
 * slow share: share of successful items delivered by batches whose TRUE expected time was
   more than 5% over the time limit (the objective's time constraint; without it a policy
   could beat the oracle by ignoring the limit);
+* 429 share: calls refused for a rate limit / all calls (on the rate-limited workloads; the
+  package's stage waits and retries a 429, a peer sees it as a batch that failed whole);
 * late median: median asked size over the second half of the run, by batch count.
+
+On a rate-limited workload the bench also prints each policy's items per second against the
+best fixed pacing.
 
 A policy PASSES a workload when the MEAN time ratio is <= 1.10 (1.20 for a job of a few
 hundred items, which cannot repay any exploration; `Workload.max_time_ratio`) (the cost of a
 run is an average matter, and one unlucky seed should not decide it) and, on the WORST seed,
-the low-quality share is <= 0.05, the slow share is <= 0.05 and there are <= 3 whole failures
+the low-quality share is <= 0.05, the slow share is <= 0.05, the 429 share is <= 0.05 and there are <= 3 whole failures
 (breaking a constraint is a matter of the worst case). Where no size meets a constraint in a
 phase, the oracle and the verdict ignore that constraint there. On a workload with a cost
 budget, no seed may spend more than the budget ("budget"), and a run the budget stops is
@@ -74,6 +79,9 @@ class Criteria:
     MAX_LOW_QUALITY_SHARE = 0.05
     MAX_WHOLE_FAILURES = 3
     MAX_SLOW_SHARE = 0.05
+    MAX_REFUSED_SHARE = 0.05
+    """Calls refused for a rate limit (429) / all calls, on the worst seed: a few percent while
+    the limit is learned; more is hammering the provider."""
     DECISION_COST_TARGET_MS = 1.0
     DECISION_HISTORY = 2_000
     DECISION_TIMED_CALLS = 200
@@ -147,6 +155,21 @@ class Aggregate:
         return statistics.fmean(r.late_median_size for r in self.runs) if self.runs else math.nan
 
     @property
+    def mean_refused(self) -> float:
+        """Mean over seeds of the share of calls refused for the rate limit (429)."""
+        return statistics.fmean(r.refused_share for r in self.runs) if self.runs else math.nan
+
+    @property
+    def worst_refused(self) -> float:
+        """Largest share of refused calls of any seed."""
+        return max((r.refused_share for r in self.runs), default=math.nan)
+
+    @property
+    def mean_items_per_second(self) -> float:
+        """Mean over seeds of the successful items per second."""
+        return statistics.fmean(r.items_per_second for r in self.runs) if self.runs else math.nan
+
+    @property
     def truncated_runs(self) -> int:
         """Runs stopped by the batch cap."""
         return sum(1 for r in self.runs if r.truncated)
@@ -174,6 +197,8 @@ class Aggregate:
             failed.append("failures")
         if self.worst_slow > Criteria.MAX_SLOW_SHARE:
             failed.append("slow")
+        if self.worst_refused > Criteria.MAX_REFUSED_SHARE:
+            failed.append("429s")
         if self.truncated_runs:
             failed.append("capped")
         if self.over_budget_runs:
@@ -202,6 +227,9 @@ class Aggregate:
             "mean_slow_share": self.mean_slow,
             "worst_slow_share": self.worst_slow,
             "mean_late_median_size": self.mean_late_median,
+            "mean_refused_share": self.mean_refused,
+            "worst_refused_share": self.worst_refused,
+            "mean_items_per_second": self.mean_items_per_second,
             "truncated_runs": self.truncated_runs,
             "over_budget_runs": self.over_budget_runs,
             "out_of_bounds_batches": self.out_of_bounds,
@@ -346,6 +374,7 @@ def _cells(agg: Aggregate) -> list[str]:
         f"{_fmt(agg.mean_low_quality)} ({_fmt(agg.worst_low_quality)})",
         f"{_fmt(agg.mean_failures, 1)} ({agg.worst_failures})",
         f"{_fmt(agg.mean_slow)} ({_fmt(agg.worst_slow)})",
+        f"{_fmt(agg.mean_refused)} ({_fmt(agg.worst_refused)})",
         _fmt(agg.mean_late_median, 0),
         agg.verdict(),
     ]
@@ -357,6 +386,7 @@ _HEADERS = [
     "low-q share mean (worst)",
     "failures mean (worst)",
     "slow share mean (worst)",
+    "429 share mean (worst)",
     "late median",
     "verdict",
 ]
@@ -376,7 +406,20 @@ def _oracle_line(workload: Workload) -> str:
     budget = workload.budget
     if budget is not None and budget.max_cost is not None:
         line += f"; cost budget ${budget.max_cost:g}"
+    if workload.rate_limit is not None:
+        line += f"; {workload.total_items / oracle.total_time:.2f} items/s at the best fixed pacing"
     return line
+
+
+def _rate_line(workload: Workload, cells: dict[tuple[str, str], Aggregate], policies: list[str]) -> str:
+    """Items per second of each policy against the best fixed pacing, on a rate-limited workload."""
+    best = workload.total_items / find_oracle(workload).total_time
+    rates = ", ".join(
+        f"{policy} {_fmt(cells[(workload.name, policy)].mean_items_per_second, 2)} "
+        f"({_fmt(cells[(workload.name, policy)].mean_items_per_second / best)})"
+        for policy in policies
+    )
+    return f"items/s (share of the best fixed pacing, {best:.2f}): {rates}"
 
 
 def _print_plain(
@@ -389,6 +432,8 @@ def _print_plain(
         widths = [max(len(row[i]) for row in rows) for i in range(len(_HEADERS))]
         for row in rows:
             print("   " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if workload.rate_limit is not None:
+            print(f"   {_rate_line(workload, cells, policies)}")
         for policy in policies:
             agg = cells[(workload.name, policy)]
             for error in agg.errors[:1]:
@@ -509,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"PASS needs: mean time/oracle <= {Criteria.MAX_TIME_RATIO:.2f} (or the workload's own); on the worst seed: "
         f"low-quality share <= {Criteria.MAX_LOW_QUALITY_SHARE:.2f} (true High share < target - "
         f"{RunOutcome.QUALITY_TOLERANCE}), whole failures <= {Criteria.MAX_WHOLE_FAILURES}, slow share <= "
-        f"{Criteria.MAX_SLOW_SHARE:.2f} (true E[T] > {1 + RunOutcome.TIME_TOLERANCE:.2f} x time limit)"
+        f"{Criteria.MAX_SLOW_SHARE:.2f} (true E[T] > {1 + RunOutcome.TIME_TOLERANCE:.2f} x time limit), "
+        f"429 share <= {Criteria.MAX_REFUSED_SHARE:.2f}"
     )
     tasks = [(w.name, p, s) for w in workloads for p in policies for s in seeds]
     results = _run_all(tasks, args.jobs)
@@ -564,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "max_low_quality_share": Criteria.MAX_LOW_QUALITY_SHARE,
                 "max_whole_failures": Criteria.MAX_WHOLE_FAILURES,
                 "max_slow_share": Criteria.MAX_SLOW_SHARE,
+                "max_refused_share": Criteria.MAX_REFUSED_SHARE,
                 "quality_tolerance": RunOutcome.QUALITY_TOLERANCE,
                 "time_tolerance": RunOutcome.TIME_TOLERANCE,
             },

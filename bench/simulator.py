@@ -41,6 +41,17 @@ curves of the job; with `n` the number of items in a batch:
   when what it spent plus what that batch's items would cost would pass ``max_cost``, as
   the pipeline does (it prices the items a stage would claim before claiming them).
 
+* A rate limit. With ``Workload.rate_limit`` the provider admits at most
+  ``tokens_per_minute`` tokens in any sliding minute (each item costs ``tokens_per_item``);
+  a call above it comes back 429 after ``refused_call_s`` seconds with the exact wait until
+  the window has room. The package's stage waits that long (with its own jitter) and calls
+  again with the same items; a peer sees the 429 as a batch that failed whole, as today's
+  systems do, and goes on at once. A policy's `ScalingDecision.wait_seconds` passes on the
+  clock before its next batch. The oracle is the best fixed size at the best fixed pacing: a
+  window admits ``k = floor(L/n)`` whole batches (L items a minute), so a fixed size starts
+  every ``60/k`` seconds, or when the batch before it ends if that is later
+  (`_paced_seconds_per_success`).
+
 The best batch size of a phase (`find_oracle`) is searched over every integer in
 ``[min_batch_size, max_batch_size]`` on these true curves: feasible when ``q(n) >= target``,
 ``E[T(n)] <= processing_time_threshold`` and ``n < cliff``; best when
@@ -66,11 +77,13 @@ import itertools
 import math
 import random
 import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Protocol, runtime_checkable
 
 from scaling_core.budget import CostBudget
+from scaling_core import rates
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchResult, ConfidenceLevel, ScalingDecision
 
@@ -82,6 +95,7 @@ __all__ = [
     "Phase",
     "PhaseOptimum",
     "Policy",
+    "RateLimit",
     "RunMetrics",
     "RunOutcome",
     "SampledBatch",
@@ -305,6 +319,54 @@ class ItemWeights:
 WEIGHED_ORACLE_SLACK = 0.01
 """Share of items a weighed oracle size may deliver from batches over the time limit or under the target."""
 
+
+@dataclass(frozen=True, kw_only=True)
+class RateLimit:
+    """A provider's tokens-per-minute limit over a sliding minute (see the module docstring)."""
+
+    PERIOD_S = 60.0
+
+    tokens_per_minute: float
+    tokens_per_item: float
+    refused_call_s: float = 0.2
+    """Seconds a refused call (a 429) costs: the round trip, nothing processed."""
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_minute <= 0 or self.tokens_per_item <= 0 or self.refused_call_s < 0:
+            raise ValueError("a rate limit needs positive tokens and a non-negative refusal cost")
+
+    @property
+    def items_per_second(self) -> float:
+        """R, the items per second the limit admits."""
+        return self.tokens_per_minute / self.tokens_per_item / self.PERIOD_S
+
+
+class _Provider:
+    """The sliding-minute token window of a `RateLimit`, on the simulated clock."""
+
+    def __init__(self, limit: RateLimit) -> None:
+        self.limit = limit
+        self._admitted: deque[tuple[float, float]] = deque()
+        self._held = 0.0
+
+    def admit(self, at: float, items: int) -> float | None:
+        """Admit a call of `items` items at `at`: None, or the seconds until the window has room."""
+        tokens = items * self.limit.tokens_per_item
+        period = self.limit.PERIOD_S
+        while self._admitted and self._admitted[0][0] <= at - period:
+            self._held -= self._admitted.popleft()[1]
+        if self._held + tokens <= self.limit.tokens_per_minute:
+            self._admitted.append((at, tokens))
+            self._held += tokens
+            return None
+        held = self._held
+        for when, count in self._admitted:
+            held -= count
+            if held + tokens <= self.limit.tokens_per_minute:
+                return max(when + period - at, 1e-6)
+        return period  # larger than the whole limit: never admitted
+
+
 DEFAULT_MAX_TIME_RATIO = 1.10
 """Mean time / oracle a policy must keep on a workload to pass, unless the workload says otherwise."""
 
@@ -335,6 +397,8 @@ class Workload:
     """Each item's weight (tokens), drawn per run; None: items weigh nothing."""
     budget: CostBudget | None = None
     """The run's prices and cost budget; the run stops before a batch would pass `max_cost`."""
+    rate_limit: RateLimit | None = None
+    """The provider's tokens-per-minute limit (None: no limit)."""
 
     def __post_init__(self) -> None:
         if any(phase.per_weight_s for phase in self.phases) and self.weights is None:
@@ -473,7 +537,44 @@ def _best_weighed_size(phase: Phase, workload: Workload, *, quality: bool, time_
     return best
 
 
-def _best_size(phase: Phase, config: ScalingConfig, *, quality: bool, time_limit: bool) -> int | None:
+def _paced_seconds_per_success(phase: Phase, n: int, limit: RateLimit | None) -> float:
+    """Expected seconds per successful item at size `n` under the best fixed pacing of `limit`.
+
+    A sliding window of P seconds admits at most ``k = floor(L / n)`` whole batches of n items
+    (L items a window), so the best fixed pacing starts one every ``D = P / k`` seconds, and a
+    batch that takes longer than D holds the next one back: a batch costs ``E[max(D, T(n))]``.
+    With ``T = c * exp(sigma Z - sigma^2 / 2)``: ``E[max(D, T)] = D Phi(z) + c Phi(sigma - z)``,
+    ``z = (ln(D / c) + sigma^2 / 2) / sigma``; outliers are the same with ``c * outlier_factor``.
+    The spread of item costs is left out. Without a limit: `Phase.seconds_per_success`.
+    """
+    if limit is None:
+        return phase.seconds_per_success(n)
+    per_window = limit.tokens_per_minute * limit.PERIOD_S / 60.0 / limit.tokens_per_item
+    batches = math.floor(per_window / n)
+    if batches < 1:
+        return math.inf  # a batch larger than the limit is never admitted
+    spacing = limit.PERIOD_S / batches
+    sigma = phase.noise_sigma
+
+    def held_back(curve: float) -> float:
+        if sigma <= 0.0:
+            return max(spacing, curve)
+        z = (math.log(spacing / curve) + sigma * sigma / 2.0) / sigma
+        return spacing * _NORMAL.cdf(z) + curve * _NORMAL.cdf(sigma - z)
+
+    curve = phase.curve_time(n)
+    busy = (1.0 - phase.outlier_prob) * held_back(curve) + phase.outlier_prob * held_back(curve * phase.outlier_factor)
+    failure = max(spacing, phase.failure_cost_s) if phase.failure_cost_s is not None else busy
+    r = phase.transient_failure_p
+    return ((1.0 - r) * busy + r * failure) / (n * (1.0 - phase.item_failure_p) * (1.0 - r))
+
+
+_NORMAL = statistics.NormalDist()
+
+
+def _best_size(
+    phase: Phase, config: ScalingConfig, *, quality: bool, time_limit: bool, rate_limit: RateLimit | None = None
+) -> int | None:
     best: int | None = None
     best_cost = math.inf
     for n in range(config.min_batch_size, config.max_batch_size + 1):
@@ -483,7 +584,7 @@ def _best_size(phase: Phase, config: ScalingConfig, *, quality: bool, time_limit
             continue
         if time_limit and phase.expected_time(n) > config.processing_time_threshold:
             continue
-        cost = phase.seconds_per_success(n)
+        cost = _paced_seconds_per_success(phase, n, rate_limit)
         if cost < best_cost:  # strict: ties keep the smaller size
             best, best_cost = n, cost
     return best
@@ -503,19 +604,21 @@ def find_oracle(workload: Workload) -> Oracle:
             optima.append(_weighed_optimum(index, phase, workload))
             continue
         relaxed: tuple[str, ...] = ()
-        size = _best_size(phase, workload.config, quality=True, time_limit=True)
+        limit = workload.rate_limit
+        size = _best_size(phase, workload.config, quality=True, time_limit=True, rate_limit=limit)
         if size is None:
             relaxed = ("quality",)
-            size = _best_size(phase, workload.config, quality=False, time_limit=True)
+            size = _best_size(phase, workload.config, quality=False, time_limit=True, rate_limit=limit)
         if size is None:
             relaxed = ("quality", "time")
-            size = _best_size(phase, workload.config, quality=False, time_limit=False)
+            size = _best_size(phase, workload.config, quality=False, time_limit=False, rate_limit=limit)
         assert size is not None  # Workload.__post_init__ keeps min_batch_size below every cliff
+        per_success = _paced_seconds_per_success(phase, size, limit)
         optima.append(
             PhaseOptimum(
                 phase_index=index,
                 size=size,
-                seconds_per_success=phase.seconds_per_success(size),
+                seconds_per_success=per_success,
                 items=workload.phase_items(index),
                 relaxed=relaxed,
             )
@@ -675,6 +778,10 @@ class RunMetrics:
     """The run spent more than the workload's `max_cost`."""
     budget_stopped: bool = False
     """The budget stopped the run before every item succeeded."""
+    refused_share: float = 0.0
+    """Calls refused for the rate limit (429) / all calls."""
+    items_per_second: float = 0.0
+    """Successful items per second of the run."""
 
 
 @dataclass(frozen=True)
@@ -706,6 +813,10 @@ class RunOutcome:
         """True when the run spent more than the workload's `max_cost`."""
         budget = self.workload.budget
         return bool(budget and budget.max_cost is not None and (self.spent or 0.0) > budget.max_cost)
+    calls: int = 0
+    """Provider calls made, refused ones included."""
+    refused_calls: int = 0
+    """Calls refused for the rate limit (429)."""
 
     @property
     def time_ratio(self) -> float:
@@ -773,6 +884,8 @@ class RunOutcome:
             spent=self.spent,
             over_budget=self.over_budget,
             budget_stopped=self.budget_stopped,
+            refused_share=self.refused_calls / self.calls if self.calls else 0.0,
+            items_per_second=self.delivered / self.total_time if self.total_time else 0.0,
         )
 
 
@@ -797,7 +910,14 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
     budget = workload.budget
     spent: float | None = None if budget is None else 0.0
     stopped = False
+    provider = _Provider(workload.rate_limit) if workload.rate_limit is not None else None
+    honours = bool(getattr(policy, "honours_rate_limits", False))
+    # The package's own jitter: apart from the environment's draws, which must not depend on the policy.
+    jitter = random.Random(stable_seed(workload.name, seed, "jitter"))
+    calls = refused_calls = 0
+    pacing = 0.0
     while delivered < workload.total_items and len(records) < cap:
+        total_time += pacing
         asked = int(policy.get_current_batch_size())
         if asked < 1:
             raise ValueError(f"{policy_name} asked for a batch of {asked} items")
@@ -823,9 +943,15 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
             broken_cost_s=workload.broken_cost_s if broken else None,
             weight=weight,
         )
-        result = sampled.result
         if budget is not None and spent is not None:
             spent += budget.batch_cost(items=items, weight=weight) or 0.0
+        result, cause, clock = sampled.result, sampled.cause, sampled.result.processing_time
+        if provider is not None:
+            result, cause, clock, refused = _through_provider(
+                provider, result, cause, start=total_time, honours=honours, rng=jitter
+            )
+            calls += refused + (0 if cause == "rate_limited" else 1)
+            refused_calls += refused
         records.append(
             BatchRecord(
                 index=len(records),
@@ -837,16 +963,17 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
                 expected_time_s=sampled.expected_time_s,
                 failed_whole=result.failed_whole,
                 phase=phase_index,
-                cause=sampled.cause,
+                cause=cause,
             )
         )
         delivered += result.successful_items
-        total_time += result.processing_time
+        total_time += clock
         history.append(result)
         if observe is not None:
             observe(workload.total_items - delivered)
         decision = policy.evaluate_scaling(history)
         policy.apply_scaling_decision(decision)
+        pacing = decision.wait_seconds
     oracle = find_oracle(workload)
     return RunOutcome(
         workload=workload,
@@ -860,5 +987,59 @@ def simulate(workload: Workload, policy: Policy, seed: int, *, policy_name: str 
         history=history,
         spent=spent,
         budget_stopped=stopped,
+        calls=calls,
+        refused_calls=refused_calls,
     )
 
+
+def _through_provider(
+    provider: _Provider,
+    result: BatchResult,
+    cause: str | None,
+    *,
+    start: float,
+    honours: bool,
+    rng: random.Random,
+) -> tuple[BatchResult, str | None, float, int]:
+    """Send a sampled batch to the rate-limited provider at `start`.
+
+    Returns the batch as the policy sees it, its cause of failure, the seconds it took on the
+    clock (refused calls and waits included) and the calls refused. A policy that honours
+    rate limits waits as the package's stage does (`scaling_core.rates.backoff` with its
+    jitter) and calls again; any other sees the first 429 as a batch that failed whole.
+    """
+    limit = provider.limit
+    refused = 0
+    wasted = waited = 0.0
+    while (room := provider.admit(start + wasted + waited, result.total_items)) is not None:
+        refused += 1
+        wasted += limit.refused_call_s
+        wait = rates.backoff(refused, room) * (1.0 + rates.JITTER * rng.random()) if honours else 0.0
+        if not honours or waited + wait > rates.MAX_TOTAL_WAIT:
+            error = "RateLimited: HTTP 429, tokens per minute" if not honours else "RateLimitExhausted"
+            failed = BatchResult(
+                batch_id=result.batch_id,
+                batch_size=result.batch_size,
+                total_items=result.total_items,
+                successful_items=0,
+                failed_items=result.total_items,
+                processing_time=wasted,
+                confidence_distribution={ConfidenceLevel.LOW: result.total_items},
+                failed_whole=True,
+                error=error,
+                rate_limited_calls=refused,
+                rate_wait=waited,
+                ended_at=start + wasted + waited,
+            )
+            return failed, "rate_limited", wasted + waited, refused
+        waited += wait
+    elapsed = result.processing_time + wasted
+    admitted = result.model_copy(
+        update={
+            "processing_time": elapsed,
+            "rate_limited_calls": refused,
+            "rate_wait": waited,
+            "ended_at": start + elapsed + waited,
+        }
+    )
+    return admitted, cause, elapsed + waited, refused

@@ -34,17 +34,23 @@ token-time-limit          lognormal tokens (median 200, sigma 1.3), no token bud
                           6 s limit binds through the tokens of each batch (~75 items)
 cost-budget               token-budget's job with $2 per 1M tokens + $0.0001 an item and
                           $15 to spend: the run stops about halfway, within the budget
+tokens-per-minute         60,000 tokens a minute, 60 an item: 16.7 items/s from n = 20 on
+tokens-per-minute-large   2M tokens a minute, 1,000 an item: 33.3 items/s from n = 200 on
 ========================  ==============================================================
 
-The last three weigh their items (`ItemWeights`): a batch's time is fixed + per item + per
+token-budget, token-time-limit and cost-budget weigh their items (`ItemWeights`): a batch's time is fixed + per item + per
 token, and a batch takes items only while their tokens stay within `max_batch_weight`.
+
+On the two rate-limited jobs a call above the limit comes back 429 (see `bench.simulator`);
+the oracle is the best fixed size at the best fixed pacing, and the bench also reports the
+items per second of each policy against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from bench.simulator import ItemWeights, Phase, Workload
+from bench.simulator import ItemWeights, Phase, RateLimit, Workload
 from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 
@@ -353,6 +359,22 @@ WORKLOADS: tuple[Workload, ...] = (
         name="cost-budget",
         description="token-budget's job at $2 per 1M tokens and $0.0001 an item, with $15 to spend: the run stops about halfway.",
         budget=CostBudget(cost_per_item=0.0001, cost_per_weight_unit=0.000002, max_cost=15.0),
+    ),
+    Workload(
+        name="tokens-per-minute",
+        description="LLM labelling under a 60,000 tokens-per-minute limit (LangChain #15767): 429 above it.",
+        config=_config(initial=20, min_size=5, max_size=400, time_limit_s=6.0),
+        total_items=30_000,
+        rate_limit=RateLimit(tokens_per_minute=60_000, tokens_per_item=60),
+        phases=(Phase(fixed_s=1.0, per_item_s=0.01, noise_sigma=0.15, q0=0.96, item_failure_p=0.01),),
+    ),
+    Workload(
+        name="tokens-per-minute-large",
+        description="Long prompts under a 2M tokens-per-minute limit: the limit binds only from 200 items a call.",
+        config=_config(initial=32, min_size=8, max_size=1000, time_limit_s=8.0),
+        total_items=75_000,
+        rate_limit=RateLimit(tokens_per_minute=2_000_000, tokens_per_item=1_000),
+        phases=(Phase(fixed_s=2.0, per_item_s=0.02, noise_sigma=0.12, q0=0.97, item_failure_p=0.005),),
     ),
 )
 

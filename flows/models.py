@@ -136,12 +136,28 @@ class StageSummary(BaseModel):
     suspects_of: int | None = None
     """A crash-isolation stage: the crashed batch whose suspects it claimed."""
     error: str | None = None
+    calls: int = 0
+    """Processor calls the stage made that were answered (its chunks), refused ones aside."""
+    rate_limited_calls: int = 0
+    """Calls refused for the provider's rate limit (429) and made again with the same items."""
+    rate_wait: float = 0.0
+    """Seconds the stage waited on those refusals (not part of `seconds`)."""
 
     @classmethod
     def of(
-        cls, stage: int, batch_id: int, result: BatchResult, *, timed_out: bool = False, suspects_of: int | None = None
+        cls,
+        stage: int,
+        batch_id: int,
+        result: BatchResult,
+        *,
+        timed_out: bool = False,
+        suspects_of: int | None = None,
+        calls: int = 0,
     ) -> StageSummary:
         return cls(
+            calls=calls,
+            rate_limited_calls=result.rate_limited_calls,
+            rate_wait=result.rate_wait,
             stage=stage,
             batch_id=batch_id,
             suspects_of=suspects_of,

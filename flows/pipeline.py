@@ -60,6 +60,7 @@ from flows.progress import RunInterrupted, RunOpened, StageDone, notify
 from flows.report import artifact_rows, size_changes, stage_rows
 from flows.stage import close_children, process_stage
 from scaling_core import CostBudget, ItemSource, ScalingConfig, ScalingDecision, store
+from scaling_core.rates import ConcurrencyLimit
 from scaling_core.runs import (
     BudgetReached,
     NextStage,
@@ -192,6 +193,8 @@ async def _run_stages(
     engine = database.get_engine()
     size = opened.batch_size
     weight: float | None = None  # what the scaling task lets the next batch weigh (None: max_batch_weight)
+    # With parallelism, the chunks a stage is cut into follow an AIMD limit on 429s (`rates.ConcurrencyLimit`).
+    concurrency = ConcurrencyLimit(execution.parallelism) if execution.parallelism > 1 else None
     progress_shown = time.monotonic()
     pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
     while True:
@@ -236,7 +239,18 @@ async def _run_stages(
             suspects_of=None if suspects is None else suspects.batch_id,
             budget=budget,
             max_weight=weight if suspects is None else None,
+            concurrency=None if concurrency is None else concurrency.limit,
         )
+        if concurrency is not None and stage.calls:
+            before = concurrency.limit
+            if concurrency.record(calls=stage.calls, rate_limited=stage.rate_limited_calls) != before:
+                get_run_logger().info(
+                    "Stage %s: %s of its calls came back rate limited; chunks a stage %s -> %s (AIMD)",
+                    stage.stage,
+                    stage.rate_limited_calls,
+                    before,
+                    concurrency.limit,
+                )
         if stage.items == 0:  # another worker took the last pending items
             pending, suspects = await asyncio.to_thread(_ready_for_stage, engine, opened.run_id, alive)
             continue
@@ -292,6 +306,9 @@ async def _run_stages(
             )
         )
         size, weight = next_stage.batch_size, next_stage.max_weight
+        if next_stage.wait_seconds > 0:
+            # The decision's reason (logged by the scaling task, shown in the UI) says why.
+            await asyncio.sleep(next_stage.wait_seconds)
         # An API call each: at most one per interval (the run's end sets 100 %).
         if time.monotonic() - progress_shown >= PROGRESS_INTERVAL:
             await aupdate_progress_artifact(progress_id, progress=tally.progress)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +25,7 @@ from flows.models import ExecutionOptions, ProcessorPath, StageSummary
 from scaling_core import BatchManager, ClaimedBatch, CostBudget, Item, ItemResult, ScalingConfig
 from scaling_core.isolation import ProcessorCrashed, ProcessorProcess
 from scaling_core.processing import call_in_daemon_thread, call_with_timeout, load_processor, run_processor
+from scaling_core.rates import MAX_TOTAL_WAIT, RateLimited, RateWaits, call_retrying_rate_limits
 
 
 
@@ -50,15 +53,42 @@ async def _name_stage(pipeline: str, stage: int, batch_size: int) -> None:
 @task(name="process-chunk", task_run_name="process-{size}-items", cache_policy=NO_CACHE)
 def process_chunk(
     processor: str, items: list[dict[str, Any]], scaling: ScalingConfig, size: int, timeout: float
-) -> list[dict[str, Any]]:
-    """Run the processor on one chunk of a batch (on the flow's task runner, Dask included)."""
+) -> dict[str, Any]:
+    """Run the processor on one chunk of a batch (on the flow's task runner, Dask included).
+
+    Returns the chunk's results (`"results"`) and what rate limits cost it (`"rate_limited_calls"`,
+    `"waited"`): plain data, which Dask pickles.
+    """
     chunk = [Item(id=i["id"], payload=i["payload"], weight=i.get("weight")) for i in items]
-    return call_with_timeout(lambda: _process(processor, chunk, scaling), timeout)
+    return _process(processor, chunk, scaling, timeout, where=f"A chunk of {size} items")
 
 
-def _process(processor: str, items: list[Item], scaling: ScalingConfig) -> list[dict[str, Any]]:
-    results = run_processor(load_processor(processor), items, scaling)
-    return [result.model_dump(mode="json") for result in results]
+def _process(
+    processor: str, items: list[Item], scaling: ScalingConfig, timeout: float, *, where: str
+) -> dict[str, Any]:
+    function = load_processor(processor)
+    # Each call has the stage timeout; the waits between calls refused for a rate limit do not
+    # count against it (they are bounded by `rates.MAX_TOTAL_WAIT`).
+    results, waits = call_retrying_rate_limits(
+        lambda: call_with_timeout(lambda: run_processor(function, items, scaling), timeout),
+        on_wait=_log_wait(where, len(items)),
+    )
+    return _answer([result.model_dump(mode="json") for result in results], waits)
+
+
+def _answer(results: list[dict[str, Any]], waits: RateWaits) -> dict[str, Any]:
+    return {"results": results, "rate_limited_calls": waits.rate_limited_calls, "waited": waits.waited}
+
+
+def _log_wait(where: str, items: int) -> Callable[[RateLimited, float], None]:
+    logger = get_run_logger()
+
+    def log(error: RateLimited, wait: float) -> None:
+        said = f", Retry-After {error.retry_after:g} s" if error.retry_after is not None else ""
+        # One line per wait, no traceback: a rate limit is expected, not a fault.
+        logger.warning("%s: rate limited (%s%s); waiting %.1f s, then the same %s items again", where, error, said, wait, items)
+
+    return log
 
 
 _children: dict[str, ProcessorProcess] = {}
@@ -71,31 +101,56 @@ def close_children() -> None:
         _children.popitem()[1].close()
 
 
-def _in_child(processor: str, items: list[Item], scaling: ScalingConfig, timeout: float) -> list[dict[str, Any]]:
+def _in_child(
+    processor: str, items: list[Item], scaling: ScalingConfig, timeout: float, *, where: str
+) -> dict[str, Any]:
     if processor not in _children:
         _children[processor] = ProcessorProcess(processor)
     child = _children[processor]
-    return [result.model_dump(mode="json") for result in child.run(items, scaling, timeout=timeout)]
+    results, waits = call_retrying_rate_limits(
+        lambda: child.run(items, scaling, timeout=timeout), on_wait=_log_wait(where, len(items))
+    )
+    return _answer([result.model_dump(mode="json") for result in results], waits)
+
+
+@dataclass(frozen=True, slots=True)
+class _Processed:
+    """A batch's results, its calls, and what rate limits cost it."""
+
+    results: list[dict[str, Any]]
+    calls: int
+    waits: RateWaits
 
 
 async def _run_processor(
-    claimed: ClaimedBatch, processor: str, scaling: ScalingConfig, execution: ExecutionOptions
-) -> list[dict[str, Any]]:
+    claimed: ClaimedBatch,
+    processor: str,
+    scaling: ScalingConfig,
+    execution: ExecutionOptions,
+    concurrency: int | None,
+    where: str,
+) -> _Processed:
     timeout = execution.stage_timeout_seconds
     if execution.isolate_processor:
-        return await asyncio.wrap_future(
-            call_in_daemon_thread(lambda: _in_child(processor, claimed.items, scaling, timeout))
+        answer = await asyncio.wrap_future(
+            call_in_daemon_thread(lambda: _in_child(processor, claimed.items, scaling, timeout, where=where))
         )
-    parts = max(1, min(execution.parallelism, len(claimed.items)))
+        return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
+    # As many chunks as the run's AIMD limit on 429s allows (`concurrency`), all at once: a
+    # stage's calls then all start with it, as the rate pacer counts them.
+    parts = max(1, min(execution.parallelism, concurrency or execution.parallelism, len(claimed.items)))
     if parts == 1 and not execution.uses_dask:
         # One chunk in this process: a task run around it would only add its API calls to
         # the critical path between two processor calls. A daemon thread, not the loop's
         # executor: an interrupted stage must not wait for the processor's answer to exit
         # (the stage's `wait_for` bounds the wait otherwise).
-        return await asyncio.wrap_future(call_in_daemon_thread(lambda: _process(processor, claimed.items, scaling)))
+        answer = await asyncio.wrap_future(
+            call_in_daemon_thread(lambda: _process(processor, claimed.items, scaling, timeout, where=where))
+        )
+        return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
     size = -(-len(claimed.items) // parts)
     chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
-    futures: list[PrefectFuture[list[dict[str, Any]]]] = [
+    futures: list[PrefectFuture[dict[str, Any]]] = [
         process_chunk.submit(
             processor,
             [{"id": item.id, "payload": item.payload, "weight": item.weight} for item in chunk],
@@ -106,8 +161,21 @@ async def _run_processor(
         for chunk in chunks
     ]
     # `result()` blocks; wait in threads so the event loop stays free for Prefect's own work.
-    results = await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
-    return [result for part in results for result in part]
+    answers = await asyncio.gather(*(asyncio.to_thread(future.result) for future in futures))
+    return _Processed(
+        [result for answer in answers for result in answer["results"]],
+        len(chunks),
+        # Chunks wait side by side: the longest wait is the one the stage's time holds.
+        RateWaits(
+            sum(answer["rate_limited_calls"] for answer in answers),
+            max(answer["waited"] for answer in answers),
+        ),
+    )
+
+
+def _stage_timeout(execution: ExecutionOptions) -> float:
+    """The bound on a whole stage: each call has the stage timeout, and rate-limit waits come on top."""
+    return execution.stage_timeout_seconds + MAX_TOTAL_WAIT
 
 
 @flow(
@@ -128,6 +196,7 @@ async def process_stage(
     suspects_of: int | None = None,
     budget: CostBudget | None = None,
     max_weight: float | None = None,
+    concurrency: int | None = None,
 ) -> StageSummary:
     """One batch: claim `batch_size` pending items, process them, write every result in bulk.
 
@@ -141,6 +210,10 @@ async def process_stage(
     With `execution.isolate_processor`, a processor whose child process dies crashes the
     batch: each item counts an attempt and becomes a crash suspect. With `suspects_of`, the
     stage claims only the crash suspects of that batch (a crash-isolation stage).
+    A call refused for a rate limit (`scaling_core.rates.RateLimited`, an httpx 429, an
+    `openai.RateLimitError`) fails nothing: the stage waits and calls again with the same
+    items, and the wait is left out of the batch's time. With `concurrency` (the run's AIMD
+    limit), the batch is cut into at most that many chunks.
     Only a store error escapes a stage: a store that went away may be back after a pause, so
     the stage is tried again (`retrying_store_errors`), and then fails with a `StoreError`
     naming the database.
@@ -158,6 +231,7 @@ async def process_stage(
             suspects_of,
             budget,
             scaling.weight_cap(max_weight),
+            concurrency,
         ),
         what=f"A stage of size {batch_size} could not use the store",
     )
@@ -175,6 +249,7 @@ async def _stage(
     suspects_of: int | None,
     budget: CostBudget | None,
     max_weight: float | None,
+    concurrency: int | None,
 ) -> StageSummary:
     logger = get_run_logger()
     with database.named_errors():
@@ -195,8 +270,9 @@ async def _stage(
         try:
             started = time.perf_counter()
             try:
-                raw = await asyncio.wait_for(
-                    _run_processor(claimed, processor, scaling, execution), timeout=execution.stage_timeout_seconds
+                processed = await asyncio.wait_for(
+                    _run_processor(claimed, processor, scaling, execution, concurrency, f"Stage {claimed.stage}"),
+                    timeout=_stage_timeout(execution),
                 )
             except ProcessorCrashed as crash:
                 lost = batches.crash_batch(claimed, str(crash))
@@ -238,16 +314,21 @@ async def _stage(
                     timed_out=isinstance(error, TimeoutError),
                     suspects_of=suspects_of,
                 )
-            seconds = time.perf_counter() - started
-            result = batches.complete_batch(claimed, [ItemResult.model_validate(r) for r in raw], seconds)
+            seconds = time.perf_counter() - started - processed.waits.waited
+            result = batches.complete_batch(
+                claimed, [ItemResult.model_validate(r) for r in processed.results], seconds, rate=processed.waits
+            )
         finally:
             await naming
     logger.info(
-        "Stage %s: %s items, %s succeeded, High share %.2f, %.2f s",
+        "Stage %s: %s items, %s succeeded, High share %.2f, %.2f s%s",
         claimed.stage,
         result.total_items,
         result.successful_items,
         result.high_share,
         seconds,
+        f" (and {result.rate_wait:.1f} s waiting on {result.rate_limited_calls} rate-limited calls)"
+        if result.rate_limited_calls
+        else "",
     )
-    return StageSummary.of(claimed.stage, claimed.batch_id, result, suspects_of=suspects_of)
+    return StageSummary.of(claimed.stage, claimed.batch_id, result, suspects_of=suspects_of, calls=processed.calls)

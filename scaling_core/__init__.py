@@ -24,6 +24,7 @@ from scaling_core.processing import (
     run_processor,
     summarize_batch,
 )
+from scaling_core.rates import RateLimited, rate_limited_from, translate_rate_limits
 from scaling_core.results import (
     BatchResult,
     ConfidenceLevel,
@@ -51,6 +52,7 @@ __all__ = [
     "ProcessorContractError",
     "ProcessorError",
     "ProgressTracker",
+    "RateLimited",
     "ScalingAction",
     "ScalingConfig",
     "ScalingDecision",
@@ -65,8 +67,10 @@ __all__ = [
     "load_processor",
     "make_engine",
     "normalize_results",
+    "rate_limited_from",
     "redact_url",
     "run_processor",
     "summarize_batch",
+    "translate_rate_limits",
     "validate_source",
 ]

@@ -67,6 +67,14 @@ class ScalingConfig(BaseModel):
         le=1.0,
         description="An item whose confidence is at least this (and below the High level) counts as Medium.",
     )
+    rate_limit_period_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description=(
+            "The period over which the provider states its rate limit, in seconds: 60 for limits per "
+            "minute (tokens or requests per minute), 1 for limits per second."
+        ),
+    )
 
     max_batch_weight: float | None = Field(
         default=None,

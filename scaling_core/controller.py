@@ -20,6 +20,7 @@ from scaling_core.budget import CostBudget
 from scaling_core.config import ScalingConfig
 from scaling_core.manager import PerformanceSnapshot, ScalingManager
 from scaling_core.processing import summarize_batch
+from scaling_core.rates import RateWaits
 from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult, ScalingDecision
 from scaling_core.sources import Item
 
@@ -118,10 +119,13 @@ class BatchManager:
         )
 
     def complete_batch(
-        self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float
+        self, batch: ClaimedBatch, results: Sequence[ItemResult], seconds: float, *, rate: RateWaits | None = None
     ) -> BatchResult:
-        """Write every item's result and the batch summary in one transaction."""
-        summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds)
+        """Write every item's result and the batch summary in one transaction.
+
+        `rate`: the calls refused for a rate limit and the seconds waited on them (not in `seconds`).
+        """
+        summary = summarize_batch(str(batch.batch_id), batch.batch_size, list(results), seconds, rate=rate)
         if batch.total_weight is not None:
             summary = summary.model_copy(update={"total_weight": batch.total_weight})
         with store.open_session(self.engine) as session:
@@ -147,7 +151,9 @@ class BatchManager:
             return None
         return {item.id: self.budget.batch_cost(items=1, weight=item.weight) or 0.0 for item in batch.items}
 
-    def fail_batch(self, batch: ClaimedBatch, error: str, seconds: float) -> BatchResult:
+    def fail_batch(
+        self, batch: ClaimedBatch, error: str, seconds: float, *, rate: RateWaits | None = None
+    ) -> BatchResult:
         """Record a batch that failed whole; its items go back to pending."""
         summary = BatchResult(
             batch_id=str(batch.batch_id),
@@ -160,6 +166,8 @@ class BatchManager:
             failed_whole=True,
             error=error,
             total_weight=batch.total_weight,
+            rate_limited_calls=rate.rate_limited_calls if rate is not None else 0,
+            rate_wait=rate.waited if rate is not None else 0.0,
         )
         with store.open_session(self.engine) as session:
             charge = (

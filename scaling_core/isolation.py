@@ -26,6 +26,7 @@ from typing import Any
 
 from scaling_core.config import ScalingConfig
 from scaling_core.processing import ItemLike, load_processor, run_processor
+from scaling_core.rates import rate_limited_from
 from scaling_core.results import ItemResult
 from scaling_core.sources import Item
 
@@ -174,7 +175,11 @@ def _serve(connection: Connection, processor: str, path: list[str]) -> None:
 
 def _portable(error: Exception) -> Exception:
     # The parent re-raises what the processor raised; an exception that cannot cross the pipe
-    # is replaced by one that keeps its type's name and message.
+    # is replaced by one that keeps its type's name and message. A rate-limited call crosses
+    # as `RateLimited`, so that the parent waits and retries it (an httpx error does not pickle).
+    limited = rate_limited_from(error)
+    if limited is not None:
+        return limited
     try:
         pickle.loads(pickle.dumps(error))
     except Exception:

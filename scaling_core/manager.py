@@ -42,6 +42,7 @@ from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
 from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
+from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
@@ -123,6 +124,8 @@ class ScalingManager:
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._changes = 0
+        self.pacer = RatePacer(self.config.rate_limit_period_seconds)
+        """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
 
     # -- the decision protocol ---------------------------------------------------------------
 
@@ -136,6 +139,45 @@ class ScalingManager:
         return self._current_max_weight
 
     def evaluate_scaling(
+        self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
+    ) -> ScalingDecision:
+        """Decide the next batch size from the ordered history (oldest first), and the wait before it.
+
+        The size comes from `_decide_size`; the wait (`ScalingDecision.wait_seconds`) from the
+        manager's `RatePacer`, which is 0 until a batch met a rate limit (HTTP 429).
+        """
+        if batches is None and self.store is not None:
+            batches = self.store.recent_batches(self.HISTORY)
+        decision = self._decide_size(batches, remaining_items=remaining_items)
+        # -- rate limits (scaling_core.rates): once a 429 taught the ceiling, a batch is kept to a
+        # small share of it and starts when the window has room.
+        pacing = (
+            self.pacer.pacing(batches[-self.HISTORY :], decision.new_batch_size, whole=len(batches) < self.HISTORY)
+            if batches
+            else None
+        )
+        if pacing is None or pacing.ceiling is None:
+            return decision
+        size, reason = decision.new_batch_size, decision.reason
+        if pacing.max_size is not None and self.config.clamp(pacing.max_size) < size:
+            size = self.config.clamp(pacing.max_size)
+            reason += f"; at most {size} items a batch under the learned rate limit"
+        if pacing.wait_seconds > 0.0:
+            reason += f"; {pacing.reason}"
+        if (size, reason) == (decision.new_batch_size, decision.reason):
+            return decision
+        base = batches[-1].asked_size if batches else size
+        metrics = {
+            **decision.performance_metrics,
+            "rate_ceiling_per_minute": pacing.ceiling.per_minute,
+            "pacing_wait_s": pacing.wait_seconds,
+        }
+        return self._decision(base, size, reason, metrics).model_copy(
+            # A smaller size only makes the weight its batch may take within the time limit larger.
+            update={"wait_seconds": pacing.wait_seconds, "max_weight": decision.max_weight}
+        )
+
+    def _decide_size(
         self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
     ) -> ScalingDecision:
         """Decide the next batch size from the ordered history (oldest first).

@@ -33,6 +33,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import ValidationError
 
 from scaling_core.config import ScalingConfig
+from scaling_core.rates import RateWaits
 from scaling_core.results import BatchResult, ConfidenceLevel, ItemResult
 
 __all__ = [
@@ -327,11 +328,14 @@ def summarize_batch(
     processing_time: float,
     *,
     keep_item_results: bool = False,
+    rate: RateWaits | None = None,
 ) -> BatchResult:
     """Count checked results into the `BatchResult` of one batch.
 
     Failed items count as Low in the confidence distribution, which always holds all three
-    levels. Results must carry their level (as `normalize_results` returns them).
+    levels. Results must carry their level (as `normalize_results` returns them). `rate`
+    holds the calls refused for a rate limit and the seconds waited on them, which
+    `processing_time` must not include.
 
     Example:
         >>> summarize_batch("b1", 50, run_processor(processor, items, config), processing_time=2.4)
@@ -359,6 +363,8 @@ def summarize_batch(
         processing_time=processing_time,
         confidence_distribution=distribution,
         item_results=list(results) if keep_item_results else None,
+        rate_limited_calls=rate.rate_limited_calls if rate is not None else 0,
+        rate_wait=rate.waited if rate is not None else 0.0,
     )
 
 

@@ -81,6 +81,15 @@ class BatchResult(BaseModel):
     item_results: list[ItemResult] | None = None
     total_weight: float | None = None
     """Summed weight of the batch's items (tokens, characters, bytes), when the items have weights."""
+    rate_limited_calls: int = Field(default=0, ge=0)
+    """Calls of this batch that the provider refused for its rate limit (HTTP 429) and that
+    were made again with the same items; the `RatePacer` learns the ceiling from them."""
+    rate_wait: float = Field(default=0.0, ge=0.0)
+    """Seconds waited on those refusals, left out of `processing_time` (a wait is not a cost
+    of the batch's size)."""
+    ended_at: float | None = None
+    """When the batch ended, in seconds since the epoch (the store's record of it); the
+    pacer's clock. None when not recorded."""
 
     @model_validator(mode="after")
     def _check_counts(self) -> Self:
@@ -181,4 +190,7 @@ class ScalingDecision(BaseModel):
     """The most summed item weight the next batch may take: its time limit read through the
     cost of item weights (None without a significant weight cost). A stage claims up to
     `new_batch_size` items within it, so a run of heavy items makes the batch smaller."""
+    wait_seconds: float = Field(default=0.0, ge=0.0)
+    """Seconds to wait before the next batch to stay under a learned rate limit
+    (`scaling_core.rates.RatePacer`); the `reason` says so when it is not 0."""
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))

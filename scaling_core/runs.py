@@ -112,6 +112,8 @@ class NextStage(BaseModel):
     stop: str | None = None
     unmet: tuple[str, ...] = ()
     reason: str = ""
+    wait_seconds: float = Field(default=0.0, ge=0.0)
+    """Seconds to wait before the stage, to stay under a learned rate limit."""
 
     @classmethod
     def of(cls, decision: ScalingDecision) -> NextStage:
@@ -122,6 +124,7 @@ class NextStage(BaseModel):
             stop=decision.reason if "deterministic_failures" in metrics else None,
             unmet=tuple(name for name in ("quality", "time") if f"{name}_unmet" in metrics),
             reason=decision.reason,
+            wait_seconds=decision.wait_seconds,
         )
 
 

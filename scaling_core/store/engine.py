@@ -189,7 +189,14 @@ def _upgrade(connection: Connection) -> None:
     # `create_all` makes missing tables only: what later versions added to existing tables
     # is added here, to stores made before.
     added = {
-        "batch_record": {"suspects_of": "INTEGER", "total_weight": "FLOAT", "cost": "FLOAT"},
+        "batch_record": {
+            "suspects_of": "INTEGER",
+            "total_weight": "FLOAT",
+            "cost": "FLOAT",
+            "rate_limited_calls": "INTEGER NOT NULL DEFAULT 0",
+            "rate_wait_seconds": "FLOAT NOT NULL DEFAULT 0",
+            "ended_at": "FLOAT",
+        },
         "ledger_item": {"weight": "FLOAT", "cost": "FLOAT"},
     }
     for table, columns in added.items():

@@ -189,10 +189,11 @@ def finish_batch(session: Session, batch_id: int, result: BatchResult, *, cost: 
 
     One UPDATE by key: loading the record first would cost a SELECT on the stage's critical path.
     """
+    finished = now()
     session.execute(
         update(_BATCHES)
         .where(_BATCHES.c.id == batch_id)
-        .values(**BatchOutcome.of(result, cost=cost).model_dump(), finished_at=now())
+        .values(**BatchOutcome.of(result, cost=cost).model_dump(), finished_at=finished, ended_at=finished.timestamp())
     )
 
 

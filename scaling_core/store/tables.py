@@ -161,6 +161,10 @@ class BatchOutcome(SQLModel):
     """Summed weight of the batch's items; None when the run weighs nothing."""
     cost: float | None = None
     """What the batch cost (items x cost_per_item + weight x cost_per_weight_unit); None without prices."""
+    rate_limited_calls: int = 0
+    """Calls refused for the provider's rate limit (429) and made again with the same items."""
+    rate_wait_seconds: float = 0.0
+    """Seconds waited on those refusals; not part of `seconds`."""
 
     @classmethod
     def of(cls, result: BatchResult, *, cost: float | None = None) -> BatchOutcome:
@@ -178,6 +182,8 @@ class BatchOutcome(SQLModel):
             error=result.error,
             total_weight=result.total_weight,
             cost=cost,
+            rate_limited_calls=result.rate_limited_calls,
+            rate_wait_seconds=result.rate_wait,
         )
 
 
@@ -195,6 +201,9 @@ class BatchRecord(BatchOutcome, table=True):
     worker: str | None = Field(default=None, max_length=64)
     started_at: datetime = Field(default_factory=now)
     finished_at: datetime | None = None
+    ended_at: float | None = None
+    """`finished_at` in seconds since the epoch: the rate pacer's clock, read with the history
+    without parsing a timestamp per row (that would add a fifth to the read)."""
     suspects_of: int | None = None
     """A crash-isolation batch: the id of the crashed batch whose items it re-ran. Its size was
     forced small to find the item that crashes, so the manager does not learn from it."""
@@ -202,7 +211,7 @@ class BatchRecord(BatchOutcome, table=True):
 
 RESULT_COLUMNS: tuple[str, ...] = (
     "id", "batch_size", "total_items", "successful_items", "failed_items", "high", "medium", "low", "seconds",
-    "status", "error", "total_weight",
+    "status", "error", "total_weight", "rate_limited_calls", "rate_wait_seconds", "ended_at",
 )
 """The columns of a batch record that `to_result` reads."""
 
@@ -230,6 +239,9 @@ def to_result(row: Mapping[str, Any]) -> BatchResult:
         failed_whole=failed_whole,
         error=row["error"],
         total_weight=row["total_weight"],
+        rate_limited_calls=row["rate_limited_calls"],
+        rate_wait=row["rate_wait_seconds"],
+        ended_at=row["ended_at"],
     )
 
 

@@ -14,7 +14,7 @@ def test_exported_names_are_exactly_the_public_ones() -> None:
     public = {name for name in vars(scaling_core) if not name.startswith("_")}
     modules = {
         "budget", "config", "controller", "failures", "growth", "isolation", "limits", "manager", "predictions", "processing",
-        "quality", "results", "runs", "settings", "shifts", "sources", "store", "samples", "window",
+        "quality", "rates", "results", "runs", "settings", "shifts", "sources", "store", "samples", "window",
     }
     assert set(scaling_core.__all__) == public - modules
     assert all(hasattr(scaling_core, name) for name in scaling_core.__all__)
