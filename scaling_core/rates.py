@@ -360,11 +360,15 @@ class RatePacer:
         `whole`: `batches` is the whole history (nothing before it was cut off), so a window
         that reaches before its first batch is complete all the same.
         """
-        first = _admitted(batches[0]) if batches else None
         best: RateCeiling | None = None
-        for index, batch in enumerate(batches):
+        refused = [index for index, batch in enumerate(batches) if batch.rate_limited_calls]
+        if not refused:
+            return None  # no 429 yet: nothing to learn (the common case, read on every decision)
+        first = _admitted(batches[0])
+        for index in refused:
+            batch = batches[index]
             at = _admitted(batch)
-            if batch.rate_limited_calls == 0 or at is None:
+            if at is None:
                 continue
             refused_at = at - batch.rate_wait
             if not whole and (first is None or first > refused_at - self.period):
