@@ -124,7 +124,10 @@ def test_a_signal_to_the_group_stops_the_run_cleanly_and_the_rerun_resumes_it(
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
 
-    assert process.returncode == 128 + signals[0], stderr  # 130 after Ctrl-C, 143 after SIGTERM
+    # 130 after Ctrl-C, 143 after SIGTERM. A second signal that lands while the interpreter is
+    # already exiting (it puts the default handlers back) ends the process by that signal, which
+    # shells and service managers report as the same status.
+    assert process.returncode in (128 + signals[0], -signals[-1]), stderr
     assert waited < EXIT_WITHIN_SECONDS, f"exit {waited:.1f} s after the signal"
     assert "Traceback" not in stderr and "ConnectError" not in stderr, stderr
     assert children, "the command started no temporary server"
