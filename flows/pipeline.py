@@ -238,7 +238,7 @@ async def _run_stages(
             worker=worker,
             suspects_of=None if suspects is None else suspects.batch_id,
             budget=budget,
-            max_weight=weight if suspects is None else None,
+            max_weight=stage_weight,
             concurrency=None if concurrency is None else concurrency.limit,
         )
         if concurrency is not None and stage.calls:

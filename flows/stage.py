@@ -121,6 +121,11 @@ class _Processed:
     calls: int
     waits: RateWaits
 
+    @classmethod
+    def of(cls, answer: dict[str, Any]) -> _Processed:
+        """One call's answer (`_answer`)."""
+        return cls(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
+
 
 async def _run_processor(
     claimed: ClaimedBatch,
@@ -135,7 +140,7 @@ async def _run_processor(
         answer = await asyncio.wrap_future(
             call_in_daemon_thread(lambda: _in_child(processor, claimed.items, scaling, timeout, where=where))
         )
-        return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
+        return _Processed.of(answer)
     # As many chunks as the run's AIMD limit on 429s allows (`concurrency`), all at once: a
     # stage's calls then all start with it, as the rate pacer counts them.
     parts = max(1, min(execution.parallelism, concurrency or execution.parallelism, len(claimed.items)))
@@ -147,7 +152,7 @@ async def _run_processor(
         answer = await asyncio.wrap_future(
             call_in_daemon_thread(lambda: _process(processor, claimed.items, scaling, timeout, where=where))
         )
-        return _Processed(answer["results"], 1, RateWaits(answer["rate_limited_calls"], answer["waited"]))
+        return _Processed.of(answer)
     size = -(-len(claimed.items) // parts)
     chunks = [claimed.items[i : i + size] for i in range(0, len(claimed.items), size)]
     futures: list[PrefectFuture[dict[str, Any]]] = [

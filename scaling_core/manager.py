@@ -146,7 +146,9 @@ class ScalingManager:
         The size comes from `_decide_size`; the wait (`ScalingDecision.wait_seconds`) from the
         manager's `RatePacer`, which is 0 until a batch met a rate limit (HTTP 429).
         """
-        if batches is None and self.store is not None:
+        if batches is None:
+            if self.store is None:
+                raise ValueError("evaluate_scaling needs batches when the manager has no store")
             batches = self.store.recent_batches(self.HISTORY)
         decision = self._decide_size(batches, remaining_items=remaining_items)
         # -- rate limits (scaling_core.rates): once a 429 taught the ceiling, a batch is kept to a
@@ -177,22 +179,16 @@ class ScalingManager:
             update={"wait_seconds": pacing.wait_seconds, "max_weight": decision.max_weight}
         )
 
-    def _decide_size(
-        self, batches: Sequence[BatchResult] | None = None, *, remaining_items: int | None = None
-    ) -> ScalingDecision:
+    def _decide_size(self, batches: Sequence[BatchResult], *, remaining_items: int | None = None) -> ScalingDecision:
         """Decide the next batch size from the ordered history (oldest first).
 
-        With `batches=None` the recent history is read from the store. `remaining_items`,
-        when given, lets the manager skip exploration that too few items are left to repay.
+        `remaining_items`, when given, lets the manager skip exploration that too few items are
+        left to repay.
         Never raises on a legal history: an empty one, zero-item batches, batches where every
         item failed and zero processing times all give a decision.
         """
         if remaining_items is not None and remaining_items < 0:
             raise ValueError(f"remaining_items must not be negative, got {remaining_items}")
-        if batches is None:
-            if self.store is None:
-                raise ValueError("evaluate_scaling needs batches when the manager has no store")
-            batches = self.store.recent_batches(self.HISTORY)
         history = list(batches[-self.HISTORY :])
         config = self.config
         base = config.clamp(history[-1].asked_size if history else self._current_batch_size)

@@ -45,6 +45,8 @@ class RecentFit(NamedTuple):
     """Its seconds of each of the last `RECENT_COST` timings (empty without a fit)."""
     weighed: WeightedCostFit | None = None
     """The fit with item weights, when the batches carry them and their weight costs time."""
+    weight_per_item: float | None = None
+    """The weight per item of the last `RECENT_WEIGHT` batches, which `fit` reads `weighed` at."""
 
 
 class ViewNumbers(NamedTuple):
@@ -199,12 +201,20 @@ class EvidenceWindow:
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
         weights = [v.weight for v, _ in timed]
-        recent_fit = cls._fit(timings[change:], weights[change:], metrics)
+        recent_fit = cls._fit(timings[change:], weights[change:])
         shock = cls._shock(timings[change:], recent_fit.expected, recent_fit.noise)
         if shock:
             change += shock
-            recent_fit = cls._fit(timings[change:], weights[change:], metrics)
+            recent_fit = cls._fit(timings[change:], weights[change:])
         fit, noise = recent_fit.fit, recent_fit.noise
+        if recent_fit.weighed is not None and recent_fit.weight_per_item is not None:
+            metrics.update(
+                {
+                    "seconds_per_weight_unit": recent_fit.weighed.per_weight,
+                    "seconds_per_item_alone": recent_fit.weighed.per_item,
+                    "recent_weight_per_item": recent_fit.weight_per_item,
+                }
+            )
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
@@ -253,12 +263,7 @@ class EvidenceWindow:
         )
 
     @classmethod
-    def _fit(
-        cls,
-        timings: Sequence[Timing],
-        weights: Sequence[float | None] = (),
-        metrics: dict[str, float] | None = None,
-    ) -> RecentFit:
+    def _fit(cls, timings: Sequence[Timing], weights: Sequence[float | None] = ()) -> RecentFit:
         """The fit of the recent `timings`: every batch kept (the time limit is on expected
         time, outliers included), with the robust spread (1.4826 * MAD) of its log residuals.
 
@@ -273,7 +278,7 @@ class EvidenceWindow:
         if recent_weights and all(w is not None and w > 0 for w in recent_weights):
             weighed = fit_weighted_costs(
                 [n for n, _ in recent],
-                [float(w) for w in recent_weights if w is not None],
+                [float(w or 0.0) for w in recent_weights],
                 [t for _, t in recent],
                 half_life=cls.COST_HALF_LIFE,
                 weight_t=cls.WEIGHT_T,
@@ -283,15 +288,9 @@ class EvidenceWindow:
                 last_weight = sum(w for w in recent_weights[-cls.RECENT_WEIGHT :] if w is not None)
                 per_item_weight = last_weight / last_items
                 expected = [weighed.seconds(n, w or 0.0) for (n, _), w in zip(recent, recent_weights, strict=True)]
-                if metrics is not None:
-                    metrics.update(
-                        {
-                            "seconds_per_weight_unit": weighed.per_weight,
-                            "seconds_per_item_alone": weighed.per_item,
-                            "recent_weight_per_item": per_item_weight,
-                        }
-                    )
-                return RecentFit(weighed.at(per_item_weight), cls._noise(recent, expected), expected, weighed)
+                return RecentFit(
+                    weighed.at(per_item_weight), cls._noise(recent, expected), expected, weighed, per_item_weight
+                )
         fit = fit_costs(
             [n for n, _ in recent],
             [t for _, t in recent],
