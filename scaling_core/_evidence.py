@@ -510,7 +510,11 @@ def _fit_once(
                 chosen = curved
     if chosen is None:
         return None
-    scale = moments.scale
+    return _cost_fit(chosen, moments.scale, count)
+
+
+def _cost_fit(chosen: _Solution, scale: float, count: int) -> CostFit | None:
+    """The `CostFit` of a solution in sizes scaled by `scale`; None without a positive size term."""
     values = [0.0, 0.0, 0.0]
     for power, value in zip(chosen.powers, chosen.coefficients, strict=True):
         values[power] = value / scale**power
@@ -531,6 +535,44 @@ def _fit_once(
         scale=scale,
         covariance=tuple(tuple(row) for row in covariance),
     )
+
+
+def fit_line(
+    sizes: Sequence[float], seconds: Sequence[float], *, min_points: int = 4, min_spread: float = 1.15
+) -> CostFit | None:
+    """seconds = fixed + per_item*n by least squares with no sign constraint, for predictions
+    whose uncertainty must be honest away from the sizes fitted.
+
+    `fit_costs` drops a fixed cost that comes out negative and keeps per_item*n alone; its
+    standard error is then proportional to n, and far below the fitted sizes it claims a
+    precision no batch gave it. Here both terms stay, so the covariance carries the spread
+    of the fixed cost. Weighted by 1/predicted^2 after an unweighted pass (relative errors,
+    as in `fit_costs`); points more than 3.5 robust spreads off are dropped once. None
+    without `min_points` points spanning `min_spread` (max/min).
+    """
+    points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
+    if len(points) < min_points or max(n for n, _ in points) < min_spread * min(n for n, _ in points):
+        return None
+    fit: CostFit | None = None
+    weights: list[float] | None = None
+    for _ in range(2):
+        moments = _Moments.of(points, weights)
+        solution = moments.solve((0, 1))
+        fit = _cost_fit(solution, moments.scale, len(points)) if solution is not None else None
+        if fit is None:
+            return None
+        predicted = [fit.seconds(n) for n, _ in points]
+        # Where the line goes under zero, the batch's own time stands in for its prediction.
+        weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for (_, t), p in zip(points, predicted, strict=True)]
+    relative = [(t - p) / p if p > 1e-9 else 0.0 for (_, t), p in zip(points, predicted, strict=True)]
+    spread = max(robust_spread(relative), 0.01)
+    kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
+    if min_points <= len(kept) < len(points):
+        moments = _Moments.of([points[i] for i in kept], [weights[i] for i in kept])
+        solution = moments.solve((0, 1))
+        refit = _cost_fit(solution, moments.scale, len(kept)) if solution is not None else None
+        fit = refit or fit
+    return fit
 
 
 def two_proportion_z(high_a: float, items_a: float, high_b: float, items_b: float) -> float:

@@ -44,6 +44,7 @@ from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
+from scaling_core.shifts import StepReference
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
 
@@ -123,6 +124,8 @@ class ScalingManager:
         self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
+        self._step_memo: dict[int, tuple[object, StepReference, bool | None]] = {}
+        """The cost before each batch over the time limit (`shifts.step_change_point`), likewise."""
         self._changes = 0
         self.pacer = RatePacer(self.config.rate_limit_period_seconds)
         """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
@@ -196,7 +199,9 @@ class ScalingManager:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
         views, numbers = self._views(history)
         window = EvidenceWindow.of(
-            views, config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo, numbers=numbers
+            views, config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo,
+            step_memo=self._step_memo,
+            numbers=numbers,
         )
         return self._within_weight(window, self._decide(window, len(history)))
 
@@ -350,6 +355,7 @@ class ScalingManager:
             views = [batch.view for batch in history]
             numbers = [EvidenceWindow.numbers(view) for view in views]
             self._shift_memo.clear()  # another history: its verdicts are not these
+            self._step_memo.clear()
         self._last_history = (history, views, numbers)
         return views, numbers
 

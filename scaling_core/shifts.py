@@ -14,10 +14,13 @@ the window's constants (`EvidenceWindow.CHANGE_Z` and the rest), passed in as `w
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+from scaling_core._evidence import CostFit, WeightedCostFit, fit_line, fit_weighted_costs, robust_spread
 
 if TYPE_CHECKING:
     from scaling_core.window import EvidenceWindow, Observation, Timing
@@ -369,3 +372,165 @@ def _buckets(sizes: Sequence[float], ratio: float) -> list[int]:
 def _bucket(size: float, ratio: float) -> int:
     """Index of the geometric size bucket (`ratio` wide) that `size` falls in."""
     return int(math.log(size) / math.log(ratio))
+
+
+class StepReference(NamedTuple):
+    """The cost before a batch, as `step_change_point` reads it: a fit and its spread."""
+
+    fit: CostFit | WeightedCostFit | None
+    """Fit of the `CHANGE_REFERENCE` timings before the batch (None: not determined); with
+    item weights when the batches carry them and their weight costs time."""
+    variance: float
+    """Variance of one batch's log seconds about the fit, Student-scaled (see `_shifted`)."""
+    surprise: int
+    """+1 (-1) when the batch itself was `STEP_SURPRISE_Z` spreads over (under) the fit, else 0."""
+
+
+def step_change_point(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    *,
+    weights: Sequence[float | None] | None = None,
+    keys: Sequence[object] | None = None,
+    memo: dict[int, tuple[object, StepReference, bool | None]] | None = None,
+) -> int:
+    """Index of the newest batch that began a step of the cost at moved sizes (0 when none).
+
+    The same-size tests cannot see a cost that changed while the sizes moved: the manager
+    shrinks at once after a batch far over the time limit (and grows after fast ones), and
+    the batches after run at sizes the old cost never used. So a batch that was a surprise,
+    `STEP_SURPRISE_Z` noise spreads off the cost fit of the `CHANGE_REFERENCE` batches
+    before it, is a candidate split, and the batches after it, at whatever size, are
+    compared with that fit's predictions, on log seconds (`_confirmed`). The candidate is
+    chosen by its own time, so it is left out: the batches after it are independent of that
+    choice, and an outlier is followed by ordinary batches. Splits are tried up to
+    `CHANGE_SCAN` batches back; the newest confirmed one wins (or an older one confirmed
+    within `CHANGE_AFTER` batches before it: the same step), and a verdict is final once its
+    batches are in.
+
+    With `keys` (one object per timing, its batch) and a `memo` the caller keeps between
+    calls, the reference of each batch (a function of the batches before it and of it only)
+    is computed once, and a final verdict is remembered.
+    """
+    count = len(timings)
+    last = max(count - window.CHANGE_SCAN, 1)
+    kept: dict[int, tuple[object, StepReference, bool | None]] = {}
+    found = newest = 0
+    for split in range(count - 2, last - 1, -1):
+        key = keys[split] if keys is not None else None
+        entry = memo.get(id(key)) if memo is not None and key is not None else None
+        if entry is not None and entry[0] is key:
+            _, reference, verdict = entry
+        else:
+            begin = max(split - window.CHANGE_REFERENCE, 0)
+            reference = _reference(
+                timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
+            )
+            verdict = None if reference.surprise else False
+        # A step confirmed from a later batch too, whose reference holds the first batches
+        # of the new cost, is the same step: the oldest split of it within `CHANGE_AFTER` wins.
+        near = not newest or split >= newest - window.CHANGE_AFTER
+        if verdict is None and near:
+            end = split + 1 + window.CHANGE_AFTER
+            after = timings[split + 1 : end]
+            confirmed = _confirmed(reference, after, window, weights[split + 1 : end] if weights is not None else None)
+            # Final once confirmed (a sequential test) or once all its batches are in.
+            verdict = True if confirmed else (False if len(after) == window.CHANGE_AFTER else None)
+        if key is not None:
+            kept[id(key)] = (key, reference, verdict)
+        if verdict and near:
+            found = split
+            newest = newest or split
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
+    return found
+
+
+def _confirmed(
+    reference: StepReference,
+    after: Sequence[Timing],
+    window: type[EvidenceWindow],
+    weights: Sequence[float | None] | None = None,
+) -> bool:
+    """Whether the batches `after` a candidate confirm its step.
+
+    Their log residuals r_i against the fit before the candidate are summed up by their
+    median, robust to an outlier among them (a retry, a cold cache):
+
+        z = median(r) / sqrt((pi/2) * s^2 / k + mean(se)^2)
+
+    over the first k batches, (pi/2) s^2/k the variance of a median of k normal residuals
+    and se_i the fit's relative standard error at n_i (one error of the fit, shared by every
+    batch, so it does not shrink with k). Two batches at least are needed.
+
+    A step up is confirmed when z passes `STEP_Z` for some k (a sequential test as the
+    batches come in: a step once confirmed stays so). A step down is judged once, on all
+    `CHANGE_AFTER` batches: a cost that fell only makes the size grow, which can wait, while
+    a false one would forget the evidence that holds it back.
+    """
+    fit = reference.fit
+    if fit is None or not reference.surprise:
+        return False
+    falling = reference.surprise < 0
+    if falling and len(after) < window.CHANGE_AFTER:
+        return False
+    residuals: list[float] = []
+    errors = 0.0
+    for count, (n, t) in enumerate(after, start=1):
+        expected, error = _predicted(fit, n, weights[count - 1] if weights is not None else None)
+        if expected <= 0:
+            return False
+        residuals.append(math.log(t) - math.log(expected))
+        errors += error
+        if count < 2 or (falling and count < len(after)):
+            continue
+        variance = math.pi / 2 * reference.variance / count + (errors / count) ** 2
+        if reference.surprise * statistics.median(residuals) / math.sqrt(variance) > window.STEP_Z:
+            return True
+    return False
+
+
+def _predicted(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> tuple[float, float]:
+    """(seconds, relative standard error) the fit predicts for a batch of `size` items
+    weighing `weight` in all."""
+    if isinstance(fit, WeightedCostFit):
+        expected = fit.seconds(size, weight or 0.0)
+        upper = fit.seconds_upper(size, weight or 0.0, 1.0)
+    else:
+        expected, upper = fit.seconds(size), fit.seconds_upper(size, 1.0)
+    return expected, (upper / expected - 1.0 if expected > 0 else 0.0)
+
+
+def _reference(
+    timings: Sequence[Timing], window: type[EvidenceWindow], weights: Sequence[float | None] | None = None
+) -> StepReference:
+    """The `StepReference` of the last of `timings`, from the ones before it (with their
+    items' total `weights`, aligned, when the batches carry them)."""
+    *before, (size, seconds) = timings
+    sizes, times = [n for n, _ in before], [t for _, t in before]
+    fit: CostFit | WeightedCostFit | None = None
+    if weights is not None and all(w is not None and w > 0 for w in weights):
+        # Heavier items take longer: a stretch of them is no step of the cost. The weight
+        # term stays even where twenty batches cannot show it significant: its error is then
+        # large, and a batch of unusual weight is judged with that error.
+        fit = fit_weighted_costs(sizes, [w or 0.0 for w in weights[:-1]], times, weight_t=0.0)
+    if fit is None:
+        fit = fit_line(sizes, times, min_spread=window.FIT_SPREAD)
+    if fit is None:
+        return StepReference(None, 0.0, 0)
+    expectations = [_predicted(fit, n, weights[i] if weights is not None else None)[0] for i, n in enumerate(sizes)]
+    residuals = [math.log(t) - math.log(e) for t, e in zip(times, expectations, strict=True) if e > 0]
+    dof = len(residuals) - (3 if isinstance(fit, WeightedCostFit) else 2)
+    expected = _predicted(fit, size, weights[-1] if weights is not None else None)[0]
+    if dof < window.CHANGE_MIN_DOF or expected <= 0:
+        return StepReference(None, 0.0, 0)
+    # The residuals' root mean square, each clipped at `STEP_CLIP` robust spreads (an outlier
+    # of the reference must not inflate it): the median absolute deviation of twenty
+    # residuals alone is too unsteady a yardstick.
+    clip = window.STEP_CLIP * max(robust_spread(residuals), window.MIN_NOISE)
+    variance = sum(min(r * r, clip * clip) for r in residuals) / dof
+    spread = max(math.sqrt(variance), window.MIN_NOISE)
+    z = (math.log(seconds) - math.log(expected)) / spread
+    surprise = (z > window.STEP_SURPRISE_Z) - (z < -window.STEP_SURPRISE_Z)
+    return StepReference(fit, spread * spread * dof / (dof - 2), surprise)

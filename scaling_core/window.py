@@ -26,7 +26,13 @@ from scaling_core._evidence import CostFit, WeightedCostFit, fit_costs, fit_weig
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
-from scaling_core.shifts import cost_change_point, pooled_change_point, quality_change_point
+from scaling_core.shifts import (
+    StepReference,
+    cost_change_point,
+    pooled_change_point,
+    quality_change_point,
+    step_change_point,
+)
 
 Timing = tuple[float, float]
 """(items, seconds) of one batch that did not fail whole."""
@@ -137,6 +143,16 @@ class EvidenceWindow:
     time limit's margin is `TimeLimit.TIME_Z` = 2 spreads, so a shift of 2 spreads is the
     smallest the window must find, and m = 6 is the fewest batches at which it reaches
     `CHANGE_Z` = 4 on average (a shift of 3 spreads is then found with probability 0.98)."""
+    STEP_SURPRISE_Z = 2.0
+    """Noise spreads off the cost fit before it at which a batch is a candidate for a step of
+    the cost (`shifts.step_change_point`): the time limit's own trigger for shrinking at once
+    (`limits.TimeLimit.FAR_OVER_ONCE_Z`)."""
+    STEP_Z = 3.0
+    """z of the batches after such a candidate that confirms the step. One candidate is
+    tried, not a scan of splits, so the bar is lower than `CHANGE_Z`."""
+    STEP_CLIP = 3.5
+    """Robust spreads at which a residual of the fit before such a candidate is clipped when
+    the spread is measured (the cost fits' own outlier cut)."""
     CHANGE_MIN_DOF = 4
     """Degrees of freedom (same-size pairs, in effect) the reference needs before its spread
     is trusted: with fewer, one lucky pair of batches would make every difference a shift."""
@@ -166,14 +182,16 @@ class EvidenceWindow:
         base: int,
         remaining_items: int | None = None,
         shift_memo: dict[int, tuple[object, bool]] | None = None,
+        step_memo: dict[int, tuple[object, StepReference, bool | None]] | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
 
         `shift_memo`, kept by the caller between calls on a growing history (the same view
         objects, one more each time), remembers the final verdicts of the cost shift test
-        (`cost_change_point`); `numbers` (`EvidenceWindow.numbers` of each view, aligned with
-        `views`) saves computing them. The window is the same with them or without.
+        (`cost_change_point`), and `step_memo` those of the step test (`step_change_point`);
+        `numbers` (`EvidenceWindow.numbers` of each view, aligned with `views`) saves
+        computing them. The window is the same with them or without.
         """
         if numbers is None:
             numbers = [cls.numbers(view) for view in views[-cls.EVIDENCE :]]
@@ -201,6 +219,8 @@ class EvidenceWindow:
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
         weights = [v.weight for v, _ in timed]
+        # And a step at moved sizes, begun by a surprising batch.
+        change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo))
         recent_fit = cls._fit(timings[change:], weights[change:])
         shock = cls._shock(timings[change:], recent_fit.expected, recent_fit.noise)
         if shock:

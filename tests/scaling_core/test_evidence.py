@@ -8,8 +8,15 @@ import random
 import numpy as np
 import pytest
 
-from scaling_core._evidence import fit_costs, fit_weighted_costs, robust_spread, two_proportion_z, wilson_bounds
-from scaling_core.shifts import cost_change_point, pooled_change_point
+from scaling_core._evidence import (
+    fit_costs,
+    fit_line,
+    fit_weighted_costs,
+    robust_spread,
+    two_proportion_z,
+    wilson_bounds,
+)
+from scaling_core.shifts import cost_change_point, pooled_change_point, step_change_point
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchView
 from scaling_core.window import EvidenceWindow
@@ -99,7 +106,7 @@ def test_the_time_limit_follows_heavy_items() -> None:
         for n, w, t in zip(sizes, weights, seconds)
     ]
     config = ScalingConfig(max_batch_size=1000, processing_time_threshold=5.0)
-    light = [*views, *(BatchView(asked=100, items=100, high=100, seconds=1.7, failed=False, weight=10_000.0),) * 3]
+    light = [*views, *(BatchView(asked=100, items=100, high=100, seconds=1.4, failed=False, weight=10_000.0),) * 3]
     heavy = [*views, *(BatchView(asked=100, items=100, high=100, seconds=5.0, failed=False, weight=190_000.0),) * 3]
     light_window = EvidenceWindow.of(light, config, base=100)
     heavy_window = EvidenceWindow.of(heavy, config, base=100)
@@ -170,6 +177,57 @@ def test_the_pooled_test_finds_a_lasting_shift_at_sizes_every_regime_shares() ->
     assert cost_change_point(before + after, EvidenceWindow) == 0
     assert len(before) <= pooled_change_point(before + after, EvidenceWindow) < len(before) + len(after)
     assert pooled_change_point(before, EvidenceWindow) == 0
+
+
+def test_the_line_keeps_a_negative_fixed_cost_and_is_weighted_least_squares() -> None:
+    rng = random.Random(2)
+    sizes = [rng.choice([300.0, 340.0, 400.0]) for _ in range(20)]
+    seconds = [0.02 * n * math.exp(rng.gauss(0, 0.1)) - 0.3 for n in sizes]
+    line = fit_line(sizes, seconds)
+    assert line is not None and line.fixed < 0  # fit_costs would drop the fixed term here
+    # The same two passes with numpy: unweighted, then weights 1/predicted^2 (no outlier here).
+    design = np.column_stack([np.ones(len(sizes)), sizes])
+    first = np.linalg.lstsq(design, seconds, rcond=None)[0]
+    root = 1.0 / (design @ first)
+    expected = np.linalg.lstsq(design * root[:, None], np.array(seconds) * root, rcond=None)[0]
+    assert (line.fixed, line.per_item) == pytest.approx(tuple(expected), rel=1e-6)
+    # Its error at 150 items, far under the sizes fitted, is the line's, not a proportional one's.
+    proportional = fit_costs(sizes, seconds)
+    assert proportional is not None and proportional.fixed == 0.0
+    line_error = line.seconds_upper(150, 1.0) / line.seconds(150) - 1
+    assert line_error > 2 * (proportional.seconds_upper(150, 1.0) / proportional.seconds(150) - 1)
+    assert fit_line([300.0] * 10, [6.0] * 10) is None  # one size determines no line
+
+
+def _stepped(after: int, *, outlier: bool = False, seed: int = 4) -> list[tuple[float, float]]:
+    """A cost of 1 s + 10 ms/item at 450 items (a probe at 380 and 320 every sixth batch),
+    then one batch at 450 far over and `after` batches at 250: the per-item cost became 18 ms,
+    or (`outlier`) the batch far over was an outlier and the cost stayed."""
+    rng = random.Random(seed)
+    sizes = [(380.0, 320.0)[(i // 6) % 2] if i % 6 == 5 else 450.0 for i in range(40)]
+    per_item = 0.01 if outlier else 0.018
+    timings = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.1))) for n in sizes]
+    timings.append((450.0, (1 + 0.018 * 450) * math.exp(rng.gauss(0, 0.1))))
+    return timings + [(250.0, (1 + per_item * 250) * math.exp(rng.gauss(0, 0.1))) for _ in range(after)]
+
+
+def test_a_step_at_moved_sizes_is_found_at_the_surprising_batch_and_an_outlier_is_not() -> None:
+    # After the batch far over, the manager shrinks: the batches at 250 have no neighbour of
+    # the old cost, so the same-size tests cannot see the step; the fit before it can.
+    assert cost_change_point(_stepped(6), EvidenceWindow) == 0
+    assert step_change_point(_stepped(0), EvidenceWindow) == 0  # no batch after it yet: no verdict
+    assert [step_change_point(_stepped(after), EvidenceWindow) for after in (3, 6, 30)] == [40, 40, 40]
+    assert [step_change_point(_stepped(after, outlier=True), EvidenceWindow) for after in (1, 3, 6, 30)] == [0] * 4
+
+
+def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
+    sizes, weights, seconds = _weighed_sample(2e-5, count=40)
+    # Then 6 batches of items nine times as heavy: slower, as the weighted fit predicts.
+    heavy = [(100.0, 100 * 2200.0, 1.0 + 0.002 * 100 + 2e-5 * 100 * 2200.0)] * 6
+    timings = [(n, t) for n, t in zip(sizes, seconds)] + [(n, t) for n, _, t in heavy]
+    all_weights = [*weights, *(w for _, w, _ in heavy)]
+    assert step_change_point(timings, EvidenceWindow, weights=all_weights) == 0
+    assert step_change_point(timings, EvidenceWindow) >= len(sizes)  # counted in items alone, it is one
 
 
 def test_the_window_is_the_same_with_the_per_batch_numbers_handed_in_or_computed() -> None:
