@@ -414,7 +414,6 @@ def step_change_point(
     """
     count = len(timings)
     last = max(count - window.CHANGE_SCAN, 1)
-    kept: dict[int, tuple[object, StepReference, bool | None]] = {}
     found = newest = 0
     for split in range(count - 2, last - 1, -1):
         key = keys[split] if keys is not None else None
@@ -422,6 +421,7 @@ def step_change_point(
         if entry is not None and entry[0] is key:
             _, reference, verdict = entry
         else:
+            entry = None
             begin = max(split - window.CHANGE_REFERENCE, 0)
             reference = _reference(
                 timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
@@ -436,14 +436,17 @@ def step_change_point(
             confirmed = _confirmed(reference, after, window, weights[split + 1 : end] if weights is not None else None)
             # Final once confirmed (a sequential test) or once all its batches are in.
             verdict = True if confirmed else (False if len(after) == window.CHANGE_AFTER else None)
-        if key is not None:
-            kept[id(key)] = (key, reference, verdict)
+            entry = None
+        if memo is not None and key is not None and entry is None:
+            memo[id(key)] = (key, reference, verdict)
         if verdict and near:
             found = split
             newest = newest or split
-    if memo is not None:
-        memo.clear()
-        memo.update(kept)
+    if memo is not None and keys is not None and len(memo) > 2 * window.CHANGE_SCAN:
+        # Forget the batches that left the scan (an entry holds its key: no id is reused).
+        live = {id(keys[index]) for index in range(last, count - 1)}
+        for stale in [number for number in memo if number not in live]:
+            del memo[stale]
     return found
 
 
@@ -519,7 +522,10 @@ def _reference(
         fit = fit_line(sizes, times, min_spread=window.FIT_SPREAD)
     if fit is None:
         return StepReference(None, 0.0, 0)
-    expectations = [_predicted(fit, n, weights[i] if weights is not None else None)[0] for i, n in enumerate(sizes)]
+    if isinstance(fit, WeightedCostFit):
+        expectations = [fit.seconds(n, w or 0.0) for n, w in zip(sizes, weights or (), strict=False)]
+    else:
+        expectations = [fit.seconds(n) for n in sizes]
     residuals = [math.log(t) - math.log(e) for t, e in zip(times, expectations, strict=True) if e > 0]
     dof = len(residuals) - (3 if isinstance(fit, WeightedCostFit) else 2)
     expected = _predicted(fit, size, weights[-1] if weights is not None else None)[0]
