@@ -7,6 +7,8 @@ the window's constants (`EvidenceWindow.CHANGE_Z` and the rest), passed in as `w
   on log seconds at unchanged sizes (costs that alternate);
 - `pooled_change_point`: every later batch against all older batches of its size (a drift
   at sizes every regime shares);
+- `step_change_point`: the batches after a surprising one, at whatever size, against the
+  line fitted before it (a cost that stepped while the manager moved the size);
 - `quality_change_point`: later High counts against those the older share at the same size
   predicts.
 """
