@@ -220,6 +220,19 @@ def test_a_step_at_moved_sizes_is_found_at_the_surprising_batch_and_an_outlier_i
     assert [step_change_point(_stepped(after, outlier=True), EvidenceWindow) for after in (1, 3, 6, 30)] == [0] * 4
 
 
+def test_the_step_test_answers_the_same_with_its_memo_as_without() -> None:
+    timings = _stepped(30) + _stepped(20, outlier=True, seed=9)
+    keys = [object() for _ in timings]
+    memo: dict = {}
+    answers = []
+    for count in range(2, len(timings) + 1):
+        remembered = step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo)
+        assert remembered == step_change_point(timings[:count], EvidenceWindow), count
+        answers.append(remembered)
+    assert 40 in answers  # the step was found on the way
+    assert len(memo) <= 2 * EvidenceWindow.CHANGE_SCAN + 1
+
+
 def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
     sizes, weights, seconds = _weighed_sample(2e-5, count=40)
     # Then 6 batches of items nine times as heavy: slower, as the weighted fit predicts.
