@@ -524,8 +524,8 @@ def _reference(
         fit = fit_line(sizes, times, min_spread=window.FIT_SPREAD)
     if fit is None:
         return StepReference(None, 0.0, 0)
-    if isinstance(fit, WeightedCostFit):
-        expectations = [fit.seconds(n, w or 0.0) for n, w in zip(sizes, weights or (), strict=False)]
+    if isinstance(fit, WeightedCostFit) and weights is not None:
+        expectations = [fit.seconds(n, w or 0.0) for n, w in zip(sizes, weights[:-1], strict=True)]
     else:
         expectations = [fit.seconds(n) for n in sizes]
     residuals = [math.log(t) - math.log(e) for t, e in zip(times, expectations, strict=True) if e > 0]
