@@ -125,7 +125,7 @@ class ScalingManager:
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._step_memo: dict[int, tuple[object, StepReference, bool | None]] = {}
-        """The cost before each batch over the time limit (`shifts.step_change_point`), likewise."""
+        """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""
         self._changes = 0
         self.pacer = RatePacer(self.config.rate_limit_period_seconds)
         """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
@@ -199,7 +199,11 @@ class ScalingManager:
             return self._decision(base, base, "no batches yet: keep the starting size", {})
         views, numbers = self._views(history)
         window = EvidenceWindow.of(
-            views, config, base=base, remaining_items=remaining_items, shift_memo=self._shift_memo,
+            views,
+            config,
+            base=base,
+            remaining_items=remaining_items,
+            shift_memo=self._shift_memo,
             step_memo=self._step_memo,
             numbers=numbers,
         )
