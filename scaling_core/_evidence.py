@@ -12,8 +12,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate
-from operator import itemgetter
+from itertools import accumulate, repeat
+from operator import itemgetter, mul, sub, truediv
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,11 @@ class CostFit:
 
     def seconds(self, size: float) -> float:
         return self.fixed + self.per_item * size + self.quadratic * size * size
+
+    def seconds_each(self, sizes: Sequence[float]) -> list[float]:
+        """`seconds(n)` of every size in `sizes`."""
+        a, b, c = self.fixed, self.per_item, self.quadratic
+        return [a + b * n + c * n * n for n in sizes] if c else [a + b * n for n in sizes]
 
     def seconds_upper(self, size: float, z: float) -> float:
         """`seconds(size)` plus `z` standard errors of that prediction of the mean."""
@@ -112,7 +118,7 @@ def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
 
 @dataclass(frozen=True, slots=True)
 class _Moments:
-    """Sums of x^k (k <= 4), x^k*y (k <= 2) and y^2 over points, sizes scaled by `scale`."""
+    """Sums of w*x^k (k <= 4), w*x^k*y (k <= 2) and w*y^2 over points, sizes x scaled by `scale`."""
 
     scale: float
     count: int
@@ -124,55 +130,60 @@ class _Moments:
     smallest: float
 
     @classmethod
-    def of(cls, points: Sequence[tuple[float, float]], weights: Sequence[float] | None = None) -> _Moments:
-        # Batches repeat sizes a lot: sum per size first, then one polynomial term per size.
-        by_size: dict[float, list[float]] = {}
-        get = by_size.get
-        for (size, y), w in zip(points, weights if weights is not None else [1.0] * len(points)):
-            wy = w * y
-            sums = get(size)
-            if sums is None:
-                by_size[size] = [w, wy, wy * y]
-            else:
-                sums[0] += w
-                sums[1] += wy
-                sums[2] += wy * y
-        scale = max(by_size)
-        x0 = x1 = x2 = x3 = x4 = y0 = y1 = y2 = yy = 0.0
-        for size, (w, wy, wyy) in by_size.items():
-            x = size / scale
-            xx = x * x
-            x0 += w
-            x1 += w * x
-            x2 += w * xx
-            x3 += w * xx * x
-            x4 += w * xx * xx
-            y0 += wy
-            y1 += x * wy
-            y2 += xx * wy
-            yy += wyy
+    def of(cls, sizes: Sequence[float], ys: Sequence[float], weights: Sequence[float] | None = None) -> _Moments:
+        """The moments of the points (sizes[i], ys[i]) with weights[i] (1.0 without)."""
+        scale = max(sizes)
+        # Column by column (each sum one pass in C): x = size / scale, w*x^k built up from w*x^2.
+        x1 = [size / scale for size in sizes]
+        x2 = list(map(mul, x1, x1))
+        if weights is None:
+            w, wx2, wy = [1.0] * len(x1), x2, ys
+        else:
+            w, wx2, wy = weights, list(map(mul, weights, x2)), list(map(mul, weights, ys))
         return cls(
             scale=scale,
-            count=len(points),
-            xs=(x0, x1, x2, x3, x4),
-            xys=(y0, y1, y2),
-            yy=yy,
-            distinct=len(by_size),
-            smallest=min(by_size),
+            count=len(sizes),
+            xs=(sum(w), sum(map(mul, w, x1)), sum(wx2), sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2))),
+            xys=(sum(wy), sum(map(mul, x1, wy)), sum(map(mul, x2, wy))),
+            yy=sum(map(mul, wy, ys)),
+            distinct=len(set(sizes)),
+            smallest=min(sizes),
         )
 
     def solve(self, powers: tuple[int, ...]) -> _Solution | None:
         """Weighted least squares on the given powers of x (0: fixed, 1: per item, 2: quadratic)."""
         xs, xys = self.xs, self.xys
+        if len(powers) == 2:
+            # The common case, written out: the inverse of [[a, b], [b, d]] is
+            # [[d, -b], [-b, a]] / (ad - b^2).
+            i, j = powers
+            a, b, d = xs[i + i], xs[i + j], xs[j + j]
+            determinant = a * d - b * b
+            if abs(determinant) <= 1e-12 * max(abs(a * d), 1e-300):
+                return None
+            inverse = [[d / determinant, -b / determinant], [-b / determinant, a / determinant]]
+            y_i, y_j = xys[i], xys[j]
+            coefficients = [inverse[0][0] * y_i + inverse[0][1] * y_j, inverse[1][0] * y_i + inverse[1][1] * y_j]
+            rss = max(self.yy - (coefficients[0] * y_i + coefficients[1] * y_j), 0.0)
+            return _Solution(powers, coefficients, inverse, rss)
+        if len(powers) == 1:
+            (i,) = powers
+            a, y_i = xs[i + i], xys[i]
+            if abs(a) <= 1e-300:
+                return None
+            inverse = [[1.0 / a]]
+            coefficient = inverse[0][0] * y_i
+            return _Solution(powers, [coefficient], inverse, max(self.yy - coefficient * y_i, 0.0))
         xtx = [[xs[i + j] for j in powers] for i in powers]
         xty = [xys[i] for i in powers]
         inverse = _inverse(xtx)
         if inverse is None:
             return None
-        coefficients = [sum(a * b for a, b in zip(row, xty)) for row in inverse]
+        y0, y1, y2 = xty
+        coefficients = [row[0] * y0 + row[1] * y1 + row[2] * y2 for row in inverse]
         # Residual sum of squares from the sums: y'Wy - b'X'Wy.
-        rss = max(self.yy - sum(c * v for c, v in zip(coefficients, xty)), 0.0)
-        return _Solution(powers=powers, coefficients=coefficients, inverse=inverse, rss=rss)
+        rss = max(self.yy - (coefficients[0] * y0 + coefficients[1] * y1 + coefficients[2] * y2), 0.0)
+        return _Solution(powers, coefficients, inverse, rss)
 
     def best_nonnegative(
         self, candidates: Sequence[tuple[int, ...]], first: _Solution | None = None
@@ -196,8 +207,10 @@ class _Moments:
                 best = solution
         return best
 
-@dataclass(frozen=True, slots=True)
-class _Solution:
+
+class _Solution(NamedTuple):
+    """Least-squares coefficients on `powers` of x, (X'WX)^-1 and the residual sum of squares."""
+
     powers: tuple[int, ...]
     coefficients: list[float]
     inverse: list[list[float]]
@@ -209,7 +222,7 @@ def robust_spread(values: Sequence[float]) -> float:
     if not values:
         return 0.0
     centre = statistics.median(values)
-    return 1.4826 * statistics.median(abs(value - centre) for value in values)
+    return 1.4826 * statistics.median(map(abs, map(sub, values, repeat(centre, len(values)))))
 
 
 def fit_costs(
@@ -440,34 +453,53 @@ def _fit_costs_pair(
 ) -> tuple[CostFit | None, CostFit | None]:
     """(every point, outliers dropped) fits of `fit_costs`, from one pass; without `robust`,
     both are the first."""
-    points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
-    count = len(points)
-    if count < min_points:
+    sizes, seconds = _positive(sizes, seconds)
+    count = len(sizes)
+    if count < min_points or max(sizes) < min_spread * min(sizes):
         return None, None
-    if max(n for n, _ in points) < min_spread * min(n for n, _ in points):
-        return None, None
-    recency = _recency(count, half_life) if half_life else [1.0] * count
-    first = guide or _fit_once(points, curvature_t, recency if half_life else None)
+    recency = _recency(count, half_life) if half_life else None
+    first = guide or _fit_once(_Moments.of(sizes, seconds, recency), curvature_t)
     if first is None:
         return None, None
-    a, b, c = first.fixed, first.per_item, first.quadratic
-    predicted = [a + b * n + c * n * n for n, _ in points]
-    weights = [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
-    fit = _fit_once(points, curvature_t, weights) or first
+    weights = _relative_weights(first, sizes, recency)
+    fit = _fit_once(_Moments.of(sizes, seconds, weights), curvature_t) or first
     if not robust:
         return fit, fit
-    a, b, c = fit.fixed, fit.per_item, fit.quadratic
-    relative = []
-    for n, t in points:
-        expected = a + b * n + c * n * n
-        relative.append((t - expected) / expected if expected > 1e-9 else 0.0)
-    scale = max(1.4826 * statistics.median(abs(r) for r in relative), 0.01)
-    kept = [i for i, r in enumerate(relative) if abs(r) <= outlier_cutoff * scale]
-    if min_points <= len(kept) < len(points):
-        refit = _fit_once([points[i] for i in kept], curvature_t, [weights[i] for i in kept])
+    expected = fit.seconds_each(sizes)
+    if min(expected) > 1e-9:
+        relative = list(map(truediv, map(sub, seconds, expected), expected))
+    else:
+        relative = [(t - e) / e if e > 1e-9 else 0.0 for t, e in zip(seconds, expected)]
+    scale = max(1.4826 * statistics.median(map(abs, relative)), 0.01)
+    cutoff = outlier_cutoff * scale
+    kept = [i for i, r in enumerate(relative) if -cutoff <= r <= cutoff]
+    if min_points <= len(kept) < count:
+        moments = _Moments.of([sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept])
+        refit = _fit_once(moments, curvature_t)
         if refit is not None:
             return fit, refit
     return fit, fit
+
+
+def _positive(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[Sequence[float], Sequence[float]]:
+    """The pairs of `sizes` and `seconds` with both positive, as two columns."""
+    if len(sizes) != len(seconds):
+        raise ValueError(f"{len(sizes)} sizes but {len(seconds)} times")
+    if sizes and min(sizes) > 0 and min(seconds) > 0:
+        return sizes, seconds
+    pairs = [(n, t) for n, t in zip(sizes, seconds) if n > 0 and t > 0]
+    return [n for n, _ in pairs], [t for _, t in pairs]
+
+
+def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[float] | None) -> list[float]:
+    """recency / predicted^2 of each size: timing noise is multiplicative, so relative errors
+    count alike (a prediction at or under zero gets an overwhelming weight)."""
+    predicted = fit.seconds_each(sizes)
+    if recency is None:
+        recency = [1.0] * len(sizes)
+    if min(predicted) > 1e-9:
+        return list(map(truediv, recency, map(mul, predicted, predicted)))
+    return [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
 
 
 @lru_cache(maxsize=64)
@@ -482,11 +514,10 @@ _LINEAR_MODELS = ((0, 1), (1,), (0,))
 _CURVED_MODELS = ((0, 1, 2), (0, 2), (1, 2), (2,))
 
 
-def _fit_once(
-    points: Sequence[tuple[float, float]], curvature_t: float, weights: Sequence[float] | None
-) -> CostFit | None:
-    moments = _Moments.of(points, weights)
-    count = len(points)
+def _fit_once(moments: _Moments, curvature_t: float) -> CostFit | None:
+    """The linear fit of `moments`, or the curved one when its quadratic term is significant
+    (t > `curvature_t`) over at least 8 points at 4 sizes spanning 1.5x."""
+    count = moments.count
     chosen = moments.best_nonnegative(_LINEAR_MODELS)
     if count >= 8 and moments.distinct >= 4 and moments.scale >= 1.5 * moments.smallest:
         full = moments.solve(_CURVED_MODELS[0])
@@ -550,25 +581,32 @@ def fit_line(
     as in `fit_costs`); points more than 3.5 robust spreads off are dropped once. None
     without `min_points` points spanning `min_spread` (max/min).
     """
-    points = [(n, t) for n, t in zip(sizes, seconds, strict=True) if n > 0 and t > 0]
-    if len(points) < min_points or max(n for n, _ in points) < min_spread * min(n for n, _ in points):
+    sizes, seconds = _positive(sizes, seconds)
+    count = len(sizes)
+    if count < min_points or max(sizes) < min_spread * min(sizes):
         return None
     fit: CostFit | None = None
     weights: list[float] | None = None
     for _ in range(2):
-        moments = _Moments.of(points, weights)
+        moments = _Moments.of(sizes, seconds, weights)
         solution = moments.solve((0, 1))
-        fit = _cost_fit(solution, moments.scale, len(points)) if solution is not None else None
+        fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
         if fit is None:
             return None
-        predicted = [fit.seconds(n) for n, _ in points]
-        # Where the line goes under zero, the batch's own time stands in for its prediction.
-        weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for (_, t), p in zip(points, predicted, strict=True)]
-    relative = [(t - p) / p if p > 1e-9 else 0.0 for (_, t), p in zip(points, predicted, strict=True)]
+        predicted = fit.seconds_each(sizes)
+        if min(predicted) > 1e-9:
+            weights = list(map(truediv, repeat(1.0), map(mul, predicted, predicted)))
+        else:
+            # Where the line goes under zero, the batch's own time stands in for its prediction.
+            weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for t, p in zip(seconds, predicted)]
+    if min(predicted) > 1e-9:
+        relative = list(map(truediv, map(sub, seconds, predicted), predicted))
+    else:
+        relative = [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
     spread = max(robust_spread(relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
-    if min_points <= len(kept) < len(points):
-        moments = _Moments.of([points[i] for i in kept], [weights[i] for i in kept])
+    if min_points <= len(kept) < count:
+        moments = _Moments.of([sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept])
         solution = moments.solve((0, 1))
         refit = _cost_fit(solution, moments.scale, len(kept)) if solution is not None else None
         fit = refit or fit

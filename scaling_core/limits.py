@@ -185,7 +185,7 @@ class ThroughputOptimum:
         if not math.isfinite(optimum) or fit.curvature_t < self.CURVATURE_T:
             return None
         window.metrics["throughput_optimum"] = optimum
-        largest_seen = max(n for n, _ in timings)
+        largest_seen = max(timings)[0]  # (items, seconds) pairs: the largest item count
         # An optimum beyond every size seen is an extrapolation of a curvature fitted on
         # smaller sizes: approach it slowly instead of trusting it.
         reach = optimum if optimum <= largest_seen else max(optimum, largest_seen * self.APPROACH)

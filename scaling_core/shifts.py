@@ -527,7 +527,7 @@ def _reference(
     if isinstance(fit, WeightedCostFit) and weights is not None:
         expectations = [fit.seconds(n, w or 0.0) for n, w in zip(sizes, weights[:-1], strict=True)]
     else:
-        expectations = [fit.seconds(n) for n in sizes]
+        expectations = fit.seconds_each(sizes)
     residuals = [math.log(t) - math.log(e) for t, e in zip(times, expectations, strict=True) if e > 0]
     dof = len(residuals) - (3 if isinstance(fit, WeightedCostFit) else 2)
     expected = _predicted(fit, size, weights[-1] if weights is not None else None)[0]
