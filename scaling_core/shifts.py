@@ -388,13 +388,26 @@ class StepReference(NamedTuple):
     """+1 (-1) when the batch itself was `STEP_SURPRISE_Z` spreads over (under) the fit, else 0."""
 
 
+class StepEntry(NamedTuple):
+    """What `step_change_point` remembers of a batch between calls."""
+
+    key: object
+    """The batch (the memo is keyed by its id; holding it keeps the id from being reused)."""
+    first: object
+    """The first batch of its reference (another one when a change moved the reference's start)."""
+    reference: StepReference
+    verdict: bool | None
+    """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
+
+
 def step_change_point(
     timings: Sequence[Timing],
     window: type[EvidenceWindow],
     *,
     weights: Sequence[float | None] | None = None,
     keys: Sequence[object] | None = None,
-    memo: dict[int, tuple[object, StepReference, bool | None]] | None = None,
+    memo: dict[int, StepEntry] | None = None,
+    since: int = 0,
 ) -> int:
     """Index of the newest batch that began a step of the cost at moved sizes (0 when none).
 
@@ -410,8 +423,12 @@ def step_change_point(
     within `CHANGE_AFTER` batches before it: the same step), and a verdict is final once its
     batches are in.
 
+    A reference begins no earlier than `since`, a change the other tests found already: a
+    fit across it would mix two costs, and their spread would hide the next step (a cost
+    that alternates changes again within a few dozen batches).
+
     With `keys` (one object per timing, its batch) and a `memo` the caller keeps between
-    calls, the reference of each batch (a function of the batches before it and of it only)
+    calls, the reference of each batch (a function of the batches from its first one to it)
     is computed once, and a final verdict is remembered.
     """
     count = len(timings)
@@ -419,12 +436,13 @@ def step_change_point(
     found = newest = 0
     for split in range(count - 2, last - 1, -1):
         key = keys[split] if keys is not None else None
+        begin = max(split - window.CHANGE_REFERENCE, since if since < split else 0)
+        first = keys[begin] if keys is not None else None
         entry = memo.get(id(key)) if memo is not None and key is not None else None
-        if entry is not None and entry[0] is key:
-            _, reference, verdict = entry
+        if entry is not None and entry.key is key and entry.first is first:
+            reference, verdict = entry.reference, entry.verdict
         else:
             entry = None
-            begin = max(split - window.CHANGE_REFERENCE, 0)
             reference = _reference(
                 timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
             )
@@ -440,7 +458,7 @@ def step_change_point(
             verdict = True if confirmed else (False if len(after) == window.CHANGE_AFTER else None)
             entry = None
         if memo is not None and key is not None and entry is None:
-            memo[id(key)] = (key, reference, verdict)
+            memo[id(key)] = StepEntry(key, first, reference, verdict)
         if verdict and near:
             found = split
             newest = newest or split

@@ -28,7 +28,7 @@ from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
 from scaling_core.shifts import (
-    StepReference,
+    StepEntry,
     cost_change_point,
     pooled_change_point,
     quality_change_point,
@@ -185,7 +185,7 @@ class EvidenceWindow:
         base: int,
         remaining_items: int | None = None,
         shift_memo: dict[int, tuple[object, bool]] | None = None,
-        step_memo: dict[int, tuple[object, StepReference, bool | None]] | None = None,
+        step_memo: dict[int, StepEntry] | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
@@ -223,7 +223,7 @@ class EvidenceWindow:
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
         weights = [v.weight for v, _ in timed]
         # And a step at moved sizes, begun by a surprising batch.
-        change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo))
+        change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo, since=change))
         recent_fit = cls._fit(timings[change:], weights[change:])
         shock = cls._shock(timings[change:], recent_fit.expected, recent_fit.noise)
         if shock:

@@ -233,6 +233,44 @@ def test_the_step_test_answers_the_same_with_its_memo_as_without() -> None:
     assert len(memo) <= 2 * EvidenceWindow.CHANGE_SCAN + 1
 
 
+def _risen_again(seed: int, *, after: int = 6) -> list[tuple[float, float]]:
+    """30 batches of a cost of 1 s + 18 ms/item at about 260 items, 15 of 10 ms/item at 450
+    (a probe at 380 and 320 every sixth), one batch at 450 far over and `after` batches at 250:
+    the per-item cost rose back to 18 ms."""
+    rng = random.Random(seed)
+    slow = [(rng.choice([240.0, 260.0, 280.0]), 0.018) for _ in range(30)]
+    fast = [((380.0, 320.0)[(i // 6) % 2] if i % 6 == 5 else 450.0, 0.01) for i in range(15)]
+    timings = [(n, (1 + c * n) * math.exp(rng.gauss(0, 0.1))) for n, c in slow + fast]
+    timings.append((450.0, (1 + 0.018 * 450) * math.exp(rng.gauss(0, 0.1))))
+    return timings + [(250.0, (1 + 0.018 * 250) * math.exp(rng.gauss(0, 0.1))) for _ in range(after)]
+
+
+def test_a_step_reference_begins_no_earlier_than_a_change_found_already() -> None:
+    timings = _risen_again(0)
+    keys = [object() for _ in timings]
+    memo: dict = {}
+    step_change_point(timings, EvidenceWindow, keys=keys, memo=memo, since=30)
+    for split in range(31, len(timings) - 1):
+        assert memo[id(keys[split])].first is keys[max(split - EvidenceWindow.CHANGE_REFERENCE, 30)], split
+    # A reference across the fall mixes both costs: its spread hides the rise after it.
+    found = [
+        (step_change_point(timings, EvidenceWindow), step_change_point(timings, EvidenceWindow, since=30))
+        for timings in (_risen_again(seed) for seed in range(20))
+    ]
+    assert sum(across == 45 for across, _ in found) == 0
+    assert sum(since == 45 for _, since in found) == 5
+
+
+def test_the_step_test_answers_the_same_with_its_memo_when_the_change_before_moves() -> None:
+    timings = _risen_again(1, after=20)
+    keys = [object() for _ in timings]
+    memo: dict = {}
+    for count in range(2, len(timings) + 1):
+        since = 30 if count % 3 else 0  # the other tests' cut comes and goes
+        remembered = step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo, since=since)
+        assert remembered == step_change_point(timings[:count], EvidenceWindow, since=since), count
+
+
 def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
     sizes, weights, seconds = _weighed_sample(2e-5, count=40)
     # Then 6 batches of items nine times as heavy: slower, as the weighted fit predicts.
