@@ -12,8 +12,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate, repeat
-from operator import itemgetter, mul, sub, truediv
+from itertools import accumulate
+from operator import itemgetter, mul
 from typing import NamedTuple
 
 
@@ -222,7 +222,7 @@ def robust_spread(values: Sequence[float]) -> float:
     if not values:
         return 0.0
     centre = statistics.median(values)
-    return 1.4826 * statistics.median(map(abs, map(sub, values, repeat(centre, len(values)))))
+    return 1.4826 * statistics.median(abs(value - centre) for value in values)
 
 
 def fit_costs(
@@ -465,11 +465,7 @@ def _fit_costs_pair(
     fit = _fit_once(_Moments.of(sizes, seconds, weights), curvature_t) or first
     if not robust:
         return fit, fit
-    expected = fit.seconds_each(sizes)
-    if min(expected) > 1e-9:
-        relative = list(map(truediv, map(sub, seconds, expected), expected))
-    else:
-        relative = [(t - e) / e if e > 1e-9 else 0.0 for t, e in zip(seconds, expected)]
+    relative = _relative_errors(seconds, fit.seconds_each(sizes))
     scale = max(1.4826 * statistics.median(map(abs, relative)), 0.01)
     cutoff = outlier_cutoff * scale
     kept = [i for i, r in enumerate(relative) if -cutoff <= r <= cutoff]
@@ -497,9 +493,12 @@ def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[fl
     predicted = fit.seconds_each(sizes)
     if recency is None:
         recency = [1.0] * len(sizes)
-    if min(predicted) > 1e-9:
-        return list(map(truediv, recency, map(mul, predicted, predicted)))
     return [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
+
+
+def _relative_errors(seconds: Sequence[float], predicted: Sequence[float]) -> list[float]:
+    """(t - p) / p of each time against its prediction (0.0 where the prediction is not positive)."""
+    return [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
 
 
 @lru_cache(maxsize=64)
@@ -594,15 +593,9 @@ def fit_line(
         if fit is None:
             return None
         predicted = fit.seconds_each(sizes)
-        if min(predicted) > 1e-9:
-            weights = list(map(truediv, repeat(1.0), map(mul, predicted, predicted)))
-        else:
-            # Where the line goes under zero, the batch's own time stands in for its prediction.
-            weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for t, p in zip(seconds, predicted)]
-    if min(predicted) > 1e-9:
-        relative = list(map(truediv, map(sub, seconds, predicted), predicted))
-    else:
-        relative = [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
+        # Where the line goes under zero, the batch's own time stands in for its prediction.
+        weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for t, p in zip(seconds, predicted)]
+    relative = _relative_errors(seconds, predicted)
     spread = max(robust_spread(relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
     if min_points <= len(kept) < count:
