@@ -39,6 +39,11 @@ class CostFit:
         a, b, c = self.fixed, self.per_item, self.quadratic
         return [a + b * n + c * n * n for n in sizes] if c else [a + b * n for n in sizes]
 
+    def design(self, size: float) -> tuple[float, float, float]:
+        """The coefficients' multipliers in seconds(size), in the scaled units of `covariance`."""
+        x = size / self.scale
+        return (1.0, x, x * x)
+
     def seconds_upper(self, size: float, z: float) -> float:
         """`seconds(size)` plus `z` standard errors of that prediction of the mean."""
         if not self.covariance:
@@ -288,9 +293,13 @@ class WeightedCostFit:
     def seconds(self, size: float, weight: float) -> float:
         return self.fixed + self.per_item * size + self.per_weight * weight
 
+    def design(self, size: float, weight: float) -> tuple[float, float, float]:
+        """The coefficients' multipliers in seconds(size, weight), in the scaled units of `covariance`."""
+        return (1.0, size / self.item_scale, weight / self.weight_scale)
+
     def seconds_upper(self, size: float, weight: float, z: float) -> float:
         """`seconds(size, weight)` plus `z` standard errors of that prediction of the mean."""
-        x = (1.0, size / self.item_scale, weight / self.weight_scale)
+        x = self.design(size, weight)
         variance = sum(x[i] * self.covariance[i][j] * x[j] for i in range(3) for j in range(3))
         return self.seconds(size, weight) + z * math.sqrt(max(variance, 0.0))
 

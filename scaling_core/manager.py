@@ -96,8 +96,11 @@ class ScalingManager:
     PROBE_DEPTHS = (0.15, 0.3)
     """How much smaller the probes go, in turn, where cost sets the size: the curvature that
     places an interior optimum only shows across a spread of sizes."""
-    SPREAD_PROBE_DEPTH = 0.08
-    """Probe depth elsewhere, only while the recent sizes are too alike to fit a cost."""
+    SPREAD_PROBE_DEPTH = 0.14
+    """Probe depth elsewhere, only while the recent sizes are too alike to fit a cost: the
+    probe must itself make the spread the cost fit needs (1 - 1/`EvidenceWindow.FIT_SPREAD`
+    = 0.13, and a little for rounding), or the fit stays undetermined at a size that another
+    limit holds (a failure ceiling then never learns what staying under it costs)."""
     KNOWN_GROUND = 12
     """Batches back (two probe cycles) in which a size that ran well counts as known ground."""
     PROBE_HORIZON = 20

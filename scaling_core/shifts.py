@@ -19,10 +19,11 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
-from scaling_core._evidence import CostFit, WeightedCostFit, fit_line, fit_weighted_costs, robust_spread
+from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, robust_spread
 
 if TYPE_CHECKING:
     from scaling_core.window import EvidenceWindow, Observation, Timing
@@ -470,59 +471,231 @@ def step_change_point(
     return found
 
 
+class RiseUnderTest(NamedTuple):
+    """A batch that ran far over the time limit and far over the cost before it, whose rise
+    the batches since have not ruled out (`rise_under_test`)."""
+
+    index: int
+    """Its index in the timings."""
+    shift: float
+    """The rise of log seconds over the cost before it: what the batches since show (GLS,
+    `common_shift`), or its own while none has come."""
+    error: float
+    """Standard error of `shift`."""
+    confirmed: bool
+    """The batches since confirm the rise (shift / error > `STEP_Z`): the cost changed at it."""
+
+
+def rise_under_test(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    *,
+    threshold: float,
+    weights: Sequence[float | None] | None = None,
+    keys: Sequence[object] | None = None,
+    memo: dict[int, StepEntry] | None = None,
+    since: int = 0,
+) -> RiseUnderTest | None:
+    """The newest batch after `since` (of the last `CHANGE_SCAN`) that took longer than
+    `threshold` and `SHOCK_Z` spreads longer than the fit of the `CHANGE_REFERENCE` batches
+    before it predicts, at a size within theirs, unless the batches after it rule its rise
+    out; None when there is none.
+
+    Such a batch is taken for a step of the cost until the batches after it say otherwise
+    (`EvidenceWindow.of` cuts the cost evidence at it): the size shrinks at once after it,
+    and at the smaller size the fit before it extrapolates, so that a real step often stays
+    unconfirmed for many batches (`step_change_point` judges `CHANGE_AFTER`). Going back to
+    the old sizes to find out would run more batches far over the limit.
+
+    The batches after it rule the rise out when what they show (d, se from `_shift`) is
+    below half the slow batch's own rise r_0 with the step test's confidence:
+    (r_0 / 2 - d) / se > `STEP_Z`. A batch beyond the sizes of the fit is no candidate: there
+    a slow batch says that the cost curves up, which the cost fits' quadratic term is for.
+    `weights`, `keys`, `memo` as for `step_change_point`, called just before on the same
+    timings (its memo holds the references).
+    """
+    count = len(timings)
+    for split in range(count - 1, max(count - 1 - window.CHANGE_SCAN, since), -1):
+        size, seconds = timings[split]
+        if seconds <= threshold:
+            continue
+        begin = max(split - window.CHANGE_REFERENCE, since)
+        key = keys[split] if keys is not None else None
+        entry = memo.get(id(key)) if memo is not None and keys is not None else None
+        if entry is not None and entry.key is key and entry.first is keys[begin]:  # type: ignore[index]
+            reference = entry.reference
+        else:
+            reference = _reference(
+                timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
+            )
+        fit = reference.fit
+        if fit is None or reference.surprise <= 0 or size > window.NEIGHBOURHOOD * max(n for n, _ in timings[begin:split]):
+            continue
+        own = math.log(seconds / _predicted(fit, size, weights[split] if weights is not None else None))
+        if own < window.SHOCK_Z * math.sqrt(reference.variance):
+            continue
+        after = timings[split + 1 :]
+        measured = _residuals(reference, after, weights[split + 1 :] if weights is not None else None)
+        if not after or measured is None:
+            return RiseUnderTest(split, own, math.sqrt(reference.variance), False)
+        estimate, error = _shift(*measured, reference, window)
+        if (own / 2 - estimate) / error > window.STEP_Z:
+            return None
+        return RiseUnderTest(split, estimate, error, estimate / error > window.STEP_Z)
+    return None
+
+
 def _confirmed(
     reference: StepReference,
     after: Sequence[Timing],
     window: type[EvidenceWindow],
     weights: Sequence[float | None] | None = None,
 ) -> bool:
-    """Whether the batches `after` a candidate confirm its step.
+    """Whether the batches `after` a candidate confirm its step (`_shift`: the step's
+    estimate over the first k of them and its standard error).
 
-    Their log residuals r_i against the fit before the candidate are summed up by their
-    median, robust to an outlier among them (a retry, a cold cache):
-
-        z = median(r) / sqrt((pi/2) * s^2 / k + mean(se)^2)
-
-    over the first k batches, (pi/2) s^2/k the variance of a median of k normal residuals
-    and se_i the fit's relative standard error at n_i (one error of the fit, shared by every
-    batch, so it does not shrink with k). Two batches at least are needed.
-
-    A step up is confirmed when z passes `STEP_Z` for some k (a sequential test as the
-    batches come in: a step once confirmed stays so). A step down is judged once, on all
-    `CHANGE_AFTER` batches: a cost that fell only makes the size grow, which can wait, while
-    a false one would forget the evidence that holds it back.
+    A step up is confirmed when z = estimate / error passes `STEP_Z` for some k >= 2 (a
+    sequential test as the batches come in: a step once confirmed stays so). A step down is
+    judged once, on all `CHANGE_AFTER` batches: a cost that fell only makes the size grow,
+    which can wait, while a false one would forget the evidence that holds it back.
     """
-    fit = reference.fit
-    if fit is None or not reference.surprise:
-        return False
     falling = reference.surprise < 0
-    if falling and len(after) < window.CHANGE_AFTER:
+    if not reference.surprise or (falling and len(after) < window.CHANGE_AFTER):
         return False
-    residuals: list[float] = []
-    errors = 0.0
-    for count, (n, t) in enumerate(after, start=1):
-        expected, error = _predicted(fit, n, weights[count - 1] if weights is not None else None)
-        if expected <= 0:
-            return False
-        residuals.append(math.log(t) - math.log(expected))
-        errors += error
-        if count < 2 or (falling and count < len(after)):
-            continue
-        variance = math.pi / 2 * reference.variance / count + (errors / count) ** 2
-        if reference.surprise * statistics.median(residuals) / math.sqrt(variance) > window.STEP_Z:
+    measured = _residuals(reference, after, weights)
+    if measured is None:
+        return False
+    residuals, gradients = measured
+    for count in range(len(residuals) if falling else 2, len(residuals) + 1):
+        estimate, error = _shift(residuals[:count], gradients[:count], reference, window)
+        if reference.surprise * estimate / error > window.STEP_Z:
             return True
     return False
 
 
-def _predicted(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> tuple[float, float]:
-    """(seconds, relative standard error) the fit predicts for a batch of `size` items
-    weighing `weight` in all."""
-    if isinstance(fit, WeightedCostFit):
-        expected = fit.seconds(size, weight or 0.0)
-        upper = fit.seconds_upper(size, weight or 0.0, 1.0)
-    else:
-        expected, upper = fit.seconds(size), fit.seconds_upper(size, 1.0)
-    return expected, (upper / expected - 1.0 if expected > 0 else 0.0)
+def _residuals(
+    reference: StepReference, after: Sequence[Timing], weights: Sequence[float | None] | None = None
+) -> tuple[list[float], list[list[float]]] | None:
+    """Log residuals of the batches `after` a candidate against the fit before it, and the
+    gradients of log seconds(n) in the fit's coefficients at their sizes (None without a fit
+    or where it predicts no time)."""
+    fit = reference.fit
+    if fit is None:
+        return None
+    residuals: list[float] = []
+    gradients: list[list[float]] = []
+    for count, (n, t) in enumerate(after):
+        if isinstance(fit, WeightedCostFit):
+            weight = (weights[count] if weights is not None else None) or 0.0
+            expected, design = fit.seconds(n, weight), fit.design(n, weight)
+        else:
+            expected, design = fit.seconds(n), fit.design(n)
+        if expected <= 0:
+            return None
+        residuals.append(math.log(t / expected))
+        gradients.append([x / expected for x in design])
+    return residuals, gradients
+
+
+def _shift(
+    residuals: Sequence[float],
+    gradients: Sequence[Sequence[float]],
+    reference: StepReference,
+    window: type[EvidenceWindow],
+) -> tuple[float, float]:
+    """(estimate, standard error) of a step of log seconds from the `residuals` of the
+    batches after a candidate.
+
+    They share one error, the fit's, which is small near the sizes it was fitted at and
+    large far from them. So the step (a common shift of log seconds) is estimated by
+    generalised least squares (`common_shift`): a batch at a size the fit knows counts
+    fully, one where it extrapolates counts little, and an error the batches share does not
+    shrink with their number. Each residual is first clipped to within `STEP_CLIP` spreads
+    of their median, so that one outlier among three or more (a retry, a cold cache) moves
+    the estimate little.
+    """
+    clip = window.STEP_CLIP * math.sqrt(reference.variance)
+    centre = statistics.median(residuals)
+    clipped = [min(max(r, centre - clip), centre + clip) for r in residuals]
+    fit = reference.fit
+    return common_shift(clipped, gradients, fit.covariance if fit is not None else (), reference.variance)
+
+
+def common_shift(
+    residuals: Sequence[float],
+    gradients: Sequence[Sequence[float]],
+    covariance: Sequence[Sequence[float]],
+    variance: float,
+) -> tuple[float, float]:
+    """(estimate, standard error) of one shift d common to `residuals`, by generalised least
+    squares (`_ShiftSums.shift`).
+
+    The model: r_i = d + e_i + g_i'b, with e_i independent of variance `variance` and b a
+    shared error of `covariance` (g_i the rows of `gradients`, three numbers each; no shared
+    error when `covariance` is empty).
+    """
+    sums = _ShiftSums.empty()
+    for residual, gradient in zip(residuals, gradients, strict=True):
+        sums.add(residual, gradient)
+    return sums.shift(covariance, variance)
+
+
+@dataclass(slots=True)
+class _ShiftSums:
+    """The sums over residuals r_i and their gradients g_i that `shift` needs: kept as the
+    batches come in, so that the estimate after each costs a 3x3 solve, whatever their number."""
+
+    count: int
+    total: float
+    gradient: list[float]
+    """sum g_i"""
+    weighted: list[float]
+    """sum g_i r_i"""
+    outer: list[list[float]]
+    """sum g_i g_i'"""
+
+    @classmethod
+    def empty(cls) -> _ShiftSums:
+        return cls(0, 0.0, [0.0] * 3, [0.0] * 3, [[0.0] * 3 for _ in range(3)])
+
+    def add(self, residual: float, gradient: Sequence[float]) -> None:
+        self.count += 1
+        self.total += residual
+        for i, gi in enumerate(gradient):
+            self.gradient[i] += gi
+            self.weighted[i] += gi * residual
+            row = self.outer[i]
+            for j, gj in enumerate(gradient):
+                row[j] += gi * gj
+
+    def shift(self, covariance: Sequence[Sequence[float]], variance: float) -> tuple[float, float]:
+        """GLS estimate of the common shift and its standard error. With Sigma = v I + G C G'
+        (v the `variance`, C the `covariance`):
+
+            d = 1' Sigma^-1 r / 1' Sigma^-1 1,   se(d) = 1 / sqrt(1' Sigma^-1 1)
+
+        and by Woodbury's identity, Sigma^-1 = (I - G (v I + C G'G)^-1 C G') / v, so that
+        1' Sigma^-1 x = (sum x - (sum g)' (v I + C G'G)^-1 C G'x) / v for x = 1 and x = r.
+        """
+        information, projected = float(self.count), self.total
+        if covariance:
+            system = [
+                [(variance if i == j else 0.0) + sum(covariance[i][m] * self.outer[m][j] for m in range(3)) for j in range(3)]
+                for i in range(3)
+            ]
+            inverse = _inverse(system)
+            if inverse is not None:
+                solved = [[sum(inverse[i][m] * covariance[m][j] for m in range(3)) for j in range(3)] for i in range(3)]
+                pulls = [sum(self.gradient[m] * solved[m][j] for m in range(3)) for j in range(3)]
+                information -= sum(p * g for p, g in zip(pulls, self.gradient, strict=True))
+                projected -= sum(p * w for p, w in zip(pulls, self.weighted, strict=True))
+        information = max(information, 1e-12) / variance
+        return projected / variance / information, 1.0 / math.sqrt(information)
+
+
+def _predicted(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> float:
+    """Seconds the fit predicts for a batch of `size` items weighing `weight` in all."""
+    return fit.seconds(size, weight or 0.0) if isinstance(fit, WeightedCostFit) else fit.seconds(size)
 
 
 def _reference(
@@ -548,7 +721,7 @@ def _reference(
         expectations = fit.seconds_each(sizes)
     residuals = [math.log(t) - math.log(e) for t, e in zip(times, expectations, strict=True) if e > 0]
     dof = len(residuals) - (3 if isinstance(fit, WeightedCostFit) else 2)
-    expected = _predicted(fit, size, weights[-1] if weights is not None else None)[0]
+    expected = _predicted(fit, size, weights[-1] if weights is not None else None)
     if dof < window.CHANGE_MIN_DOF or expected <= 0:
         return StepReference(None, 0.0, 0)
     # The residuals' root mean square, each clipped at `STEP_CLIP` robust spreads (an outlier

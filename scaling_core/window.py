@@ -28,10 +28,12 @@ from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
 from scaling_core.shifts import (
+    RiseUnderTest,
     StepEntry,
     cost_change_point,
     pooled_change_point,
     quality_change_point,
+    rise_under_test,
     step_change_point,
 )
 
@@ -84,6 +86,7 @@ class EvidenceWindow:
         noise: robust spread of the log residuals of `fit` (relative timing noise).
         metrics: numbers a reader needs to check the decision's reason.
         weighed: the cost fit with item weights that `fit` reads, when there is one.
+        rise: a surprisingly slow batch of the current regime whose step is still under test.
     """
 
     HISTORY = 400
@@ -175,6 +178,7 @@ class EvidenceWindow:
     noise: float
     metrics: dict[str, float] = field(default_factory=dict)
     weighed: WeightedCostFit | None = None
+    rise: RiseUnderTest | None = None
 
     @classmethod
     def of(
@@ -229,6 +233,20 @@ class EvidenceWindow:
         if shock:
             change += shock
             recent_fit = cls._fit(timings[change:], weights[change:])
+        rise = rise_under_test(
+            timings, cls, threshold=config.processing_time_threshold, weights=weights, keys=keys, memo=step_memo, since=change
+        )
+        if rise is not None and cls._clean(timings[change : rise.index], recent_fit, len(timings) - change):
+            # In a regime whose noise has shown no such outlier, the slow batch is taken for
+            # a step of the cost until the batches after it rule it out: it alone is the
+            # evidence until they come in, then they alone are (and it with them once they
+            # confirm the step).
+            change = rise.index + 1 if rise.index + 1 < len(timings) and not rise.confirmed else rise.index
+            recent_fit = cls._fit(timings[change:], weights[change:])
+            metrics["rise_under_test_batches_ago"] = float(len(timings) - rise.index)
+            metrics["rise_under_test_shift"] = math.expm1(rise.shift)
+        else:
+            rise = None
         fit, noise = recent_fit.fit, recent_fit.noise
         if recent_fit.weighed is not None and recent_fit.weight_per_item is not None:
             metrics.update(
@@ -270,6 +288,7 @@ class EvidenceWindow:
             noise=noise,
             metrics=metrics,
             weighed=recent_fit.weighed,
+            rise=rise,
         )
 
     @classmethod
@@ -327,6 +346,21 @@ class EvidenceWindow:
         a, b, c = fit.fixed, fit.per_item, fit.quadratic
         expected = [a + b * n + c * n * n for n, _ in recent]
         return RecentFit(fit, cls._noise(recent, expected), expected)
+
+    @classmethod
+    def _clean(cls, timings: Sequence[Timing], recent: RecentFit, count: int) -> bool:
+        """Whether none of `timings` (the regime's batches before a slow one) lies
+        `SHOCK_Z` noise spreads over the recent fit (`recent`, of the last `count` timings)."""
+        expected = recent.expected
+        if not expected:
+            return True
+        offset = count - len(expected)
+        limit = math.exp(cls.SHOCK_Z * recent.noise)
+        return not any(
+            t > limit * expected[index - offset]
+            for index, (_, t) in enumerate(timings)
+            if index >= offset and expected[index - offset] > 0
+        )
 
     @classmethod
     def _noise(cls, timings: Sequence[Timing], expected: Sequence[float]) -> float:

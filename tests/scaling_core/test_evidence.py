@@ -16,7 +16,13 @@ from scaling_core._evidence import (
     two_proportion_z,
     wilson_bounds,
 )
-from scaling_core.shifts import cost_change_point, pooled_change_point, step_change_point
+from scaling_core.shifts import (
+    common_shift,
+    cost_change_point,
+    pooled_change_point,
+    rise_under_test,
+    step_change_point,
+)
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchView
 from scaling_core.window import EvidenceWindow
@@ -199,16 +205,16 @@ def test_the_line_keeps_a_negative_fixed_cost_and_is_weighted_least_squares() ->
     assert fit_line([300.0] * 10, [6.0] * 10) is None  # one size determines no line
 
 
-def _stepped(after: int, *, outlier: bool = False, seed: int = 4) -> list[tuple[float, float]]:
+def _stepped(after: int, *, outlier: bool = False, seed: int = 4, size: float = 250.0) -> list[tuple[float, float]]:
     """A cost of 1 s + 10 ms/item at 450 items (a probe at 380 and 320 every sixth batch),
-    then one batch at 450 far over and `after` batches at 250: the per-item cost became 18 ms,
-    or (`outlier`) the batch far over was an outlier and the cost stayed."""
+    then one batch at 450 far over and `after` batches at `size`: the per-item cost became
+    18 ms, or (`outlier`) the batch far over was an outlier and the cost stayed."""
     rng = random.Random(seed)
     sizes = [(380.0, 320.0)[(i // 6) % 2] if i % 6 == 5 else 450.0 for i in range(40)]
     per_item = 0.01 if outlier else 0.018
     timings = [(n, (1 + 0.01 * n) * math.exp(rng.gauss(0, 0.1))) for n in sizes]
     timings.append((450.0, (1 + 0.018 * 450) * math.exp(rng.gauss(0, 0.1))))
-    return timings + [(250.0, (1 + per_item * 250) * math.exp(rng.gauss(0, 0.1))) for _ in range(after)]
+    return timings + [(size, (1 + per_item * size) * math.exp(rng.gauss(0, 0.1))) for _ in range(after)]
 
 
 def test_a_step_at_moved_sizes_is_found_at_the_surprising_batch_and_an_outlier_is_not() -> None:
@@ -218,6 +224,62 @@ def test_a_step_at_moved_sizes_is_found_at_the_surprising_batch_and_an_outlier_i
     assert step_change_point(_stepped(0), EvidenceWindow) == 0  # no batch after it yet: no verdict
     assert [step_change_point(_stepped(after), EvidenceWindow) for after in (3, 6, 30)] == [40, 40, 40]
     assert [step_change_point(_stepped(after, outlier=True), EvidenceWindow) for after in (1, 3, 6, 30)] == [0] * 4
+
+
+def test_common_shift_is_the_generalised_least_squares_estimate() -> None:
+    rng = np.random.default_rng(7)
+    for count in (1, 2, 6, 40):
+        residuals = rng.normal(0.3, 0.1, count)
+        gradients = np.column_stack([np.ones(count), rng.uniform(0.3, 1.2, count), np.zeros(count)])
+        factor = rng.normal(0, 0.1, (2, 2))
+        covariance = np.zeros((3, 3))
+        covariance[:2, :2] = factor @ factor.T  # a line's: no quadratic term
+        sigma = 0.02 * np.eye(count) + gradients @ covariance @ gradients.T
+        ones = np.ones(count)
+        information = ones @ np.linalg.solve(sigma, ones)
+        estimate, error = common_shift(list(residuals), gradients.tolist(), covariance.tolist(), 0.02)
+        assert estimate == pytest.approx(ones @ np.linalg.solve(sigma, residuals) / information, rel=1e-9)
+        assert error == pytest.approx(1 / math.sqrt(information), rel=1e-9)
+    # Without a shared error it is the mean, with the standard error of a mean.
+    assert common_shift([0.1, 0.3], [[1.0, 0.0, 0.0]] * 2, (), 0.02) == pytest.approx((0.2, 0.1))
+
+
+def test_a_batch_far_over_stays_a_rise_under_test_until_the_batches_after_it_tell() -> None:
+    def rise(timings: list[tuple[float, float]], threshold: float = 6.0) -> tuple[int, bool] | None:
+        found = rise_under_test(timings, EvidenceWindow, threshold=threshold)
+        return None if found is None else (found.index, found.confirmed)
+
+    # Alone, the slow batch is the whole evidence; one batch of the new cost at 250 confirms it.
+    assert [rise(_stepped(after)) for after in (0, 1, 3, 30)] == [(40, False)] + [(40, True)] * 3
+    # An outlier, with the batches after it back at the old sizes, is ruled out at the second.
+    assert [rise(_stepped(after, outlier=True, size=450.0)) for after in (1, 2, 3, 6)] == [(40, False)] + [None] * 3
+    # At 250 the line before it extrapolates too far to tell: it stays under test.
+    assert rise(_stepped(30, outlier=True)) == (40, False)
+    # Not a rise: under the time limit, or beyond the sizes the line measured (a curving cost).
+    assert rise(_stepped(2), threshold=10.0) is None
+    assert rise([*_stepped(0)[:-1], (600.0, 12.0)]) is None
+
+
+def _window_of(timings: list[tuple[float, float]]) -> EvidenceWindow:
+    views = [BatchView(asked=int(n), items=int(n), high=int(n), seconds=t, failed=False) for n, t in timings]
+    config = ScalingConfig(initial_batch_size=50, min_batch_size=10, max_batch_size=800, processing_time_threshold=6.0)
+    return EvidenceWindow.of(views, config, base=int(timings[-1][0]))
+
+
+def test_a_rise_under_test_cuts_the_cost_evidence_unless_the_regime_has_shown_outliers() -> None:
+    # A batch 1.4 times as slow as the cost at 450 (3.4 spreads): too little for the same-size
+    # tests, followed by two batches of the old cost at 250, where the line cannot tell.
+    pending = _stepped(2, outlier=True)
+    pending[40] = (450.0, 1.4 * 5.5)
+    window = _window_of(pending)
+    assert window.rise is not None and not window.rise.confirmed
+    assert window.timings == pending[41:]  # only the batches after the slow one
+    assert window.metrics["rise_under_test_batches_ago"] == 3
+    # One batch three times as slow as its neighbours among the 40 before: outliers happen here.
+    heavy_tailed = [*pending[:20], (450.0, pending[20][1] * 3), *pending[21:]]
+    window = _window_of(heavy_tailed)
+    assert window.rise is None and "rise_under_test_batches_ago" not in window.metrics
+    assert window.timings[-3:] == heavy_tailed[-3:] and len(window.timings) > 3
 
 
 def test_the_step_test_answers_the_same_with_its_memo_as_without() -> None:
@@ -258,7 +320,7 @@ def test_a_step_reference_begins_no_earlier_than_a_change_found_already() -> Non
         for timings in (_risen_again(seed) for seed in range(20))
     ]
     assert sum(across == 45 for across, _ in found) == 0
-    assert sum(since == 45 for _, since in found) == 5
+    assert sum(since == 45 for _, since in found) == 7
 
 
 def test_the_step_test_answers_the_same_with_its_memo_when_the_change_before_moves() -> None:
