@@ -268,8 +268,23 @@ class FailureCeiling:
         ceiling, APPROACH * c, or the time limit when it is further), loses
         f * (seconds(f)/f - seconds(n)/n) seconds a batch (from the cost fit); testing costs a
         failed batch and the retry of its items, TEST_COST * seconds(c). Without a fit, MEMORY.
+
+        The cost is read from the `EvidenceWindow.RECENT_COST` batches before the ceiling's
+        newest failure, whose sizes were not held under it: held there, the sizes soon
+        become too alike to show a fixed cost, and the memory would follow their noise. When
+        those do not show one either, the recent fit is read.
         """
-        fit = window.fit
+        newest = max(f.index for f in window.failures.size_failures())
+        before = [
+            v
+            for v in window.views[max(newest - EvidenceWindow.RECENT_COST, 0) : newest]
+            if not v.failed and v.seconds > 0 and v.items > 0
+        ]
+        earlier = fit_costs(
+            [float(v.items) for v in before], [v.seconds for v in before], min_spread=EvidenceWindow.FIT_SPREAD
+        )
+        # Those batches may be alike in size too: then the recent fit, if it measured a fixed cost.
+        fit = earlier if earlier is not None and earlier.fixed > 0 else window.fit or earlier
         if fit is None or floor is None:
             return float(self.MEMORY)
         # Where the size would go without the ceiling: a step over it, or the time limit
