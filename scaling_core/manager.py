@@ -44,7 +44,7 @@ from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
-from scaling_core.shifts import StepEntry
+from scaling_core.shifts import StepMemo
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
 
@@ -127,7 +127,7 @@ class ScalingManager:
         self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
-        self._step_memo: dict[int, StepEntry] = {}
+        self._step_memo: StepMemo = {}
         """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""
         self._changes = 0
         self.pacer = RatePacer(self.config.rate_limit_period_seconds)

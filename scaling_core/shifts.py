@@ -401,13 +401,19 @@ class StepEntry(NamedTuple):
     """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
 
 
+StepMemo = dict[tuple[int, int], StepEntry]
+"""What `step_change_point` and `rise_under_test` remember between calls: the reference of a
+batch from a first batch, by the ids of both (an entry holds both objects: no id is reused
+while it lives)."""
+
+
 def step_change_point(
     timings: Sequence[Timing],
     window: type[EvidenceWindow],
     *,
     weights: Sequence[float | None] | None = None,
     keys: Sequence[object] | None = None,
-    memo: dict[int, StepEntry] | None = None,
+    memo: StepMemo | None = None,
     since: int = 0,
 ) -> int:
     """Index of the newest batch that began a step of the cost at moved sizes (0 when none).
@@ -429,8 +435,9 @@ def step_change_point(
     that alternates changes again within a few dozen batches).
 
     With `keys` (one object per timing, its batch) and a `memo` the caller keeps between
-    calls, the reference of each batch (a function of the batches from its first one to it)
-    is computed once, and a final verdict is remembered.
+    calls, the reference of each batch from each first batch (a function of the batches
+    from that one to it) is computed once, and a final verdict is remembered: the other
+    tests' cut comes and goes, and with it where a reference begins.
     """
     count = len(timings)
     last = max(count - window.CHANGE_SCAN, 1)
@@ -439,7 +446,7 @@ def step_change_point(
         key = keys[split] if keys is not None else None
         begin = max(split - window.CHANGE_REFERENCE, since if since < split else 0)
         first = keys[begin] if keys is not None else None
-        entry = memo.get(id(key)) if memo is not None and key is not None else None
+        entry = memo.get((id(key), id(first))) if memo is not None and key is not None else None
         if entry is not None and entry.key is key and entry.first is first:
             reference, verdict = entry.reference, entry.verdict
         else:
@@ -459,16 +466,22 @@ def step_change_point(
             verdict = True if confirmed else (False if len(after) == window.CHANGE_AFTER else None)
             entry = None
         if memo is not None and key is not None and entry is None:
-            memo[id(key)] = StepEntry(key, first, reference, verdict)
+            memo[(id(key), id(first))] = StepEntry(key, first, reference, verdict)
         if verdict and near:
             found = split
             newest = newest or split
-    if memo is not None and keys is not None and len(memo) > 2 * window.CHANGE_SCAN:
-        # Forget the batches that left the scan (an entry holds its key: no id is reused).
-        live = {id(keys[index]) for index in range(last, count - 1)}
-        for stale in [number for number in memo if number not in live]:
-            del memo[stale]
+    if memo is not None and keys is not None:
+        _forget(memo, keys, window)
     return found
+
+
+def _forget(memo: StepMemo, keys: Sequence[object], window: type[EvidenceWindow]) -> None:
+    """Drop the entries of batches that left the scan, once the memo holds more than four
+    entries a batch of it."""
+    if len(memo) > 4 * window.CHANGE_SCAN:
+        live = {id(key) for key in keys[-window.CHANGE_SCAN - 1 :]}
+        for stale in [pair for pair in memo if pair[0] not in live]:
+            del memo[stale]
 
 
 class RiseUnderTest(NamedTuple):
@@ -493,7 +506,7 @@ def rise_under_test(
     threshold: float,
     weights: Sequence[float | None] | None = None,
     keys: Sequence[object] | None = None,
-    memo: dict[int, StepEntry] | None = None,
+    memo: StepMemo | None = None,
     since: int = 0,
 ) -> RiseUnderTest | None:
     """The newest batch after `since` (of the last `CHANGE_SCAN`) that took longer than
@@ -511,8 +524,8 @@ def rise_under_test(
     below half the slow batch's own rise r_0 with the step test's confidence:
     (r_0 / 2 - d) / se > `STEP_Z`. A batch beyond the sizes of the fit is no candidate: there
     a slow batch says that the cost curves up, which the cost fits' quadratic term is for.
-    `weights`, `keys`, `memo` as for `step_change_point`, called just before on the same
-    timings (its memo holds the references).
+    `weights`, `keys`, `memo` as for `step_change_point` (the same memo: a reference that
+    begins where the step test's began is fitted once).
     """
     count = len(timings)
     for split in range(count - 1, max(count - 1 - window.CHANGE_SCAN, since), -1):
@@ -520,14 +533,7 @@ def rise_under_test(
         if seconds <= threshold:
             continue
         begin = max(split - window.CHANGE_REFERENCE, since)
-        key = keys[split] if keys is not None else None
-        entry = memo.get(id(key)) if memo is not None and keys is not None else None
-        if entry is not None and entry.key is key and entry.first is keys[begin]:  # type: ignore[index]
-            reference = entry.reference
-        else:
-            reference = _reference(
-                timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
-            )
+        reference = _remembered(timings, window, split, begin, weights, keys, memo)
         fit = reference.fit
         if fit is None or reference.surprise <= 0 or size > window.NEIGHBOURHOOD * max(n for n, _ in timings[begin:split]):
             continue
@@ -543,6 +549,29 @@ def rise_under_test(
             return None
         return RiseUnderTest(split, estimate, error, estimate / error > window.STEP_Z)
     return None
+
+
+def _remembered(
+    timings: Sequence[Timing],
+    window: type[EvidenceWindow],
+    split: int,
+    begin: int,
+    weights: Sequence[float | None] | None,
+    keys: Sequence[object] | None,
+    memo: StepMemo | None,
+) -> StepReference:
+    """The `StepReference` of the batch at `split` from the batches from `begin` on, from
+    `memo` when it holds it, else fitted and kept there (with the verdict `step_change_point`
+    starts a fresh reference with)."""
+    key = keys[split] if keys is not None else None
+    first = keys[begin] if keys is not None else None
+    entry = memo.get((id(key), id(first))) if memo is not None and key is not None else None
+    if entry is not None and entry.key is key and entry.first is first:
+        return entry.reference
+    reference = _reference(timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None)
+    if memo is not None and keys is not None:
+        memo[(id(key), id(first))] = StepEntry(key, first, reference, None if reference.surprise else False)
+    return reference
 
 
 def _confirmed(

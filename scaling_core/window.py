@@ -29,7 +29,7 @@ from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
 from scaling_core.shifts import (
     RiseUnderTest,
-    StepEntry,
+    StepMemo,
     cost_change_point,
     pooled_change_point,
     quality_change_point,
@@ -190,7 +190,7 @@ class EvidenceWindow:
         base: int,
         remaining_items: int | None = None,
         shift_memo: dict[int, tuple[object, bool]] | None = None,
-        step_memo: dict[int, StepEntry] | None = None,
+        step_memo: StepMemo | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.

@@ -260,6 +260,17 @@ def test_a_batch_far_over_stays_a_rise_under_test_until_the_batches_after_it_tel
     assert rise([*_stepped(0)[:-1], (600.0, 12.0)]) is None
 
 
+def test_the_rise_under_test_answers_the_same_with_the_step_tests_memo_as_without() -> None:
+    timings = _stepped(12) + _stepped(20, outlier=True, seed=9)
+    keys = [object() for _ in timings]
+    memo: dict = {}
+    for count in range(2, len(timings) + 1):
+        since = 30 if count % 3 else 0  # the other tests' cut comes and goes
+        step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo, since=since)
+        remembered = rise_under_test(timings[:count], EvidenceWindow, threshold=6.0, keys=keys[:count], memo=memo, since=since)
+        assert remembered == rise_under_test(timings[:count], EvidenceWindow, threshold=6.0, since=since), count
+
+
 def _window_of(timings: list[tuple[float, float]]) -> EvidenceWindow:
     views = [BatchView(asked=int(n), items=int(n), high=int(n), seconds=t, failed=False) for n, t in timings]
     config = ScalingConfig(initial_batch_size=50, min_batch_size=10, max_batch_size=800, processing_time_threshold=6.0)
@@ -313,7 +324,9 @@ def test_a_step_reference_begins_no_earlier_than_a_change_found_already() -> Non
     memo: dict = {}
     step_change_point(timings, EvidenceWindow, keys=keys, memo=memo, since=30)
     for split in range(31, len(timings) - 1):
-        assert memo[id(keys[split])].first is keys[max(split - EvidenceWindow.CHANGE_REFERENCE, 30)], split
+        first = keys[max(split - EvidenceWindow.CHANGE_REFERENCE, 30)]
+        assert all(entry.first is first for entry in memo.values() if entry.key is keys[split]), split
+        assert memo[(id(keys[split]), id(first))].key is keys[split], split
     # A reference across the fall mixes both costs: its spread hides the rise after it.
     found = [
         (step_change_point(timings, EvidenceWindow), step_change_point(timings, EvidenceWindow, since=30))
