@@ -7,7 +7,9 @@ workload is no longer current:
   before a split (`cost_change_point`) or against all older batches (`pooled_change_point`),
   a surprising batch that the batches after it confirm at whatever size (`step_change_point`),
   or recent batches far off the fitted cost in units of its own noise (a shock: a slower
-  model, a busier service), cut the timings at the change;
+  model, a busier service), cut the timings at the change; a batch far over the time limit
+  and the cost before it cuts them until the batches after it rule its rise out
+  (`rise_under_test`);
 - **quality**: High shares that shifted at unchanged sizes (`quality_change_point`) cut
   the quality observations at the change;
 - **failures**: classified by `FailureClassifier`; a failure ceiling that moved down cuts
@@ -86,7 +88,8 @@ class EvidenceWindow:
         noise: robust spread of the log residuals of `fit` (relative timing noise).
         metrics: numbers a reader needs to check the decision's reason.
         weighed: the cost fit with item weights that `fit` reads, when there is one.
-        rise: a surprisingly slow batch of the current regime whose step is still under test.
+        rise: the batch far over the time limit that the cost evidence is cut at until the
+            batches after it rule its rise out (`shifts.rise_under_test`), or None.
     """
 
     HISTORY = 400
