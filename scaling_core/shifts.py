@@ -9,6 +9,8 @@ the window's constants (`EvidenceWindow.CHANGE_Z` and the rest), passed in as `w
   at sizes every regime shares);
 - `step_change_point`: the batches after a surprising one, at whatever size, against the
   line fitted before it (a cost that stepped while the manager moved the size);
+- `rise_under_test`: a batch far over the time limit and that line, taken for a step until
+  the batches after it rule it out;
 - `quality_change_point`: later High counts against those the older share at the same size
   predicts.
 """
@@ -671,8 +673,8 @@ def common_shift(
 
 @dataclass(slots=True)
 class _ShiftSums:
-    """The sums over residuals r_i and their gradients g_i that `shift` needs: kept as the
-    batches come in, so that the estimate after each costs a 3x3 solve, whatever their number."""
+    """The sums over residuals r_i and their gradients g_i that `shift` needs: whatever the
+    number of batches, the estimate is then a 3x3 solve."""
 
     count: int
     total: float
