@@ -79,9 +79,16 @@ from scaling_core.runs import (
 PROGRESS_INTERVAL = 2.0
 """Seconds at least between two updates of a run's progress artifact."""
 
-_MADE_UP_NAME = re.compile(r"[a-z]+-[a-z]+|[A-Z][a-z]+-[A-Z][a-z]+")
-"""The shape of the names Prefect makes up for a run: the server's ("eggplant-wolf") and the
-one the UI's Run form fills in ("Intelligent-Boxsky")."""
+_MADE_UP_NAME = re.compile(r"([^\W\d_]+)-([^\W\d_]+)")
+"""The shape of the names Prefect makes up for a run, two words of letters (any alphabet's:
+"Generic-Vicuña") and a dash: the server's in lower case ("eggplant-wolf"), the one the UI's
+Run form fills in capitalised ("Intelligent-Boxsky")."""
+
+
+def _made_up(name: str) -> bool:
+    """Whether `name` has the shape of a name Prefect made up (`_MADE_UP_NAME`)."""
+    words = _MADE_UP_NAME.fullmatch(name)
+    return words is not None and (name.islower() or all(word.istitle() for word in words.groups()))
 
 
 def pipeline_run_name(pipeline: str, given: str | None, *, flow_run_id: str, now: datetime) -> str:
@@ -98,7 +105,7 @@ def pipeline_run_name(pipeline: str, given: str | None, *, flow_run_id: str, now
         >>> pipeline_run_name("catalogue", "rerun after the fix", flow_run_id="3fa1", now=datetime.now())
         'rerun after the fix'
     """
-    if given and not _MADE_UP_NAME.fullmatch(given):
+    if given and not _made_up(given):
         return given
     return f"{pipeline}-{now.astimezone(timezone.utc):%Y%m%d-%H%M%S}-{flow_run_id.replace('-', '')[:4]}"
 

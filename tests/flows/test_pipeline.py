@@ -188,6 +188,8 @@ def test_report_cli_prints_the_run_as_json_and_plots_it(finished_run: FinishedRu
         (None, "nightly-20261202-055930-3fa1"),
         ("eggplant-wolf", "nightly-20261202-055930-3fa1"),  # made up by the server
         ("Intelligent-Boxsky", "nightly-20261202-055930-3fa1"),  # filled in by the UI's Run form
+        ("Generic-Vicuña", "nightly-20261202-055930-3fa1"),  # its words are not all ASCII
+        ("Nightly-Rerun2", "Nightly-Rerun2"),
         ("catalogue rerun after the fix", "catalogue rerun after the fix"),
         ("nightly-2", "nightly-2"),
     ],
