@@ -231,9 +231,10 @@ class FailureCeiling:
         ceiling = min(f.size for f in failures)
         # Every current size failure stands behind the ceiling: a larger size that failed
         # says as much about it as the ceiling's own failure (sizes above a cliff fail).
-        age = len(window.views) - 1 - max(f.index for f in failures)
+        newest = max(f.index for f in failures)
+        age = len(window.views) - 1 - newest
         floor = window.largest_success_below(ceiling)
-        memory = self._memory(window, ceiling, floor) * 2 ** (len(failures) - 1)
+        memory = self._memory(window, ceiling, floor, newest) * 2 ** (len(failures) - 1)
         window.metrics["failure_ceiling"] = float(ceiling)
         window.metrics["failure_ceiling_memory"] = min(memory, 1e9)
         if age > memory:
@@ -260,7 +261,7 @@ class FailureCeiling:
             hard=True,
         )
 
-    def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None) -> float:
+    def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None, newest: int) -> float:
         """Batches after which a ceiling of one failure is tested again: when the time lost
         under it has paid for the test.
 
@@ -270,11 +271,10 @@ class FailureCeiling:
         failed batch and the retry of its items, TEST_COST * seconds(c). Without a fit, MEMORY.
 
         The cost is read from the `EvidenceWindow.RECENT_COST` batches before the ceiling's
-        newest failure, whose sizes were not held under it: held there, the sizes soon
+        newest failure (the view at `newest`), whose sizes were not held under it: held there, the sizes soon
         become too alike to show a fixed cost, and the memory would follow their noise. When
         those do not show one either, the recent fit is read.
         """
-        newest = max(f.index for f in window.failures.size_failures())
         before = [
             v
             for v in window.views[max(newest - EvidenceWindow.RECENT_COST, 0) : newest]

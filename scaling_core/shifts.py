@@ -21,7 +21,6 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -448,8 +447,8 @@ def step_change_point(
         key = keys[split] if keys is not None else None
         begin = max(split - window.CHANGE_REFERENCE, since if since < split else 0)
         first = keys[begin] if keys is not None else None
-        entry = memo.get((id(key), id(first))) if memo is not None and key is not None else None
-        if entry is not None and entry.key is key and entry.first is first:
+        entry = _recalled(memo, key, first)
+        if entry is not None:
             reference, verdict = entry.reference, entry.verdict
         else:
             entry = None
@@ -475,6 +474,12 @@ def step_change_point(
     if memo is not None and keys is not None:
         _forget(memo, keys, window)
     return found
+
+
+def _recalled(memo: StepMemo | None, key: object, first: object) -> StepEntry | None:
+    """The entry `memo` holds for the batch `key` with its reference begun at `first`, or None."""
+    entry = memo.get((id(key), id(first))) if memo is not None and key is not None else None
+    return entry if entry is not None and entry.key is key and entry.first is first else None
 
 
 def _forget(memo: StepMemo, keys: Sequence[object], window: type[EvidenceWindow]) -> None:
@@ -567,8 +572,8 @@ def _remembered(
     starts a fresh reference with)."""
     key = keys[split] if keys is not None else None
     first = keys[begin] if keys is not None else None
-    entry = memo.get((id(key), id(first))) if memo is not None and key is not None else None
-    if entry is not None and entry.key is key and entry.first is first:
+    entry = _recalled(memo, key, first)
+    if entry is not None:
         return entry.reference
     reference = _reference(timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None)
     if memo is not None and keys is not None:
@@ -659,69 +664,43 @@ def common_shift(
     variance: float,
 ) -> tuple[float, float]:
     """(estimate, standard error) of one shift d common to `residuals`, by generalised least
-    squares (`_ShiftSums.shift`).
+    squares.
 
-    The model: r_i = d + e_i + g_i'b, with e_i independent of variance `variance` and b a
-    shared error of `covariance` (g_i the rows of `gradients`, three numbers each; no shared
-    error when `covariance` is empty).
+    The model: r_i = d + e_i + g_i'b, with e_i independent of variance v = `variance` and b a
+    shared error of covariance C = `covariance` (g_i the rows of `gradients`, three numbers
+    each; no shared error when `covariance` is empty). With Sigma = v I + G C G':
+
+        d = 1' Sigma^-1 r / 1' Sigma^-1 1,   se(d) = 1 / sqrt(1' Sigma^-1 1)
+
+    and by Woodbury's identity, Sigma^-1 = (I - G (v I + C G'G)^-1 C G') / v, so that
+    1' Sigma^-1 x = (sum x - (sum g)' (v I + C G'G)^-1 C G'x) / v for x = 1 and x = r:
+    whatever the number of residuals, a 3x3 solve.
     """
-    sums = _ShiftSums.empty()
+    information, projected = float(len(residuals)), 0.0
+    summed = [0.0] * 3  # sum g_i
+    weighted = [0.0] * 3  # sum g_i r_i
+    outer = [[0.0] * 3 for _ in range(3)]  # sum g_i g_i'
     for residual, gradient in zip(residuals, gradients, strict=True):
-        sums.add(residual, gradient)
-    return sums.shift(covariance, variance)
-
-
-@dataclass(slots=True)
-class _ShiftSums:
-    """The sums over residuals r_i and their gradients g_i that `shift` needs: whatever the
-    number of batches, the estimate is then a 3x3 solve."""
-
-    count: int
-    total: float
-    gradient: list[float]
-    """sum g_i"""
-    weighted: list[float]
-    """sum g_i r_i"""
-    outer: list[list[float]]
-    """sum g_i g_i'"""
-
-    @classmethod
-    def empty(cls) -> _ShiftSums:
-        return cls(0, 0.0, [0.0] * 3, [0.0] * 3, [[0.0] * 3 for _ in range(3)])
-
-    def add(self, residual: float, gradient: Sequence[float]) -> None:
-        self.count += 1
-        self.total += residual
+        projected += residual
         for i, gi in enumerate(gradient):
-            self.gradient[i] += gi
-            self.weighted[i] += gi * residual
-            row = self.outer[i]
+            summed[i] += gi
+            weighted[i] += gi * residual
+            row = outer[i]
             for j, gj in enumerate(gradient):
                 row[j] += gi * gj
-
-    def shift(self, covariance: Sequence[Sequence[float]], variance: float) -> tuple[float, float]:
-        """GLS estimate of the common shift and its standard error. With Sigma = v I + G C G'
-        (v the `variance`, C the `covariance`):
-
-            d = 1' Sigma^-1 r / 1' Sigma^-1 1,   se(d) = 1 / sqrt(1' Sigma^-1 1)
-
-        and by Woodbury's identity, Sigma^-1 = (I - G (v I + C G'G)^-1 C G') / v, so that
-        1' Sigma^-1 x = (sum x - (sum g)' (v I + C G'G)^-1 C G'x) / v for x = 1 and x = r.
-        """
-        information, projected = float(self.count), self.total
-        if covariance:
-            system = [
-                [(variance if i == j else 0.0) + sum(covariance[i][m] * self.outer[m][j] for m in range(3)) for j in range(3)]
-                for i in range(3)
-            ]
-            inverse = _inverse(system)
-            if inverse is not None:
-                solved = [[sum(inverse[i][m] * covariance[m][j] for m in range(3)) for j in range(3)] for i in range(3)]
-                pulls = [sum(self.gradient[m] * solved[m][j] for m in range(3)) for j in range(3)]
-                information -= sum(p * g for p, g in zip(pulls, self.gradient, strict=True))
-                projected -= sum(p * w for p, w in zip(pulls, self.weighted, strict=True))
-        information = max(information, 1e-12) / variance
-        return projected / variance / information, 1.0 / math.sqrt(information)
+    if covariance:
+        system = [
+            [(variance if i == j else 0.0) + sum(covariance[i][m] * outer[m][j] for m in range(3)) for j in range(3)]
+            for i in range(3)
+        ]
+        inverse = _inverse(system)
+        if inverse is not None:
+            solved = [[sum(inverse[i][m] * covariance[m][j] for m in range(3)) for j in range(3)] for i in range(3)]
+            pulls = [sum(summed[m] * solved[m][j] for m in range(3)) for j in range(3)]
+            information -= sum(p * g for p, g in zip(pulls, summed, strict=True))
+            projected -= sum(p * w for p, w in zip(pulls, weighted, strict=True))
+    information = max(information, 1e-12) / variance
+    return projected / variance / information, 1.0 / math.sqrt(information)
 
 
 def _predicted(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> float:
