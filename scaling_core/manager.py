@@ -251,13 +251,25 @@ class ScalingManager:
 
         (`TimeLimit`'s margins): a batch of heavy items takes fewer of them instead of running
         over the limit, and the size in items can follow the typical item.
+
+        When the items carry weights but their cost per unit of weight is not yet known (the
+        recent batches had about the same weight per item, so the fit cannot tell weight from
+        count), the size's evidence holds only for items as heavy as those it was measured on:
+
+            W = n * heaviest weight per item among the recent batches
+
+        A batch of heavier items than any seen is cut to that weight; it then shows what such
+        items cost, and the cap follows the heaviest items seen.
         """
-        weighed = window.weighed
-        if weighed is None:
-            return decision
-        budget = TimeLimit.TIME_MARGIN * self.config.processing_time_threshold
         size = decision.new_batch_size
-        within = weighed.largest_weight_within(size, budget, z=TimeLimit.TIME_Z)
+        weighed = window.weighed
+        if weighed is not None:
+            budget = TimeLimit.TIME_MARGIN * self.config.processing_time_threshold
+            within = weighed.largest_weight_within(size, budget, z=TimeLimit.TIME_Z)
+        elif window.heaviest_item is not None:
+            within = size * window.heaviest_item
+        else:
+            return decision
         metrics = {**decision.performance_metrics, "max_weight_within_time_limit": within}
         return decision.model_copy(update={"max_weight": within, "performance_metrics": metrics})
 

@@ -90,6 +90,8 @@ class EvidenceWindow:
         weighed: the cost fit with item weights that `fit` reads, when there is one.
         rise: the batch far over the time limit that the cost evidence is cut at until the
             batches after it rule its rise out (`shifts.rise_under_test`), or None.
+        heaviest_item: the largest weight per item among the recent batches of the current
+            cost regime, when every one of them carries its items' weight (None otherwise).
     """
 
     HISTORY = 400
@@ -183,6 +185,7 @@ class EvidenceWindow:
     metrics: dict[str, float] = field(default_factory=dict)
     weighed: WeightedCostFit | None = None
     rise: RiseUnderTest | None = None
+    heaviest_item: float | None = None
 
     @classmethod
     def of(
@@ -252,6 +255,12 @@ class EvidenceWindow:
         else:
             rise = None
         fit, noise = recent_fit.fit, recent_fit.noise
+        regime = list(zip(timings[change:], weights[change:], strict=True))[-cls.RECENT_COST :]
+        heaviest = max((w / n for (n, _), w in regime if w), default=None)
+        if heaviest is not None and all(w for _, w in regime):
+            metrics["heaviest_recent_item_weight"] = heaviest
+        else:
+            heaviest = None
         if recent_fit.weighed is not None and recent_fit.weight_per_item is not None:
             metrics.update(
                 {
@@ -293,6 +302,7 @@ class EvidenceWindow:
             metrics=metrics,
             weighed=recent_fit.weighed,
             rise=rise,
+            heaviest_item=heaviest,
         )
 
     @classmethod

@@ -5,6 +5,7 @@ the point."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 import random
 
 import pytest
@@ -159,28 +160,36 @@ def test_a_size_whose_share_is_under_the_target_unproven_is_a_ceiling_approached
     assert sizes == [100, 100, 100, 150, 338, 216, 173, 188, 198] + [188] * 15
 
 
-def test_heavy_items_make_the_batch_shorter_within_the_time_limit() -> None:
-    # A ledger of 4,000 items: light ones (about 50 tokens) then heavy ones (about 400), with a
-    # spread between neighbours so that a batch's tokens per item vary. Time: 0.5 s + 2 ms an
-    # item + 0.2 ms a token, noise-free; the limit is 5 s.
-    weights = [(50.0 if i < 2_000 else 400.0) * (0.6 + 0.8 * ((i * 37) % 11) / 10) for i in range(4_000)]
-    config = ScalingConfig(initial_batch_size=20, min_batch_size=5, max_batch_size=2_000, processing_time_threshold=5.0)
+def _weighed_run(config: ScalingConfig, weights: list[float], seconds: Callable[[int, float], float]) -> tuple[ScalingManager, list[BatchResult]]:
+    """The manager through a ledger of `weights`; a batch takes `seconds(items, total weight)`.
+
+    The claim takes up to the asked size of items in order while their summed weight stays
+    within the manager's cap (the first item always), as the pipeline's ledger does.
+    """
     manager = ScalingManager(config)
     history: list[BatchResult] = []
     start = 0
     while start < len(weights):
         asked, cap = manager.get_current_batch_size(), manager.get_current_batch_weight()
-        # The claim: up to `asked` items in order while their tokens stay within the cap.
         taken, total = 0, 0.0
         while start + taken < len(weights) and taken < asked:
             if taken and cap is not None and total + weights[start + taken] > cap:
                 break
             total += weights[start + taken]
             taken += 1
-        seconds = 0.5 + 0.002 * taken + 0.0002 * total
-        history.append(weighed_result(asked, taken, seconds, total))
+        history.append(weighed_result(asked, taken, seconds(taken, total), total))
         start += taken
         manager.apply_scaling_decision(manager.evaluate_scaling(history))
+    return manager, history
+
+
+def test_heavy_items_make_the_batch_shorter_within_the_time_limit() -> None:
+    # A ledger of 4,000 items: light ones (about 50 tokens) then heavy ones (about 400), with a
+    # spread between neighbours so that a batch's tokens per item vary. Time: 0.5 s + 2 ms an
+    # item + 0.2 ms a token, noise-free; the limit is 5 s.
+    weights = [(50.0 if i < 2_000 else 400.0) * (0.6 + 0.8 * ((i * 37) % 11) / 10) for i in range(4_000)]
+    config = ScalingConfig(initial_batch_size=20, min_batch_size=5, max_batch_size=2_000, processing_time_threshold=5.0)
+    manager, history = _weighed_run(config, weights, lambda items, total: 0.5 + 0.002 * items + 0.0002 * total)
     assert all(batch.processing_time <= 0.97 * 5.0 + 1e-9 for batch in history[3:])
     # The weight cost is learned (0.2 ms a token): the cap is the time limit solved for the tokens.
     last = history[-1]
@@ -191,3 +200,20 @@ def test_heavy_items_make_the_batch_shorter_within_the_time_limit() -> None:
     first_heavy = next(index for index, batch in enumerate(history) if batch.total_weight / batch.total_items > 150)
     assert [batch.total_items < batch.asked_size for batch in history[first_heavy : first_heavy + 3]] == [True] * 3
     assert history[first_heavy].asked_size > 300 and last.asked_size < 60
+
+
+def test_items_heavier_than_any_seen_are_cut_to_the_weight_the_size_was_measured_on() -> None:
+    # Every light item weighs 20: a batch's weight is a multiple of its items, so no fit can tell
+    # what a unit of weight costs. Then items of 200. The time is all weight (0.5 s + 1 ms a
+    # unit): the size light items earned would take ten times the limit on heavy ones.
+    weights = [20.0] * 3_000 + [200.0] * 300
+    config = ScalingConfig(initial_batch_size=20, min_batch_size=1, max_batch_size=1_000, processing_time_threshold=5.0)
+    manager, history = _weighed_run(config, weights, lambda items, total: 0.5 + 0.001 * total)
+    first_heavy = next(index for index, batch in enumerate(history) if batch.total_weight > 20.0 * batch.total_items)
+    before, cut = history[first_heavy - 1], history[first_heavy]
+    # The cap was the size times the heaviest item seen (20): the batch took that weight.
+    assert cut.asked_size > 150 and cut.total_weight <= 20.0 * cut.asked_size
+    assert cut.total_items < cut.asked_size
+    assert before.processing_time <= 5.0 and cut.processing_time <= 5.0
+    # No batch of either kind ran over the limit.
+    assert max(batch.processing_time for batch in history) <= 5.0
