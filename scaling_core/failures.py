@@ -8,7 +8,11 @@ of three things, and only the first is about size:
 - **transient**: a failure at a size that also succeeds (HTTP 5xx, a flaky network, a
   timeout now and then). The evidence is a later success with as many items or more:
   under a ceiling that size could never succeed. A streak of consecutive failures shares
-  its cause, so one refuted failure makes its whole streak transient.
+  its cause, so one refuted failure makes its whole streak transient. A streak not refuted
+  yet, at a size that succeeded before, is transient too when the window's own rate of
+  refuted failures makes a streak that long likely (`FailureClassifier.STREAK_CHANCE`): a
+  service that fails one call in ten fails two in a row every hundred, and a ceiling learned
+  from each such pair would ratchet the size down for good.
 - **deterministic**: every call fails whatever the size (a bug, a revoked key, an answer
   that breaks the processor contract). The evidence is a streak of `DETERMINISTIC_TRIES` calls
   that raised, and reached the minimum size, or spanned a `DETERMINISTIC_SPAN` range of sizes,
@@ -62,12 +66,15 @@ class FailureReport:
             before that are no evidence of what works now.
         streak: whole failures at the end of the window, in a row.
         deterministic: the trailing streak is deterministic.
+        transient_rate: the share of the window's batches whose failure a later success
+            refuted (0.0 without any).
     """
 
     failures: tuple[Failure, ...]
     start: int
     streak: int
     deterministic: bool
+    transient_rate: float = 0.0
 
     @property
     def trailing(self) -> tuple[Failure, ...]:
@@ -101,6 +108,12 @@ class FailureClassifier:
     DETERMINISTIC_SPAN = 4.0
     """A streak whose sizes span this ratio tried sizes a quarter of each other (two halvings):
     a ceiling so far below every size tried is not what such a streak is taken for."""
+    STREAK_CHANCE = 0.05
+    """Expected number of streaks of k failures or more among the window's N batches, when
+    calls fail independently at its rate r of transient failures (about N * r^k), at or above
+    which an unrefuted streak at a size that succeeded is taken for chance: a test at the 5%
+    level. Without transient failures on record (r = 0) no streak is chance, and a size that
+    succeeded and then fails twice means the ceiling moved down, as before."""
 
     def __init__(self, min_batch_size: int) -> None:
         if min_batch_size <= 0:
@@ -121,6 +134,7 @@ class FailureClassifier:
                 refuted[index] = largest_later >= view.asked
             elif view.items > largest_later:
                 largest_later = view.items
+        rate = sum(refuted) / count
 
         failures: list[Failure] = []
         start = 0
@@ -144,6 +158,8 @@ class FailureClassifier:
                 kind = FailureKind.TRANSIENT
             elif self._deterministic(sizes, errors):
                 kind = FailureKind.DETERMINISTIC
+            elif largest_before >= min(sizes) and count * rate ** len(sizes) >= self.STREAK_CHANCE:
+                kind = FailureKind.TRANSIENT
             else:
                 kind = FailureKind.SIZE
                 # A size that succeeded now fails twice (once may be a flaky call): the
@@ -160,6 +176,7 @@ class FailureClassifier:
             start=start,
             streak=streak,
             deterministic=streak > 0 and kind is FailureKind.DETERMINISTIC,
+            transient_rate=rate,
         )
 
     def _deterministic(self, sizes: Sequence[int], errors: Sequence[str]) -> bool:

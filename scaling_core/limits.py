@@ -16,10 +16,11 @@ for a constraint that size does not move, and says so.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 from scaling_core._evidence import fit_costs
-from scaling_core.failures import FailureKind
+from scaling_core.failures import Failure, FailureKind
 from scaling_core.quality import QualityLimit
 from scaling_core.results import Limit
 from scaling_core.window import EvidenceWindow
@@ -201,7 +202,9 @@ class FailureCeiling:
     cheap, and only the last one fails (bisection would fail about every other probe).
 
     A ceiling expires: its newest failure is forgotten after M * 2^(k-1) batches, k the
-    failures behind it and M the batches whose lost throughput pays for a test (`_memory`),
+    failures behind it and M the batches whose lost throughput pays for a test (`_memory`);
+    where transient failures are on record, a run of failures in a row may be one flaky
+    episode (an outage), and counts once,
     and the size may grow back to test it. A ceiling that lifted (a fixed processor, a bigger
     payload limit, a failure that was transient after all) is found again; one that holds
     costs one failure per test, at doubling intervals.
@@ -234,7 +237,7 @@ class FailureCeiling:
         newest = max(f.index for f in failures)
         age = len(window.views) - 1 - newest
         floor = window.largest_success_below(ceiling)
-        memory = self._memory(window, ceiling, floor, newest) * 2 ** (len(failures) - 1)
+        memory = self._memory(window, ceiling, floor, newest) * 2 ** (self._tests(window, failures) - 1)
         window.metrics["failure_ceiling"] = float(ceiling)
         window.metrics["failure_ceiling_memory"] = min(memory, 1e9)
         if age > memory:
@@ -260,6 +263,14 @@ class FailureCeiling:
             f"the newest {age} batch(es) ago; {how}{noted}",
             hard=True,
         )
+
+    @staticmethod
+    def _tests(window: EvidenceWindow, failures: Sequence[Failure]) -> int:
+        """How many tests of the ceiling `failures` (oldest first) are: each failure, or, with
+        transient failures on record, each run of failures in a row."""
+        if not window.failures.transient_rate:
+            return len(failures)
+        return sum(1 for before, failure in zip((None, *failures), failures) if before is None or failure.index != before.index + 1)
 
     def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None, newest: int) -> float:
         """Batches after which a ceiling of one failure is tested again: when the time lost

@@ -12,8 +12,9 @@ A decision is made of small parts (see `docs/manager.md` for the diagram and the
    classified as size, transient or deterministic (`scaling_core.failures`).
 2. A batch that failed whole is answered first (`_after_failure`): a deterministic streak
    keeps the size it started at (never learned as a size); a single failure at a size that
-   has succeeded is taken as transient (same size again); otherwise the size steps back to
-   the largest success below, or halves in a streak.
+   has succeeded, or a streak there that the window's rate of transient failures makes
+   likely, is taken as transient (same size again); otherwise the size steps back to the
+   largest success below, or halves in a streak.
 3. A batch whose High share is surely under `low_confidence_threshold` halves the size,
    unless no size meets the quality target.
 4. Otherwise every limit of `scaling_core.limits` estimates the size it allows (maximum,
@@ -40,6 +41,7 @@ from typing import Any, Protocol
 from scaling_core import growth, predictions
 from scaling_core._evidence import wilson_bounds
 from scaling_core.config import ScalingConfig
+from scaling_core.failures import FailureKind
 from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
@@ -303,6 +305,17 @@ class ScalingManager:
                     "times: taken as transient, same size again",
                     metrics,
                 )
+        trailing = failures.trailing
+        if failures.streak >= 2 and all(failure.kind is FailureKind.TRANSIENT for failure in trailing):
+            metrics["transient_failure_rate"] = failures.transient_rate
+            return self._decision(
+                base,
+                base,
+                f"the last {failures.streak} batches ({failed} items) failed whole{detail} at a size that succeeded: "
+                f"taken as transient, same size again (a share {failures.transient_rate:.3f} of the recent "
+                f"batches failed and then succeeded at their size, so such a streak is likely by chance)",
+                metrics,
+            )
         floor = window.largest_success_below(failed)
         if failures.streak >= 2:
             new, how = failed / 2, f"{failures.streak} failures in a row: halving"

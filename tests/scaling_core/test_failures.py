@@ -62,6 +62,24 @@ def test_a_size_that_succeeded_failing_twice_moves_the_ceiling_and_forgets_older
     assert FailureClassifier(10).classify([ok(300), ok(300), failed(300)]).start == 0
 
 
+def test_an_unrefuted_streak_is_chance_where_the_window_shows_that_many_transient_failures() -> None:
+    # 40 batches at 100, 4 of them failures that a later success refuted (r = 4/42): two in a
+    # row among 42 batches are expected 42 * r^2 = 0.38 times, so the trailing pair is chance.
+    flaky = [failed(100) if number % 10 == 5 else ok(100) for number in range(40)]
+    report = FailureClassifier(10).classify([*flaky, failed(100), failed(100)])
+    assert report.transient_rate == pytest.approx(4 / 42)
+    assert [f.kind for f in report.trailing] == [FailureKind.TRANSIENT] * 2
+    assert report.start == 0 and report.size_failures() == []
+    # Four in a row are not (42 * r^4 = 0.003): the ceiling moved down.
+    report = FailureClassifier(10).classify([*flaky, *[failed(100)] * 4])
+    assert [f.kind for f in report.trailing] == [FailureKind.SIZE] * 4
+    assert report.start == 40
+    # Without transient failures on record, two in a row at a size that succeeded are a ceiling.
+    report = FailureClassifier(10).classify([*[ok(100)] * 40, failed(100), failed(100)])
+    assert report.transient_rate == 0.0
+    assert [f.kind for f in report.trailing] == [FailureKind.SIZE] * 2
+
+
 def test_a_window_without_failures_is_classified_in_one_pass() -> None:
     report = FailureClassifier(10).classify([ok(50)] * 100)
     assert report.failures == () and report.streak == 0

@@ -11,6 +11,8 @@ import random
 import pytest
 
 from scaling_core import ScalingAction, ScalingConfig, ScalingManager
+from scaling_core.limits import FailureCeiling
+from scaling_core.window import EvidenceWindow
 from tests.scaling_core.rules import BatchResult, drive, result, weighed_result
 
 # The time limit: 1 s + 10 ms/item reaches 0.97 x 5 s at 385 items.
@@ -86,6 +88,51 @@ def test_a_transient_failure_at_a_size_that_succeeded_keeps_the_size() -> None:
 
     sizes, _ = drive(SMALL, one_503, 22)
     assert sizes[14:] == [300, 300, 300, 300, 300, 210, 300, 300]
+
+
+def test_failures_in_a_row_that_a_flaky_service_explains_keep_the_size() -> None:
+    # One call in ten fails (a 503), whatever the size: batches 20, 30, 40 and 50 alone, then
+    # 60 and 61 in a row. The pair is what such a service does every hundred calls or so: the
+    # size is kept, and no ceiling is learned from it.
+    def flaky(size: int, number: int) -> BatchResult:
+        if number in (20, 30, 40, 50, 60, 61):
+            return result(size, 1.0, failed=True, error="HTTPStatusError: 503")
+        return cheap(size, number)
+
+    sizes, decision = drive(SMALL, flaky, 66)
+    # The probes below the maximum go on as before (255 and 210).
+    assert sizes[55:] == [255, 300, 300, 300, 300, 300, 300, 300, 210, 300, 300]
+    assert "failure_ceiling" not in decision.performance_metrics
+    _, after_pair = drive(SMALL, flaky, 62)
+    assert after_pair.new_batch_size == 300
+    assert after_pair.reason.startswith("the last 2 batches (300 items) failed whole (HTTPStatusError: 503)")
+    assert "taken as transient, same size again" in after_pair.reason
+    # The same pair with no flaky call on record says the ceiling moved: halve.
+    def pair(size: int, number: int) -> BatchResult:
+        return result(size, 1.0, failed=True, error="HTTPStatusError: 503") if number in (60, 61) else cheap(size, number)
+
+    sizes, _ = drive(SMALL, pair, 63)
+    assert sizes[60:] == [300, 300, 150]
+
+
+@pytest.mark.parametrize(("flaky", "tests"), [(True, 1), (False, 3)])
+def test_a_run_of_failures_is_one_test_of_the_ceiling_where_transient_failures_are_on_record(
+    flaky: bool, tests: int
+) -> None:
+    # Three failures in a row at 385: where four earlier 503s were refuted, they may be one
+    # outage and double the ceiling's memory once; with none on record, each doubles it.
+    def outage(size: int, number: int) -> BatchResult:
+        if number in (60, 61, 62) or (flaky and number in (20, 30, 40, 50)):
+            return result(size, 1.0, failed=True, error="HTTPStatusError: 503")
+        return linear(size, number)
+
+    manager = ScalingManager(TIMED)
+    history = [outcome for number in range(63) for outcome in [outage(385 if number >= 60 else 200, number)]]
+    window = EvidenceWindow.of([batch.view for batch in history], TIMED, base=385)
+    failures = window.failures.size_failures()
+    assert [failure.size for failure in failures] == [385, 385, 385]
+    assert FailureCeiling._tests(window, failures) == tests
+    assert manager.evaluate_scaling(history).performance_metrics["failure_ceiling"] == 385
 
 
 def test_a_ceiling_from_a_streak_of_unlucky_failures_is_tested_again_under_timing_noise() -> None:
