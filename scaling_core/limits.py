@@ -88,7 +88,10 @@ class TimeLimit:
         direct = budget / cautious if per_item > 0 else math.inf
         metrics["recent_seconds_per_item"] = per_item
         fit = window.fit
-        if fit is not None and fit.seconds(config.min_batch_size) > threshold and direct < config.min_batch_size:
+        # No size meets the limit when even the smallest batch surely takes longer: the fit's
+        # lower bound there (a fixed cost alone over the limit). Not the proportional estimate,
+        # which assumes no fixed cost and grows with the size the batches ran at.
+        if fit is not None and fit.seconds_upper(config.min_batch_size, -self.TIME_Z) > threshold:
             metrics["time_unmet"] = 1.0
             return Limit(
                 "time",

@@ -172,6 +172,17 @@ def test_a_processor_that_fails_whatever_the_size_is_never_learned_as_a_size() -
     assert fixed[14:] == [300, 300, 300, 300, 300, 300, 255, 300]
 
 
+def test_a_fixed_cost_over_the_time_limit_is_no_reason_to_shrink() -> None:
+    # 3 s a call plus 10 ms an item against a 2 s limit: no size meets it, and a smaller batch
+    # only pays the 3 s more often. Once the fit shows the fixed cost (after one cut, from the
+    # slow first batches), the size grows to the maximum and stays, whatever size it ran at.
+    config = ScalingConfig(initial_batch_size=50, min_batch_size=10, max_batch_size=500, processing_time_threshold=2.0)
+    sizes, decision = drive(config, lambda size, number: result(size, 3.0 + 0.01 * size), 24)
+    assert sizes == [50, 50, 50, 25, 38, 57, 86, 129, 194, 291, 436, 500, 500, 500, 500, 500, 500, 350, *[500] * 6]
+    assert decision.performance_metrics["time_unmet"] == 1.0
+    assert "no size meets the time limit: the fitted fixed cost 3.00 s alone is over 2 s; choosing by throughput" in decision.reason
+
+
 def test_a_quality_target_no_size_meets_is_ignored_and_the_reason_says_so() -> None:
     def flat(size: int, number: int) -> BatchResult:
         return result(size, 1.0 + 0.01 * size, high=round(0.8 * size))
