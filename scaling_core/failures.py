@@ -10,7 +10,8 @@ of three things, and only the first is about size:
   under a ceiling that size could never succeed. A streak of consecutive failures shares
   its cause, so one refuted failure makes its whole streak transient. A streak not refuted
   yet, at a size that succeeded before, is transient too when the window's own rate of
-  refuted failures makes a streak that long likely (`FailureClassifier.STREAK_CHANCE`): a
+  refuted failures of the same kind of error (the exception's name) makes a streak that
+  long likely (`FailureClassifier.STREAK_CHANCE`): a
   service that fails one call in ten fails two in a row every hundred, and a ceiling learned
   from each such pair would ratchet the size down for good.
 - **deterministic**: every call fails whatever the size (a bug, a revoked key, an answer
@@ -25,6 +26,7 @@ of three things, and only the first is about size:
 from __future__ import annotations
 
 import enum
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -32,6 +34,11 @@ from operator import attrgetter
 from scaling_core.results import BatchView
 
 _FAILED = attrgetter("failed")
+
+
+def _error_kind(error: str | None) -> str:
+    """The exception's name of a failure's recorded error ("ValueError: bad key" -> "ValueError")."""
+    return (error or "").split(":", 1)[0].strip()
 
 CONTRACT_ERROR = "ProcessorContractError"
 """How a stage records an answer that broke the processor contract (the exception's name)."""
@@ -135,6 +142,9 @@ class FailureClassifier:
             elif view.items > largest_later:
                 largest_later = view.items
         rate = sum(refuted) / count
+        # The same per kind of error (the exception's name): a new kind of failure is no
+        # flaky call of the kind on record.
+        refuted_kinds = Counter(_error_kind(views[k].error) for k in range(count) if refuted[k])
 
         failures: list[Failure] = []
         start = 0
@@ -158,7 +168,7 @@ class FailureClassifier:
                 kind = FailureKind.TRANSIENT
             elif self._deterministic(sizes, errors):
                 kind = FailureKind.DETERMINISTIC
-            elif largest_before >= min(sizes) and count * rate ** len(sizes) >= self.STREAK_CHANCE:
+            elif largest_before >= min(sizes) and self._chance(errors, refuted_kinds, count):
                 kind = FailureKind.TRANSIENT
             else:
                 kind = FailureKind.SIZE
@@ -178,6 +188,15 @@ class FailureClassifier:
             deterministic=streak > 0 and kind is FailureKind.DETERMINISTIC,
             transient_rate=rate,
         )
+
+    def _chance(self, errors: Sequence[str], refuted_kinds: Counter[str], count: int) -> bool:
+        """Whether a streak with `errors` is likely among `count` batches, at the rate of
+        refuted failures of its kind of error (`STREAK_CHANCE`)."""
+        kinds = {_error_kind(error) for error in errors}
+        if len(kinds) != 1:
+            return False
+        rate = refuted_kinds[kinds.pop()] / count
+        return count * rate ** len(errors) >= self.STREAK_CHANCE
 
     def _deterministic(self, sizes: Sequence[int], errors: Sequence[str]) -> bool:
         # Only calls that raised (or timed out) count: a batch whose every item failed on its

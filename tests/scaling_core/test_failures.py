@@ -74,6 +74,9 @@ def test_an_unrefuted_streak_is_chance_where_the_window_shows_that_many_transien
     report = FailureClassifier(10).classify([*flaky, *[failed(100)] * 4])
     assert [f.kind for f in report.trailing] == [FailureKind.SIZE] * 4
     assert report.start == 40
+    # Two of another kind of error are no flaky call of the kind on record.
+    report = FailureClassifier(10).classify([*flaky, failed(100, "ValueError: bad key"), failed(100, "ValueError: bad key")])
+    assert [f.kind for f in report.trailing] == [FailureKind.SIZE] * 2
     # Without transient failures on record, two in a row at a size that succeeded are a ceiling.
     report = FailureClassifier(10).classify([*[ok(100)] * 40, failed(100), failed(100)])
     assert report.transient_rate == 0.0

@@ -115,6 +115,21 @@ def test_failures_in_a_row_that_a_flaky_service_explains_keep_the_size() -> None
     assert sizes[60:] == [300, 300, 150]
 
 
+def test_a_bug_among_flaky_calls_is_found_as_quickly_as_without_them() -> None:
+    # The same flaky 503s, then a deploy that raises ValueError on every call: a new kind of
+    # error is no flaky call, so its streak halves and is called deterministic after four.
+    def broken(size: int, number: int) -> BatchResult:
+        if number in (20, 30, 40, 50):
+            return result(size, 1.0, failed=True, error="HTTPStatusError: 503")
+        if number >= 60:
+            return result(size, 0.1, failed=True, error="ValueError: bad key")
+        return cheap(size, number)
+
+    sizes, decision = drive(SMALL, broken, 64)
+    assert sizes[60:] == [300, 300, 150, 75]
+    assert decision.reason.startswith("deterministic failure: 4 whole failures in a row at 75 to 300 items (ValueError")
+
+
 @pytest.mark.parametrize(("flaky", "tests"), [(True, 1), (False, 3)])
 def test_a_run_of_failures_is_one_test_of_the_ceiling_where_transient_failures_are_on_record(
     flaky: bool, tests: int
