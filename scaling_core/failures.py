@@ -60,6 +60,8 @@ class Failure:
     size: int
     kind: FailureKind
     error: str | None
+    run: int = 0
+    """Index of the first failure of its run of failures in a row (which share a cause)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,10 +143,10 @@ class FailureClassifier:
                 refuted[index] = largest_later >= view.asked
             elif view.items > largest_later:
                 largest_later = view.items
-        rate = sum(refuted) / count
-        # The same per kind of error (the exception's name): a new kind of failure is no
-        # flaky call of the kind on record.
+        # Refuted failures per kind of error (the exception's name): a new kind of failure is
+        # no flaky call of the kind on record.
         refuted_kinds = Counter(_error_kind(views[k].error) for k in range(count) if refuted[k])
+        rate = refuted_kinds.total() / count
 
         failures: list[Failure] = []
         start = 0
@@ -178,7 +180,7 @@ class FailureClassifier:
                 if settled and largest_before >= min(sizes):
                     start = index
                     largest_before = 0  # the successes before are stale now
-            failures.extend(Failure(k, views[k].asked, kind, views[k].error) for k in members)
+            failures.extend(Failure(k, views[k].asked, kind, views[k].error, run=index) for k in members)
             streak = end - index if end == count else 0
             index = end
         return FailureReport(

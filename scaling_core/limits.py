@@ -273,7 +273,7 @@ class FailureCeiling:
         transient failures on record, each run of failures in a row."""
         if not window.failures.transient_rate:
             return len(failures)
-        return sum(1 for before, failure in zip((None, *failures), failures) if before is None or failure.index != before.index + 1)
+        return len({failure.run for failure in failures})
 
     def _memory(self, window: EvidenceWindow, ceiling: int, floor: int | None, newest: int) -> float:
         """Batches after which a ceiling of one failure is tested again: when the time lost

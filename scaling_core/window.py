@@ -58,6 +58,8 @@ class RecentFit(NamedTuple):
     """The fit with item weights, when the batches carry them and their weight costs time."""
     weight_per_item: float | None = None
     """The weight per item of the last `RECENT_WEIGHT` batches, which `fit` reads `weighed` at."""
+    heaviest_item: float | None = None
+    """The largest weight per item among the fitted batches, when every one carries weights."""
 
 
 class ViewNumbers(NamedTuple):
@@ -255,12 +257,8 @@ class EvidenceWindow:
         else:
             rise = None
         fit, noise = recent_fit.fit, recent_fit.noise
-        regime = list(zip(timings[change:], weights[change:], strict=True))[-cls.RECENT_COST :]
-        heaviest = max((w / n for (n, _), w in regime if w), default=None)
-        if heaviest is not None and all(w for _, w in regime):
-            metrics["heaviest_recent_item_weight"] = heaviest
-        else:
-            heaviest = None
+        if recent_fit.heaviest_item is not None:
+            metrics["heaviest_recent_item_weight"] = recent_fit.heaviest_item
         if recent_fit.weighed is not None and recent_fit.weight_per_item is not None:
             metrics.update(
                 {
@@ -302,7 +300,7 @@ class EvidenceWindow:
             metrics=metrics,
             weighed=recent_fit.weighed,
             rise=rise,
-            heaviest_item=heaviest,
+            heaviest_item=recent_fit.heaviest_item,
         )
 
     @classmethod
@@ -331,7 +329,9 @@ class EvidenceWindow:
         """
         recent = timings[-cls.RECENT_COST :]
         recent_weights = list(weights[-cls.RECENT_COST :])
+        heaviest = None
         if recent_weights and all(w is not None and w > 0 for w in recent_weights):
+            heaviest = max((w or 0.0) / n for (n, _), w in zip(recent, recent_weights, strict=True))
             weighed = fit_weighted_costs(
                 [n for n, _ in recent],
                 [float(w or 0.0) for w in recent_weights],
@@ -345,7 +345,12 @@ class EvidenceWindow:
                 per_item_weight = last_weight / last_items
                 expected = [weighed.seconds(n, w or 0.0) for (n, _), w in zip(recent, recent_weights, strict=True)]
                 return RecentFit(
-                    weighed.at(per_item_weight), cls._noise(recent, expected), expected, weighed, per_item_weight
+                    weighed.at(per_item_weight),
+                    cls._noise(recent, expected),
+                    expected,
+                    weighed,
+                    per_item_weight,
+                    heaviest,
                 )
         fit = fit_costs(
             [n for n, _ in recent],
@@ -356,10 +361,10 @@ class EvidenceWindow:
             curvature_t=cls.TIME_CURVATURE_T,
         )
         if fit is None:
-            return RecentFit(None, cls.MIN_NOISE, [])
+            return RecentFit(None, cls.MIN_NOISE, [], heaviest_item=heaviest)
         a, b, c = fit.fixed, fit.per_item, fit.quadratic
         expected = [a + b * n + c * n * n for n, _ in recent]
-        return RecentFit(fit, cls._noise(recent, expected), expected)
+        return RecentFit(fit, cls._noise(recent, expected), expected, heaviest_item=heaviest)
 
     @classmethod
     def _clean(cls, timings: Sequence[Timing], recent: RecentFit, count: int) -> bool:
