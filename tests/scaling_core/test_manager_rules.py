@@ -142,7 +142,7 @@ def test_a_run_of_failures_is_one_test_of_the_ceiling_where_transient_failures_a
         return linear(size, number)
 
     manager = ScalingManager(TIMED)
-    history = [outcome for number in range(63) for outcome in [outage(385 if number >= 60 else 200, number)]]
+    history = [outage(385 if number >= 60 else 200, number) for number in range(63)]
     window = EvidenceWindow.of([batch.view for batch in history], TIMED, base=385)
     failures = window.failures.size_failures()
     assert [failure.size for failure in failures] == [385, 385, 385]
