@@ -129,7 +129,7 @@ class ScalingManager:
         self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
         self._shift_memo: dict[int, tuple[object, bool]] = {}
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
-        self._step_memo: StepMemo = {}
+        self._step_memo = StepMemo()
         """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""
         self._changes = 0
         self.pacer = RatePacer(self.config.rate_limit_period_seconds)

@@ -402,10 +402,27 @@ class StepEntry(NamedTuple):
     """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
 
 
-StepMemo = dict[tuple[int, int], StepEntry]
-"""What `step_change_point` and `rise_under_test` remember between calls: the reference of a
-batch from a first batch, by the ids of both (an entry holds both objects: no id is reused
-while it lives)."""
+class CleanRun(NamedTuple):
+    """Splits whose verdict is final and no step, in a row: what lets `step_change_point` skip
+    them on the next call."""
+
+    newest: object
+    """The batch of the newest split of the run."""
+    length: int
+    """Splits in the run, from `newest` back, each judged on a reference of the
+    `CHANGE_REFERENCE` batches just before it (no cut moved its start)."""
+
+
+class StepMemo(dict[tuple[int, int], StepEntry]):
+    """What `step_change_point` and `rise_under_test` remember between calls: the reference of
+    a batch from a first batch, by the ids of both (an entry holds both objects: no id is
+    reused while it lives), and the run of splits known to be no step (`clean`)."""
+
+    clean: CleanRun | None = None
+
+    def clear(self) -> None:
+        super().clear()
+        self.clean = None
 
 
 def step_change_point(
@@ -442,8 +459,18 @@ def step_change_point(
     """
     count = len(timings)
     last = max(count - window.CHANGE_SCAN, 1)
+    # The newest split whose verdict is final: its `CHANGE_AFTER` batches are in.
+    settled = count - 1 - window.CHANGE_AFTER
+    clean = memo.clean if isinstance(memo, StepMemo) and keys is not None else None
+    if clean is not None and not (0 < settled <= len(keys) and keys[settled - 1] is clean.newest):
+        clean = None  # another history, or one that moved by more than a batch
+    # Splits whose reference is the `CHANGE_REFERENCE` batches just before them: a cut at
+    # `since` or the history's start does not move it.
+    unmoved_from = max(since, 0) + window.CHANGE_REFERENCE
+    skip_below = settled if clean is not None and clean.length >= settled - last and last >= unmoved_from else last
     found = newest = 0
-    for split in range(count - 2, last - 1, -1):
+    run = 0  # final no-step verdicts in a row from `settled` back
+    for split in range(count - 2, skip_below - 1, -1):
         key = keys[split] if keys is not None else None
         begin = max(split - window.CHANGE_REFERENCE, since if since < split else 0)
         first = keys[begin] if keys is not None else None
@@ -471,6 +498,12 @@ def step_change_point(
         if verdict and near:
             found = split
             newest = newest or split
+        if split <= settled and run == settled - split:
+            run += verdict is False and split >= unmoved_from
+    if isinstance(memo, StepMemo) and keys is not None and settled > 0:
+        if skip_below > last and run == 1 and clean is not None:
+            run += clean.length  # the skipped splits: the run they were part of goes on
+        memo.clean = CleanRun(keys[settled], run) if run else None
     if memo is not None and keys is not None:
         _forget(memo, keys, window)
     return found

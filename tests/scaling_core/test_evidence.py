@@ -19,6 +19,7 @@ from scaling_core._evidence import (
 from scaling_core.shifts import (
     common_shift,
     cost_change_point,
+    StepMemo,
     pooled_change_point,
     rise_under_test,
     step_change_point,
@@ -263,7 +264,7 @@ def test_a_batch_far_over_stays_a_rise_under_test_until_the_batches_after_it_tel
 def test_the_rise_under_test_answers_the_same_with_the_step_tests_memo_as_without() -> None:
     timings = _stepped(12) + _stepped(20, outlier=True, seed=9)
     keys = [object() for _ in timings]
-    memo: dict = {}
+    memo = StepMemo()
     for count in range(2, len(timings) + 1):
         since = 30 if count % 3 else 0  # the other tests' cut comes and goes
         step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo, since=since)
@@ -296,7 +297,7 @@ def test_a_rise_under_test_cuts_the_cost_evidence_unless_the_regime_has_shown_ou
 def test_the_step_test_answers_the_same_with_its_memo_as_without() -> None:
     timings = _stepped(30) + _stepped(20, outlier=True, seed=9)
     keys = [object() for _ in timings]
-    memo: dict = {}
+    memo = StepMemo()
     answers = []
     for count in range(2, len(timings) + 1):
         remembered = step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo)
@@ -321,7 +322,7 @@ def _risen_again(seed: int, *, after: int = 6) -> list[tuple[float, float]]:
 def test_a_step_reference_begins_no_earlier_than_a_change_found_already() -> None:
     timings = _risen_again(0)
     keys = [object() for _ in timings]
-    memo: dict = {}
+    memo = StepMemo()
     step_change_point(timings, EvidenceWindow, keys=keys, memo=memo, since=30)
     for split in range(31, len(timings) - 1):
         first = keys[max(split - EvidenceWindow.CHANGE_REFERENCE, 30)]
@@ -339,11 +340,39 @@ def test_a_step_reference_begins_no_earlier_than_a_change_found_already() -> Non
 def test_the_step_test_answers_the_same_with_its_memo_when_the_change_before_moves() -> None:
     timings = _risen_again(1, after=20)
     keys = [object() for _ in timings]
-    memo: dict = {}
+    memo = StepMemo()
     for count in range(2, len(timings) + 1):
         since = 30 if count % 3 else 0  # the other tests' cut comes and goes
         remembered = step_change_point(timings[:count], EvidenceWindow, keys=keys[:count], memo=memo, since=since)
         assert remembered == step_change_point(timings[:count], EvidenceWindow, since=since), count
+
+
+def test_the_step_test_skips_the_splits_it_knows_are_no_step_and_answers_the_same() -> None:
+    # A long history seen through a sliding window of 150 batches, as the manager hands it
+    # in: grown by a batch, or moved by one, or by two when a batch failed; a cut that comes
+    # and goes; two steps of the cost and noisy batches between.
+    rng = random.Random(5)
+    timings = [
+        (n, (1 + c * n) * math.exp(rng.gauss(0, 0.1)))
+        for n, c in (
+            (rng.choice([240.0, 260.0, 280.0, 320.0]), 0.01 if 120 <= i < 260 else 0.018) for i in range(400)
+        )
+    ]
+    keys = [object() for _ in timings]
+    memo = StepMemo()
+    skipped = found = 0
+    end = 2
+    while end <= len(timings):
+        begin = max(end - 150, 0) + (end % 7 == 0)
+        since = 40 if end % 11 < 4 else 0
+        batch_timings, batch_keys = timings[begin:end], keys[begin:end]
+        remembered = step_change_point(batch_timings, EvidenceWindow, keys=batch_keys, memo=memo, since=since)
+        assert remembered == step_change_point(batch_timings, EvidenceWindow, since=since), end
+        skipped += memo.clean is not None and memo.clean.length > 1
+        found += remembered > 0
+        end += 1
+    assert found > 0  # the steps were found on the way
+    assert skipped > 200  # and most calls skipped the splits known to be no step
 
 
 def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
