@@ -63,15 +63,30 @@ class RecentFit(NamedTuple):
 
 
 class ViewNumbers(NamedTuple):
-    """What the shift tests read of one batch, computed once per batch (`EvidenceWindow.numbers`)."""
+    """What the window reads of one batch, computed once per batch (`EvidenceWindow.numbers`)."""
 
+    view: BatchView
+    observation: Observation | None
+    """(asked size, High items, items), or None when the batch is no evidence (it failed
+    whole or held no item)."""
+    quality_bucket: int
+    """Its `EvidenceWindow.SAME_SIZE` size bucket, by asked size (the quality shift test's)."""
+    cost: CostRow | None
+    """What the cost tests read of it, or None when it is no timing (no evidence, or no time)."""
+
+
+class CostRow(NamedTuple):
+    """What the cost fits and shift tests read of a batch that took time."""
+
+    timing: Timing
     log_seconds: float
-    """log of its seconds (0.0 when it took none: such a batch is no timing)."""
     cost_bucket: int
     """Its `EvidenceWindow.NEIGHBOURHOOD` size bucket, by items and, when its items carry
     weights, by weight per item (the cost shift tests')."""
-    quality_bucket: int
-    """Its `EvidenceWindow.SAME_SIZE` size bucket, by asked size (the quality shift test's)."""
+    view: BatchView
+    """The batch (the shift tests' memo key)."""
+    weight: float | None
+    """Its items' total weight, when they carry weights."""
 
 
 @dataclass(slots=True)
@@ -211,21 +226,16 @@ class EvidenceWindow:
         """
         if numbers is None:
             numbers = [cls.numbers(view) for view in views[-cls.EVIDENCE :]]
+        elif len(numbers) != len(views) or (views and numbers[-1].view is not views[-1]):
+            raise ValueError("numbers must be EvidenceWindow.numbers of each view, aligned with views")
         views = views[-cls.HISTORY :]
         metrics: dict[str, float] = {"current_batch_size": float(base)}
         failures = FailureClassifier(config.min_batch_size).classify(views)
-        evidence = [
-            (v, number)
-            for v, number in zip(views[-cls.EVIDENCE :], numbers[-cls.EVIDENCE :], strict=True)
-            if v.items > 0 and not v.failed
-        ]
-        recent = [v for v, _ in evidence]
-
-        timed = [(v, number) for v, number in evidence if v.seconds > 0]
-        timings = [(float(v.items), v.seconds) for v, _ in timed]
-        logs = [number.log_seconds for _, number in timed]
-        ids = [number.cost_bucket for _, number in timed]
-        keys = [v for v, _ in timed]
+        evidence = [number for number in numbers[-cls.EVIDENCE :] if number.observation is not None]
+        recent = [number.view for number in evidence]
+        # One row per timed batch, as columns.
+        rows = [number.cost for number in evidence if number.cost is not None]
+        timings, logs, ids, keys, weights = (list(column) for column in zip(*rows)) if rows else ([], [], [], [], [])
         # The shift test reads its splits and the reference before the oldest.
         skipped = max(len(timings) - cls.CHANGE_SCAN - cls.CHANGE_REFERENCE, 0)
         found = cost_change_point(
@@ -234,7 +244,6 @@ class EvidenceWindow:
         change = skipped + found if found else 0
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
         change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
-        weights = [v.weight for v, _ in timed]
         # And a step at moved sizes, begun by a surprising batch.
         change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo, since=change))
         recent_fit = cls._fit(timings[change:], weights[change:])
@@ -270,8 +279,8 @@ class EvidenceWindow:
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
-        quality = [(float(v.asked), v.high, v.items) for v in recent]
-        quality_change = quality_change_point(quality, cls, ids=[number.quality_bucket for _, number in evidence])
+        quality = [number.observation for number in evidence]
+        quality_change = quality_change_point(quality, cls, ids=[number.quality_bucket for number in evidence])
         if quality_change:
             metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
 
@@ -305,15 +314,20 @@ class EvidenceWindow:
 
     @classmethod
     def numbers(cls, view: BatchView) -> ViewNumbers:
-        """The numbers the shift tests read of `view` (the same formulas as theirs)."""
-        cost_bucket = int(math.log(view.items) / math.log(cls.NEIGHBOURHOOD)) if view.items > 0 else 0
-        if view.weight and view.items > 0:
+        """What the window reads of `view` (the shift tests' buckets by their formulas)."""
+        quality_bucket = int(math.log(view.asked) / math.log(cls.SAME_SIZE)) if view.asked > 0 else 0
+        if view.items <= 0 or view.failed:
+            return ViewNumbers(view, None, quality_bucket, None)
+        observation = (float(view.asked), view.high, view.items)
+        if view.seconds <= 0:
+            return ViewNumbers(view, observation, quality_bucket, None)
+        cost_bucket = int(math.log(view.items) / math.log(cls.NEIGHBOURHOOD))
+        if view.weight:
             # Items of another weight cost another time: only batches alike in both are neighbours.
             cost_bucket = hash((cost_bucket, int(math.log(view.weight / view.items) / math.log(cls.NEIGHBOURHOOD))))
+        timing = (float(view.items), view.seconds)
         return ViewNumbers(
-            log_seconds=math.log(view.seconds) if view.seconds > 0 else 0.0,
-            cost_bucket=cost_bucket,
-            quality_bucket=int(math.log(view.asked) / math.log(cls.SAME_SIZE)) if view.asked > 0 else 0,
+            view, observation, quality_bucket, CostRow(timing, math.log(view.seconds), cost_bucket, view, view.weight)
         )
 
     @classmethod
