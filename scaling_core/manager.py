@@ -46,7 +46,7 @@ from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
-from scaling_core.shifts import StepMemo
+from scaling_core.shifts import ShiftMemo, StepMemo
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
 
@@ -127,7 +127,7 @@ class ScalingManager:
         self._current_max_weight: float | None = None
         self._decisions: deque[ScalingDecision] = deque(maxlen=self.DECISION_LOG)
         self._last_history: tuple[list[BatchResult], list[BatchView], list[ViewNumbers]] = ([], [], [])
-        self._shift_memo: dict[int, tuple[object, bool]] = {}
+        self._shift_memo = ShiftMemo()
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._step_memo = StepMemo()
         """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""

@@ -48,6 +48,17 @@ def _shifted(
     return abs(difference) / math.sqrt(variance * spread) > window.CHANGE_Z
 
 
+class CleanRun(NamedTuple):
+    """Splits whose verdict is final and no change, in a row: what lets a shift test skip
+    them on the next call (`cost_change_point`, `step_change_point`)."""
+
+    newest: object
+    """The batch of the newest split of the run."""
+    length: int
+    """Splits in the run, from `newest` back (for the step test, each judged on a reference of
+    the `CHANGE_REFERENCE` batches just before it: no cut moved its start)."""
+
+
 def cost_change_point(
     timings: Sequence[Timing],
     window: type[EvidenceWindow],
@@ -94,6 +105,18 @@ def cost_change_point(
         if shifted:
             found = split
             break
+        clean = memo.clean if isinstance(memo, ShiftMemo) else None
+        if isinstance(memo, ShiftMemo) and final and keys is not None and clean is not None and split > 0:
+            # The newest final verdict is no shift, and so are the remembered ones behind it as
+            # far as the scan reaches: they need no steps, nor a new memo.
+            if keys[split - 1] is clean.newest and clean.length >= split - last:
+                memo[id(keys[split])] = (keys[split], False)
+                memo.clean = CleanRun(keys[split], clean.length + 1)
+                if len(memo) > 2 * window.CHANGE_SCAN:
+                    live = {id(key) for key in keys[last:]}
+                    for stale in [number for number in memo if number not in live]:
+                        del memo[stale]
+                return 0
         if final and lookup and keys is not None:
             # The older splits' verdicts are final: remembered, they need no steps.
             older = [(back, lookup.get(id(keys[back]))) for back in range(split - 1, last - 1, -1)]
@@ -109,7 +132,34 @@ def cost_change_point(
     if memo is not None:
         memo.clear()
         memo.update(kept)
+        if isinstance(memo, ShiftMemo) and keys is not None:
+            memo.clean = _clean_run(memo, keys, count - window.CHANGE_AFTER, last)
     return found
+
+
+class ShiftMemo(dict[int, tuple[object, bool]]):
+    """What `cost_change_point` remembers between calls: the final verdict of each split, by
+    the id of its batch (an entry holds the batch: no id is reused while it lives), and the
+    run of splits known to show no shift (`clean`)."""
+
+    clean: CleanRun | None = None
+
+    def clear(self) -> None:
+        super().clear()
+        self.clean = None
+
+
+def _clean_run(memo: ShiftMemo, keys: Sequence[object], settled: int, last: int) -> CleanRun | None:
+    """The run of remembered no-shift verdicts from the split at `settled` back to `last`."""
+    if not 0 <= settled < len(keys):
+        return None
+    length = 0
+    for split in range(settled, last - 1, -1):
+        entry = memo.get(id(keys[split]))
+        if entry is None or entry[0] is not keys[split] or entry[1]:
+            break
+        length += 1
+    return CleanRun(keys[settled], length) if length else None
 
 
 def _judged_splits(
@@ -400,17 +450,6 @@ class StepEntry(NamedTuple):
     reference: StepReference
     verdict: bool | None
     """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
-
-
-class CleanRun(NamedTuple):
-    """Splits whose verdict is final and no step, in a row: what lets `step_change_point` skip
-    them on the next call."""
-
-    newest: object
-    """The batch of the newest split of the run."""
-    length: int
-    """Splits in the run, from `newest` back, each judged on a reference of the
-    `CHANGE_REFERENCE` batches just before it (no cut moved its start)."""
 
 
 class StepMemo(dict[tuple[int, int], StepEntry]):

@@ -19,6 +19,7 @@ from scaling_core._evidence import (
 from scaling_core.shifts import (
     common_shift,
     cost_change_point,
+    ShiftMemo,
     StepMemo,
     pooled_change_point,
     rise_under_test,
@@ -373,6 +374,26 @@ def test_the_step_test_skips_the_splits_it_knows_are_no_step_and_answers_the_sam
         end += 1
     assert found > 0  # the steps were found on the way
     assert skipped > 200  # and most calls skipped the splits known to be no step
+
+
+def test_the_cost_shift_test_skips_the_splits_it_knows_show_no_shift_and_answers_the_same() -> None:
+    # Costs that alternate every 60 batches at shared sizes, seen through a window that grows,
+    # then slides (by two when a batch failed), as the manager hands it in.
+    rng = random.Random(8)
+    timings = [
+        (n, (1 + (0.018 if (i // 60) % 2 else 0.01) * n) * math.exp(rng.gauss(0, 0.1)))
+        for i, n in enumerate(rng.choice([240.0, 260.0, 280.0]) for _ in range(400))
+    ]
+    keys = [object() for _ in timings]
+    memo = ShiftMemo()
+    answers = []
+    for end in range(2, len(timings) + 1):
+        begin = max(end - 100, 0) + (end % 7 == 0)
+        remembered = cost_change_point(timings[begin:end], EvidenceWindow, keys=keys[begin:end], memo=memo)
+        assert remembered == cost_change_point(timings[begin:end], EvidenceWindow), end
+        answers.append((remembered, memo.clean is not None and memo.clean.length > 1))
+    assert sum(found > 0 for found, _ in answers) > 50  # the changes were found
+    assert sum(skipping for _, skipping in answers) > 100  # most calls between them skipped the scan
 
 
 def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
