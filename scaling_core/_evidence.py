@@ -135,24 +135,31 @@ class _Moments:
     smallest: float
 
     @classmethod
-    def of(cls, sizes: Sequence[float], ys: Sequence[float], weights: Sequence[float] | None = None) -> _Moments:
-        """The moments of the points (sizes[i], ys[i]) with weights[i] (1.0 without)."""
-        scale = max(sizes)
+    def of(
+        cls,
+        sizes: Sequence[float],
+        ys: Sequence[float],
+        weights: Sequence[float] | None = None,
+        *,
+        columns: _Columns | None = None,
+    ) -> _Moments:
+        """The moments of the points (sizes[i], ys[i]) with weights[i] (1.0 without);
+        `columns`, the `_Columns` of `sizes`, when a fit already has them."""
+        scale, x1, x2, distinct, smallest = columns if columns is not None else _Columns.of(sizes)
         # Column by column (each sum one pass in C): x = size / scale, w*x^k built up from w*x^2.
-        x1 = [size / scale for size in sizes]
-        x2 = list(map(mul, x1, x1))
         if weights is None:
-            w, wx2, wy = [1.0] * len(x1), x2, ys
+            w_sum, w_x1, wx2, wy = float(len(x1)), sum(x1), x2, ys
         else:
-            w, wx2, wy = weights, list(map(mul, weights, x2)), list(map(mul, weights, ys))
+            wx2, wy = list(map(mul, weights, x2)), list(map(mul, weights, ys))
+            w_sum, w_x1 = sum(weights), sum(map(mul, weights, x1))
         return cls(
             scale=scale,
             count=len(sizes),
-            xs=(sum(w), sum(map(mul, w, x1)), sum(wx2), sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2))),
+            xs=(w_sum, w_x1, sum(wx2), sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2))),
             xys=(sum(wy), sum(map(mul, x1, wy)), sum(map(mul, x2, wy))),
             yy=sum(map(mul, wy, ys)),
-            distinct=len(set(sizes)),
-            smallest=min(sizes),
+            distinct=distinct,
+            smallest=smallest,
         )
 
     def solve(self, powers: tuple[int, ...]) -> _Solution | None:
@@ -211,6 +218,23 @@ class _Moments:
             if best is None or solution.rss < best.rss:
                 best = solution
         return best
+
+
+class _Columns(NamedTuple):
+    """What the moments of a fit read of its sizes alone, the same in each of its passes."""
+
+    scale: float
+    """The largest size: x = size / scale (conditioning)."""
+    x1: list[float]
+    x2: list[float]
+    distinct: int
+    smallest: float
+
+    @classmethod
+    def of(cls, sizes: Sequence[float]) -> _Columns:
+        scale = max(sizes)
+        x1 = [size / scale for size in sizes]
+        return cls(scale, x1, list(map(mul, x1, x1)), len(set(sizes)), min(sizes))
 
 
 class _Solution(NamedTuple):
@@ -467,11 +491,12 @@ def _fit_costs_pair(
     if count < min_points or max(sizes) < min_spread * min(sizes):
         return None, None
     recency = _recency(count, half_life) if half_life else None
-    first = guide or _fit_once(_Moments.of(sizes, seconds, recency), curvature_t)
+    columns = _Columns.of(sizes)
+    first = guide or _fit_once(_Moments.of(sizes, seconds, recency, columns=columns), curvature_t)
     if first is None:
         return None, None
     weights = _relative_weights(first, sizes, recency)
-    fit = _fit_once(_Moments.of(sizes, seconds, weights), curvature_t) or first
+    fit = _fit_once(_Moments.of(sizes, seconds, weights, columns=columns), curvature_t) or first
     if not robust:
         return fit, fit
     relative = _relative_errors(seconds, fit.seconds_each(sizes))
@@ -499,10 +524,12 @@ def _positive(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[Sequenc
 def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[float] | None) -> list[float]:
     """recency / predicted^2 of each size: timing noise is multiplicative, so relative errors
     count alike (a prediction at or under zero gets an overwhelming weight)."""
-    predicted = fit.seconds_each(sizes)
+    a, b, c = fit.fixed, fit.per_item, fit.quadratic
     if recency is None:
         recency = [1.0] * len(sizes)
-    return [r / (p * p) if p > 1e-9 else r * 1e18 for r, p in zip(recency, predicted)]
+    if c:
+        return [r / (p * p) if (p := a + b * n + c * n * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
+    return [r / (p * p) if (p := a + b * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
 
 
 def _relative_errors(seconds: Sequence[float], predicted: Sequence[float]) -> list[float]:
@@ -595,8 +622,9 @@ def fit_line(
         return None
     fit: CostFit | None = None
     weights: list[float] | None = None
+    columns = _Columns.of(sizes)
     for _ in range(2):
-        moments = _Moments.of(sizes, seconds, weights)
+        moments = _Moments.of(sizes, seconds, weights, columns=columns)
         solution = moments.solve((0, 1))
         fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
         if fit is None:
