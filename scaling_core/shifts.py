@@ -278,8 +278,8 @@ def pooled_change_point(
     share (a drift), as its evidence grows with every batch after the split; the local test
     sees a change at sizes only the regime just before it used (costs that alternate). The
     most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
-    is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1).
-    Splits at or before `newer_than` (a cut found already) are not tried. `logs` and `ids`
+    is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1);
+    the older side's sums at the geometric splits are taken in one pass. Splits at or before `newer_than` (a cut found already) are not tried. `logs` and `ids`
     (log seconds and `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
     """
     count = len(timings)
@@ -288,18 +288,27 @@ def pooled_change_point(
     ids, width = _dense(ids if ids is not None else _buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
     if logs is None:
         logs = [math.log(t) for _, t in timings]
+    fine = min(window.SHOCK_SCAN, count - 1)
+    # Beyond the fine splits, geometric ones: the older side's sums at each, from one pass
+    # oldest first.
+    coarse = [count - back for back in _geometric_backs(count, window)]
+    before: dict[int, tuple[list[int], list[float], list[float]]] = {}
     # Per size bucket, of the older batches (before the split) and of the newer ones.
     b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
-    a_n, a_sum = [0] * width, [0.0] * width
-    for key, value in zip(ids, logs, strict=True):
+    pending = coarse[-1] if coarse else -1
+    for index, (key, value) in enumerate(zip(ids, logs, strict=True)):
+        if index == pending:
+            before[index] = (b_n[:], b_sum[:], b_sq[:])
+            pending = coarse[-1 - len(before)] if len(before) < len(coarse) else -1
         b_n[key] += 1
         b_sum[key] += value
         b_sq[key] += value * value
+    total_n, total_sum = b_n[:], b_sum[:]
+    a_n, a_sum = [0] * width, [0.0] * width
     # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
     spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
     spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
     difference = spread = 0.0
-    fine = min(window.SHOCK_SCAN, count - 1)
     for back in range(1, fine + 1):
         index = count - back
         if index <= newer_than:
@@ -330,35 +339,22 @@ def pooled_change_point(
             spread += n_new * (1 + n_new / n_old)
         if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
             return index
-    # Beyond: geometric splits, the sums taken over the buckets the newer batches touch.
-    touched = {ids[index] for index in range(count - fine, count)}
-    back = fine
-    for checkpoint in _geometric_backs(count, window):
-        if count - checkpoint <= newer_than:
+    for split in coarse:
+        if split <= newer_than:
             return 0
-        # Move the batches from back + 1 to the checkpoint to the newer side, newest first.
-        for index in range(count - back - 1, count - checkpoint - 1, -1):
-            key, value = ids[index], logs[index]
-            b_n[key] -= 1
-            b_sum[key] -= value
-            b_sq[key] -= value * value
-            a_n[key] += 1
-            a_sum[key] += value
-            touched.add(key)
-        back = checkpoint
+        b_n, b_sum, b_sq = before[split]
         spread_sum = spread_dof = difference = spread = 0.0
         for key in range(width):
             n_old = b_n[key]
             if n_old > 1:
                 spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
                 spread_dof += n_old - 1
-        for key in touched:
-            n_old, n_new = b_n[key], a_n[key]
-            if n_old:
-                difference += a_sum[key] - n_new * b_sum[key] / n_old
+            n_new = total_n[key] - n_old
+            if n_old and n_new:
+                difference += total_sum[key] - b_sum[key] - n_new * b_sum[key] / n_old
                 spread += n_new * (1 + n_new / n_old)
         if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
-            return count - checkpoint
+            return split
     return 0
 
 
@@ -373,40 +369,45 @@ def quality_change_point(
     wins, so a shift found once stays found while its evidence lasts. `ids` (the `SAME_SIZE`
     buckets of the sizes), when given, save computing them.
     """
-    if len(observations) <= window.CHANGE_BATCHES:
+    count = len(observations)
+    if count <= window.CHANGE_BATCHES:
         return 0
     ids, width = _dense(ids if ids is not None else _buckets([size for size, _, _ in observations], window.SAME_SIZE))
-    total_high, total_items = [0.0] * width, [0.0] * width
-    for key, (_, high, items) in zip(ids, observations, strict=True):
-        total_high[key] += high
-        total_items[key] += items
-    after_high, after_items = [0.0] * width, [0.0] * width
-    touched: list[int] = []
-    checkpoint = window.CHANGE_BATCHES
-    count = len(observations)
-    # Newest first, every batch but the oldest (a split needs a batch before it).
-    newest_first = zip(range(count - 1, 0, -1), reversed(ids), reversed(observations))
-    for back, (index, key, (_, high, items)) in enumerate(newest_first, start=1):
-        if not after_items[key]:
-            touched.append(key)
-        after_high[key] += high
-        after_items[key] += items
-        if back < checkpoint:
-            continue
-        checkpoint = max(checkpoint + 1, int(checkpoint * window.CHANGE_CHECKPOINT_GROWTH))
+    # The splits tried: `CHANGE_BATCHES` batches back, then geometric steps back, newest first.
+    splits: list[int] = []
+    back = window.CHANGE_BATCHES
+    while back < count:
+        splits.append(count - back)
+        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
+    # One pass, oldest first: each bucket's sums before each split, and over all batches.
+    before: dict[int, tuple[list[int], list[int]]] = {}
+    high_sum, items_sum = [0] * width, [0] * width
+    pending = splits[-1]
+    for index, (key, (_, high, items)) in enumerate(zip(ids, observations, strict=True)):
+        if index == pending:
+            before[index] = (high_sum[:], items_sum[:])
+            pending = splits[-1 - len(before)] if len(before) < len(splits) else -1
+        high_sum[key] += high
+        items_sum[key] += items
+    # Each bucket by its newest batch, newest first: the buckets a split's newer side holds.
+    newest = sorted(((index, key) for key, index in {key: index for index, key in enumerate(ids)}.items()), reverse=True)
+    for split in splits:
+        high_before, items_before = before[split]
         observed = expected = variance = 0.0
-        for key in touched:
-            n_after = after_items[key]
-            n_before = total_items[key] - n_after
+        for last, key in newest:
+            if last < split:
+                break
+            n_before = items_before[key]
             if n_before < window.CHANGE_MIN_ITEMS:
                 continue
-            share = (total_high[key] - after_high[key]) / n_before
-            observed += after_high[key]
+            n_after = items_sum[key] - n_before
+            share = high_before[key] / n_before
+            observed += high_sum[key] - high_before[key]
             expected += n_after * share
             # Binomial spread of the new counts plus the uncertainty of the old share.
             variance += n_after * share * (1 - share) * (1 + n_after / n_before)
         if variance > 0 and abs(observed - expected) / math.sqrt(variance) > window.CHANGE_Z:
-            return index
+            return split
     return 0
 
 
