@@ -173,9 +173,10 @@ class ThroughputOptimum:
             return None
         if len(timings) > EvidenceWindow.RECENT_COST:
             timings = timings[-self.LONG :]
+            sizes, seconds = zip(*timings)
             fit = fit_costs(
-                [n for n, _ in timings],
-                [t for _, t in timings],
+                sizes,
+                seconds,
                 min_spread=EvidenceWindow.FIT_SPREAD,
                 guide=recent,
                 curvature_t=self.CURVATURE_T,

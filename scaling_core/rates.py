@@ -35,6 +35,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -361,7 +362,7 @@ class RatePacer:
         that reaches before its first batch is complete all the same.
         """
         best: RateCeiling | None = None
-        refused = [index for index, batch in enumerate(batches) if batch.rate_limited_calls]
+        refused = list(itertools.compress(range(len(batches)), map(attrgetter("rate_limited_calls"), batches)))
         if not refused:
             return None  # no 429 yet: nothing to learn (the common case, read on every decision)
         first = _admitted(batches[0])

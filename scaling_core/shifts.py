@@ -787,7 +787,7 @@ def _reference(
     """The `StepReference` of the last of `timings`, from the ones before it (with their
     items' total `weights`, aligned, when the batches carry them)."""
     *before, (size, seconds) = timings
-    sizes, times = [n for n, _ in before], [t for _, t in before]
+    sizes, times = zip(*before) if before else ((), ())
     fit: CostFit | WeightedCostFit | None = None
     if weights is not None and all(w is not None and w > 0 for w in weights):
         # Heavier items take longer: a stretch of them is no step of the cost. The weight

@@ -366,9 +366,10 @@ class EvidenceWindow:
                     per_item_weight,
                     heaviest,
                 )
+        sizes, seconds = zip(*recent) if recent else ((), ())
         fit = fit_costs(
-            [n for n, _ in recent],
-            [t for _, t in recent],
+            sizes,
+            seconds,
             min_spread=cls.FIT_SPREAD,
             half_life=cls.COST_HALF_LIFE,
             outlier_cutoff=None,
