@@ -12,8 +12,8 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate
-from operator import itemgetter, mul
+from itertools import accumulate, compress, repeat
+from operator import itemgetter, mul, truediv
 from typing import NamedTuple
 
 
@@ -233,7 +233,7 @@ class _Columns(NamedTuple):
     @classmethod
     def of(cls, sizes: Sequence[float]) -> _Columns:
         scale = max(sizes)
-        x1 = [size / scale for size in sizes]
+        x1 = list(map(truediv, sizes, repeat(scale)))
         return cls(scale, x1, list(map(mul, x1, x1)), len(set(sizes)), min(sizes))
 
 
@@ -502,9 +502,12 @@ def _fit_costs_pair(
     relative = _relative_errors(seconds, fit.seconds_each(sizes))
     scale = max(1.4826 * statistics.median(map(abs, relative)), 0.01)
     cutoff = outlier_cutoff * scale
-    kept = [i for i, r in enumerate(relative) if -cutoff <= r <= cutoff]
-    if min_points <= len(kept) < count:
-        moments = _Moments.of([sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept])
+    inside = [abs(r) <= cutoff for r in relative]
+    kept = sum(inside)
+    if min_points <= kept < count:
+        moments = _Moments.of(
+            list(compress(sizes, inside)), list(compress(seconds, inside)), list(compress(weights, inside))
+        )
         refit = _fit_once(moments, curvature_t)
         if refit is not None:
             return fit, refit
