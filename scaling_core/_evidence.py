@@ -592,17 +592,25 @@ def _cost_fit(chosen: _Solution, scale: float, count: int) -> CostFit | None:
         return None
     dof = count - len(chosen.powers)
     variance = chosen.rss / dof if dof > 0 else 0.0
-    covariance = [[0.0] * 3 for _ in range(3)]
-    for i, row_power in enumerate(chosen.powers):
-        for j, column_power in enumerate(chosen.powers):
-            covariance[row_power][column_power] = variance * chosen.inverse[i][j]
+    inverse = chosen.inverse
+    if chosen.powers == (0, 1, 2):
+        covariance = tuple(tuple(variance * value for value in row) for row in inverse)
+    elif chosen.powers == (0, 1):
+        (c00, c01), (c10, c11) = inverse
+        covariance = ((variance * c00, variance * c01, 0.0), (variance * c10, variance * c11, 0.0), (0.0, 0.0, 0.0))
+    else:
+        rows = [[0.0] * 3 for _ in range(3)]
+        for i, row_power in enumerate(chosen.powers):
+            for j, column_power in enumerate(chosen.powers):
+                rows[row_power][column_power] = variance * inverse[i][j]
+        covariance = tuple(tuple(row) for row in rows)
     return CostFit(
         fixed=fixed,
         per_item=per_item,
         quadratic=quadratic,
         points=count,
         scale=scale,
-        covariance=tuple(tuple(row) for row in covariance),
+        covariance=covariance,
     )
 
 
