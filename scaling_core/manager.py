@@ -131,6 +131,8 @@ class ScalingManager:
         """Final verdicts of the cost shift test while the history only grows (`_views`)."""
         self._step_memo = StepMemo()
         """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""
+        self._refused_batches = 0
+        """Batches of the history `_views` last read that met a rate limit (HTTP 429)."""
         self._changes = 0
         self.pacer = RatePacer(self.config.rate_limit_period_seconds)
         """Learns a rate limit from batches that met a 429 and paces the next batch under it."""
@@ -160,10 +162,11 @@ class ScalingManager:
             batches = self.store.recent_batches(self.HISTORY)
         decision = self._decide_size(batches, remaining_items=remaining_items)
         # -- rate limits (scaling_core.rates): once a 429 taught the ceiling, a batch is kept to a
-        # small share of it and starts when the window has room.
+        # small share of it and starts when the window has room. The pacer learns nothing from
+        # a history without a refused call (`_views` counts them).
         pacing = (
             self.pacer.pacing(batches[-self.HISTORY :], decision.new_batch_size, whole=len(batches) < self.HISTORY)
-            if batches
+            if batches and self._refused_batches
             else None
         )
         if pacing is None or pacing.ceiling is None:
@@ -388,6 +391,10 @@ class ScalingManager:
             numbers = [EvidenceWindow.numbers(view) for view in views]
             self._shift_memo.clear()  # another history: its verdicts are not these
             self._step_memo.clear()
+            self._refused_batches = sum(1 for view in views if view.rate_limited_calls)
+        else:
+            dropped = previous_views[0] if len(views) == len(previous_views) else None
+            self._refused_batches += bool(views[-1].rate_limited_calls) - bool(dropped and dropped.rate_limited_calls)
         self._last_history = (history, views, numbers)
         return views, numbers
 

@@ -52,6 +52,8 @@ class BatchView(NamedTuple):
     """Why it failed whole, when it did."""
     weight: float | None = None
     """Total weight of its items (tokens, bytes), when the items carry weights."""
+    rate_limited_calls: int = 0
+    """Calls the provider refused for its rate limit (HTTP 429)."""
 
 
 class BatchResult(BaseModel):
@@ -143,6 +145,7 @@ class BatchResult(BaseModel):
             failed=self.is_whole_failure,
             error=self.error,
             weight=self.total_weight,
+            rate_limited_calls=self.rate_limited_calls,
         )
 
 

@@ -232,6 +232,28 @@ def test_the_manager_puts_the_wait_in_its_decision_and_reason() -> None:
     assert calm.wait_seconds == 0.0 and "pacing" not in calm.reason
 
 
+def test_the_manager_paces_while_a_refused_call_is_in_its_history_and_not_after() -> None:
+    # The history grows past the manager's HISTORY and slides, a 429 in it at batch 6: each
+    # decision of a manager that read the history batch by batch is that of a fresh one.
+    history = [_batch(100, 10.0 * i, refused=int(i == 6)) for i in range(1, ScalingManager.HISTORY + 20)]
+    manager = ScalingManager(batch_size=100)
+    paced = []
+    for end in range(1, len(history) + 1):
+        decision = manager.evaluate_scaling(history[max(end - ScalingManager.HISTORY, 0) : end])
+        fresh = ScalingManager(batch_size=100).evaluate_scaling(history[max(end - ScalingManager.HISTORY, 0) : end])
+        assert (decision.new_batch_size, decision.wait_seconds, decision.reason) == (
+            fresh.new_batch_size,
+            fresh.wait_seconds,
+            fresh.reason,
+        ), end
+        paced.append("rate_ceiling_per_minute" in decision.performance_metrics)
+    # Paced from the 429 on, until the history is cut at HISTORY (the pacer then cannot count
+    # the window before the 429: `RatePacer.ceiling`), and not once the 429 slid out of it.
+    changes = [end for end in range(1, len(paced)) if paced[end] != paced[end - 1]]
+    assert changes == [5, ScalingManager.HISTORY - 1]
+    assert not any(paced[ScalingManager.HISTORY + 5 :])
+
+
 # -- AIMD -------------------------------------------------------------------------------------------------
 
 
