@@ -681,6 +681,8 @@ class QualityPool:
     sizes: tuple[float, ...]
     cumulative_high: tuple[float, ...]
     cumulative_items: tuple[float, ...]
+    ordered: tuple[tuple[float, int, int], ...] = ()
+    """The `(size, high, items)` triples, by size."""
 
     @classmethod
     def of(cls, observations: Sequence[tuple[float, int, int]]) -> QualityPool:
@@ -691,7 +693,16 @@ class QualityPool:
             sizes=sizes,
             cumulative_high=tuple(accumulate(highs, initial=0.0)),
             cumulative_items=tuple(accumulate(items, initial=0.0)),
+            ordered=tuple(ordered),
         )
+
+    def distinct_sizes(self) -> list[float]:
+        """The sizes, each once, ascending."""
+        return list(dict.fromkeys(self.sizes))
+
+    def low_sizes(self, target: float) -> list[float]:
+        """The sizes of the batches whose High share is under `target`, ascending."""
+        return [size for size, high, items in self.ordered if high < target * items]
 
     def between(self, low: float, high: float) -> tuple[float, float]:
         """(High items, items) of the batches whose size lies in [low, high]."""

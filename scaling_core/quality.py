@@ -70,7 +70,7 @@ class QualityLimit:
             return None
         base = window.base
         pool = QualityPool.of(observations)
-        sizes = sorted({size for size, _, _ in observations})
+        sizes = pool.distinct_sizes()
         high, items = pool.between(base / self.NEIGHBOURHOOD, base * self.NEIGHBOURHOOD)
         if items:
             lower, upper = wilson_bounds(high, items, self.QUALITY_Z)
@@ -79,15 +79,15 @@ class QualityLimit:
             )
         recent = observations[-self.SOFT_WINDOW :]
         recent_pool = QualityPool.of(recent)
-        recent_sizes = sorted({o[0] for o in recent})
+        recent_sizes = recent_pool.distinct_sizes()
         # Tentative: the base or a larger size whose recent share is under the target, proven
         # or not. Quality does not improve with size, so growth past it is no bet worth
         # making; the size goes back under it and approaches it by probes, and the evidence
         # expires with the recent window.
         # A pooled share under the target needs a batch under it among the pooled ones: only
         # the sizes with one are looked at.
-        doubtful = self._near_low(sizes, observations, target)
-        recent_doubtful = self._near_low(recent_sizes, recent, target)
+        doubtful = self._near_low(sizes, pool.low_sizes(target))
+        recent_doubtful = self._near_low(recent_sizes, recent_pool.low_sizes(target))
         at_or_above = [size for size in recent_doubtful if size * self.SAME_SIZE >= base]
         candidates = [
             found
@@ -203,13 +203,16 @@ class QualityLimit:
             f"(t = {t:.1f}) and reaches the target {target:.2f} at {crossing:.0f} items",
         )
 
-    def _near_low(self, sizes: list[float], observations: list[Observation], target: float) -> list[float]:
-        """The `sizes` (ascending) that have a batch under the target within `SAME_SIZE` below them."""
-        low = sorted(size for size, high, items in observations if high < target * items)
+    def _near_low(self, sizes: list[float], low: list[float]) -> list[float]:
+        """The `sizes` (ascending) that have a size of `low` (the ascending sizes of the batches
+        under the target) within `SAME_SIZE` below them."""
         if not low:
             return []
+        # A size under the smallest low one has none below it.
         return [
-            size for size in sizes if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size
+            size
+            for size in sizes[bisect_left(sizes, low[0]) :]
+            if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size
         ]
 
     def _ceiling(
