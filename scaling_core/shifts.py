@@ -285,7 +285,7 @@ def pooled_change_point(
     count = len(timings)
     if count < 2:
         return 0
-    ids, width = _dense(ids if ids is not None else _buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
+    ids, width, order = _indexable(ids if ids is not None else _buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
     if logs is None:
         logs = [math.log(t) for _, t in timings]
     fine = min(window.SHOCK_SCAN, count - 1)
@@ -306,8 +306,8 @@ def pooled_change_point(
     total_n, total_sum = b_n[:], b_sum[:]
     a_n, a_sum = [0] * width, [0.0] * width
     # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
-    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in range(width) if b_n[k] > 1)
-    spread_dof = sum(b_n[k] - 1 for k in range(width) if b_n[k] > 1)
+    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in order if b_n[k] > 1)
+    spread_dof = sum(b_n[k] - 1 for k in order if b_n[k] > 1)
     difference = spread = 0.0
     for back in range(1, fine + 1):
         index = count - back
@@ -344,7 +344,7 @@ def pooled_change_point(
             return 0
         b_n, b_sum, b_sq = before[split]
         spread_sum = spread_dof = difference = spread = 0.0
-        for key in range(width):
+        for key in order:
             n_old = b_n[key]
             if n_old > 1:
                 spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
@@ -372,7 +372,7 @@ def quality_change_point(
     count = len(observations)
     if count <= window.CHANGE_BATCHES:
         return 0
-    ids, width = _dense(ids if ids is not None else _buckets([size for size, _, _ in observations], window.SAME_SIZE))
+    ids, width, _ = _indexable(ids if ids is not None else _buckets([size for size, _, _ in observations], window.SAME_SIZE))
     # The splits tried: `CHANGE_BATCHES` batches back, then geometric steps back, newest first.
     splits: list[int] = []
     back = window.CHANGE_BATCHES
@@ -390,7 +390,8 @@ def quality_change_point(
         high_sum[key] += high
         items_sum[key] += items
     # Each bucket by its newest batch, newest first: the buckets a split's newer side holds.
-    newest = sorted(((index, key) for key, index in {key: index for index, key in enumerate(ids)}.items()), reverse=True)
+    last_of = dict(zip(ids, range(count)))  # a later batch of a bucket overwrites an earlier one
+    newest = sorted(zip(last_of.values(), last_of.keys()), reverse=True)
     for split in splits:
         high_before, items_before = before[split]
         observed = expected = variance = 0.0
@@ -409,6 +410,21 @@ def quality_change_point(
         if variance > 0 and abs(observed - expected) / math.sqrt(variance) > window.CHANGE_Z:
             return split
     return 0
+
+
+_DIRECT_KEYS = 4096
+"""Bucket numbers under this index lists as they are (sizes up to 1.1^4096); others are renumbered."""
+
+
+def _indexable(keys: Sequence[int]) -> tuple[Sequence[int], int, list[int]]:
+    """`keys` as list indices: (indices, list length, each distinct index once in order of
+    first appearance). Small non-negative bucket numbers index as they are; others (the
+    hashed buckets of weighted batches) are renumbered (`_dense`)."""
+    order = list(dict.fromkeys(keys))
+    if order and min(order) >= 0 and max(order) < _DIRECT_KEYS:
+        return keys, max(order) + 1, order
+    dense, width = _dense(keys)
+    return dense, width, list(range(width))
 
 
 def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
