@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate, compress, repeat
-from operator import itemgetter, mul, truediv
+from operator import itemgetter, le, mul, sub, truediv
 from typing import NamedTuple
 
 
@@ -251,7 +251,7 @@ def robust_spread(values: Sequence[float]) -> float:
     if not values:
         return 0.0
     centre = statistics.median(values)
-    return 1.4826 * statistics.median(abs(value - centre) for value in values)
+    return 1.4826 * statistics.median(map(abs, map(sub, values, repeat(centre))))
 
 
 def fit_costs(
@@ -488,10 +488,12 @@ def _fit_costs_pair(
     both are the first."""
     sizes, seconds = _positive(sizes, seconds)
     count = len(sizes)
-    if count < min_points or max(sizes) < min_spread * min(sizes):
+    if count < min_points:
+        return None, None
+    columns = _Columns.of(sizes)
+    if columns.scale < min_spread * columns.smallest:
         return None, None
     recency = _recency(count, half_life) if half_life else None
-    columns = _Columns.of(sizes)
     first = guide or _fit_once(_Moments.of(sizes, seconds, recency, columns=columns), curvature_t)
     if first is None:
         return None, None
@@ -500,9 +502,9 @@ def _fit_costs_pair(
     if not robust:
         return fit, fit
     relative = _relative_errors(seconds, fit.seconds_each(sizes))
-    scale = max(1.4826 * statistics.median(map(abs, relative)), 0.01)
-    cutoff = outlier_cutoff * scale
-    inside = [abs(r) <= cutoff for r in relative]
+    deviations = list(map(abs, relative))
+    scale = max(1.4826 * statistics.median(deviations), 0.01)
+    inside = list(map(le, deviations, repeat(outlier_cutoff * scale)))
     kept = sum(inside)
     if min_points <= kept < count:
         moments = _Moments.of(
@@ -629,11 +631,13 @@ def fit_line(
     """
     sizes, seconds = _positive(sizes, seconds)
     count = len(sizes)
-    if count < min_points or max(sizes) < min_spread * min(sizes):
+    if count < min_points:
+        return None
+    columns = _Columns.of(sizes)
+    if columns.scale < min_spread * columns.smallest:
         return None
     fit: CostFit | None = None
     weights: list[float] | None = None
-    columns = _Columns.of(sizes)
     for _ in range(2):
         moments = _Moments.of(sizes, seconds, weights, columns=columns)
         solution = moments.solve((0, 1))
