@@ -710,15 +710,12 @@ def _residuals(
     residuals: list[float] = []
     gradients: list[list[float]] = []
     for count, (n, t) in enumerate(after):
-        if isinstance(fit, WeightedCostFit):
-            weight = (weights[count] if weights is not None else None) or 0.0
-            expected, design = fit.seconds(n, weight), fit.design(n, weight)
-        else:
-            expected, design = fit.seconds(n), fit.design(n)
+        weight = weights[count] if weights is not None else None
+        expected = _predicted(fit, n, weight)
         if expected <= 0:
             return None
         residuals.append(math.log(t / expected))
-        gradients.append([x / expected for x in design])
+        gradients.append([x / expected for x in _design(fit, n, weight)])
     return residuals, gradients
 
 
@@ -795,6 +792,11 @@ def common_shift(
 def _predicted(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> float:
     """Seconds the fit predicts for a batch of `size` items weighing `weight` in all."""
     return fit.seconds(size, weight or 0.0) if isinstance(fit, WeightedCostFit) else fit.seconds(size)
+
+
+def _design(fit: CostFit | WeightedCostFit, size: float, weight: float | None) -> tuple[float, float, float]:
+    """The multipliers of the fit's coefficients in `_predicted` (its gradient in them)."""
+    return fit.design(size, weight or 0.0) if isinstance(fit, WeightedCostFit) else fit.design(size)
 
 
 def _reference(
