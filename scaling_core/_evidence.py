@@ -501,7 +501,7 @@ def _fit_costs_pair(
     fit = _fit_once(_Moments.of(sizes, seconds, weights, columns=columns), curvature_t) or first
     if not robust:
         return fit, fit
-    relative = _relative_errors(seconds, fit.seconds_each(sizes))
+    relative = _relative_errors_of(fit, sizes, seconds)
     deviations = list(map(abs, relative))
     scale = max(1.4826 * statistics.median(deviations), 0.01)
     inside = list(map(le, deviations, repeat(outlier_cutoff * scale)))
@@ -540,6 +540,14 @@ def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[fl
 def _relative_errors(seconds: Sequence[float], predicted: Sequence[float]) -> list[float]:
     """(t - p) / p of each time against its prediction (0.0 where the prediction is not positive)."""
     return [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
+
+
+def _relative_errors_of(fit: CostFit, sizes: Sequence[float], seconds: Sequence[float]) -> list[float]:
+    """`_relative_errors` of `seconds` against `fit.seconds_each(sizes)`, in one pass."""
+    a, b, c = fit.fixed, fit.per_item, fit.quadratic
+    if c:
+        return [(t - p) / p if (p := a + b * n + c * n * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
+    return [(t - p) / p if (p := a + b * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
 
 
 @lru_cache(maxsize=64)
