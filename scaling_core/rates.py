@@ -35,8 +35,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any, TypeVar
 
 from scaling_core.results import BatchResult

@@ -518,7 +518,7 @@ def step_change_point(
     # The newest split whose verdict is final: its `CHANGE_AFTER` batches are in.
     settled = count - 1 - window.CHANGE_AFTER
     clean = memo.clean if isinstance(memo, StepMemo) and keys is not None else None
-    if clean is not None and not (0 < settled <= len(keys) and keys[settled - 1] is clean.newest):
+    if clean is not None and keys is not None and not (0 < settled <= len(keys) and keys[settled - 1] is clean.newest):
         clean = None  # another history, or one that moved by more than a batch
     # Splits whose reference is the `CHANGE_REFERENCE` batches just before them: a cut at
     # `since` or the history's start does not move it.

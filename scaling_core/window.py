@@ -279,7 +279,7 @@ class EvidenceWindow:
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
-        quality = [number.observation for number in evidence]
+        quality = [number.observation for number in evidence if number.observation is not None]
         quality_change = quality_change_point(quality, cls, ids=[number.quality_bucket for number in evidence])
         if quality_change:
             metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
