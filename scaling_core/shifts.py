@@ -105,8 +105,8 @@ def cost_change_point(
         if shifted:
             found = split
             break
-        clean = memo.clean if isinstance(memo, ShiftMemo) else None
-        if isinstance(memo, ShiftMemo) and final and keys is not None and clean is not None and split > 0:
+        clean = memo.clean if isinstance(memo, ShiftMemo) and final and keys is not None and split > 0 else None
+        if clean is not None and isinstance(memo, ShiftMemo) and keys is not None:
             # The newest final verdict is no shift, and so are the remembered ones behind it as
             # far as the scan reaches: they need no steps, nor a new memo.
             if keys[split - 1] is clean.newest and clean.length >= split - last:
@@ -279,8 +279,9 @@ def pooled_change_point(
     sees a change at sizes only the regime just before it used (costs that alternate). The
     most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
     is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1);
-    the older side's sums at the geometric splits are taken in one pass. Splits at or before `newer_than` (a cut found already) are not tried. `logs` and `ids`
-    (log seconds and `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
+    the older side's sums at the geometric splits are taken in one pass. Splits at or before
+    `newer_than` (a cut found already) are not tried. `logs` and `ids` (log seconds and
+    `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
     """
     count = len(timings)
     if count < 2:
@@ -343,7 +344,8 @@ def pooled_change_point(
         if split <= newer_than:
             return 0
         b_n, b_sum, b_sq = before[split]
-        spread_sum = spread_dof = difference = spread = 0.0
+        spread_sum = difference = spread = 0.0
+        spread_dof = 0
         for key in order:
             n_old = b_n[key]
             if n_old > 1:
