@@ -22,7 +22,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, robust_spread
 
@@ -105,8 +105,7 @@ def cost_change_point(
         if shifted:
             found = split
             break
-        clean = memo.clean if isinstance(memo, ShiftMemo) and final and keys is not None and split > 0 else None
-        if clean is not None and isinstance(memo, ShiftMemo) and keys is not None:
+        if final and split > 0 and keys is not None and isinstance(memo, ShiftMemo) and (clean := memo.clean):
             # The newest final verdict is no shift, and so are the remembered ones behind it as
             # far as the scan reaches: they need no steps, nor a new memo.
             if keys[split - 1] is clean.newest and clean.length >= split - last:
@@ -137,16 +136,24 @@ def cost_change_point(
     return found
 
 
-class ShiftMemo(dict[int, tuple[object, bool]]):
-    """What `cost_change_point` remembers between calls: the final verdict of each split, by
-    the id of its batch (an entry holds the batch: no id is reused while it lives), and the
-    run of splits known to show no shift (`clean`)."""
+_Key = TypeVar("_Key")
+_Entry = TypeVar("_Entry")
+
+
+class RunMemo(dict[_Key, _Entry], Generic[_Key, _Entry]):
+    """A shift test's entries by key, and the run of splits known to show no change (`clean`)."""
 
     clean: CleanRun | None = None
 
     def clear(self) -> None:
         super().clear()
         self.clean = None
+
+
+class ShiftMemo(RunMemo[int, tuple[object, bool]]):
+    """What `cost_change_point` remembers between calls: the final verdict of each split, by
+    the id of its batch (an entry holds the batch: no id is reused while it lives), and the
+    run of splits known to show no shift."""
 
 
 def _clean_run(memo: ShiftMemo, keys: Sequence[object], settled: int, last: int) -> CleanRun | None:
@@ -471,16 +478,10 @@ class StepEntry(NamedTuple):
     """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
 
 
-class StepMemo(dict[tuple[int, int], StepEntry]):
+class StepMemo(RunMemo[tuple[int, int], StepEntry]):
     """What `step_change_point` and `rise_under_test` remember between calls: the reference of
     a batch from a first batch, by the ids of both (an entry holds both objects: no id is
-    reused while it lives), and the run of splits known to be no step (`clean`)."""
-
-    clean: CleanRun | None = None
-
-    def clear(self) -> None:
-        super().clear()
-        self.clean = None
+    reused while it lives), and the run of splits known to be no step."""
 
 
 def step_change_point(
