@@ -18,6 +18,7 @@ the window's constants (`EvidenceWindow.CHANGE_Z` and the rest), passed in as `w
 from __future__ import annotations
 
 import math
+import operator
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -368,7 +369,12 @@ def pooled_change_point(
 
 
 def quality_change_point(
-    observations: Sequence[Observation], window: type[EvidenceWindow], *, ids: Sequence[int] | None = None
+    observations: Sequence[Observation],
+    window: type[EvidenceWindow],
+    *,
+    ids: Sequence[int] | None = None,
+    keys: Sequence[object] | None = None,
+    memo: QualityMemo | None = None,
 ) -> int:
     """Index from which the quality evidence is current (0 when nothing shifted).
 
@@ -377,48 +383,235 @@ def quality_change_point(
     at that size predicts, summed into one z. The most recent split with |z| > `CHANGE_Z`
     wins, so a shift found once stays found while its evidence lasts. `ids` (the `SAME_SIZE`
     buckets of the sizes), when given, save computing them.
+
+    With `keys` (one object per observation, its batch) and a `memo` the caller keeps between
+    calls, each split's sums are carried from the previous call and updated by the batches
+    that came, left, or crossed the split (`QualityMemo`): a few terms per split instead of
+    a pass over every batch.
     """
     count = len(observations)
     if count <= window.CHANGE_BATCHES:
+        if memo is not None:
+            memo.reset()
         return 0
-    ids, width, _ = _indexable(ids if ids is not None else _buckets([size for size, _, _ in observations], window.SAME_SIZE))
-    # The splits tried: `CHANGE_BATCHES` batches back, then geometric steps back, newest first.
-    splits: list[int] = []
+    if ids is None:
+        ids = _buckets([size for size, _, _ in observations], window.SAME_SIZE)
+    if memo is not None and keys is not None:
+        splits = memo.update(observations, ids, keys, window)
+    else:
+        splits = QualityMemo.sums(observations, ids, window)
+    for back, split in splits:
+        if split.variance > 0 and abs(split.observed - split.expected) / math.sqrt(split.variance) > window.CHANGE_Z:
+            return count - back
+    return 0
+
+
+def _quality_backs(count: int, window: type[EvidenceWindow]) -> list[int]:
+    """Batches after each split `quality_change_point` tries: `CHANGE_BATCHES`, then geometric
+    steps back, newest first."""
+    backs: list[int] = []
     back = window.CHANGE_BATCHES
     while back < count:
-        splits.append(count - back)
+        backs.append(back)
         back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
-    # One pass, oldest first: each bucket's sums before each split, and over all batches.
-    before: dict[int, tuple[list[int], list[int]]] = {}
-    high_sum, items_sum = [0] * width, [0] * width
-    pending = splits[-1]
-    for index, (key, (_, high, items)) in enumerate(zip(ids, observations, strict=True)):
-        if index == pending:
-            before[index] = (high_sum[:], items_sum[:])
-            pending = splits[-1 - len(before)] if len(before) < len(splits) else -1
-        high_sum[key] += high
-        items_sum[key] += items
-    # Each bucket by its newest batch, newest first: the buckets a split's newer side holds.
-    last_of = dict(zip(ids, range(count)))  # a later batch of a bucket overwrites an earlier one
-    newest = sorted(zip(last_of.values(), last_of.keys()), reverse=True)
-    for split in splits:
-        high_before, items_before = before[split]
-        observed = expected = variance = 0.0
-        for last, key in newest:
-            if last < split:
-                break
-            n_before = items_before[key]
-            if n_before < window.CHANGE_MIN_ITEMS:
-                continue
-            n_after = items_sum[key] - n_before
-            share = high_before[key] / n_before
-            observed += high_sum[key] - high_before[key]
-            expected += n_after * share
-            # Binomial spread of the new counts plus the uncertainty of the old share.
-            variance += n_after * share * (1 - share) * (1 + n_after / n_before)
-        if variance > 0 and abs(observed - expected) / math.sqrt(variance) > window.CHANGE_Z:
-            return split
-    return 0
+    return backs
+
+
+class _QualitySplit:
+    """One split's sums: per bucket, the High items and items of the batches before it, and
+    the z terms summed over the buckets the batches after it hold."""
+
+    __slots__ = ("high", "items", "observed", "expected", "variance", "terms")
+
+    def __init__(self, high: dict[int, int], items: dict[int, int]) -> None:
+        self.high = high
+        self.items = items
+        self.observed = self.expected = self.variance = 0.0
+        self.terms = 0
+        """Buckets contributing: at none, the sums are set to exactly zero (no rounding left)."""
+
+    def move(self, key: int, high: int, items: int, totals: tuple[int, int, int, int], min_items: float) -> None:
+        """Change the older side's sums of bucket `key` by `high`, `items`, while its totals
+        over all batches go from `totals[:2]` to `totals[2:]`: its term out, then in again."""
+        high_before, n_before = self.high.get(key, 0), self.items.get(key, 0)
+        old_high, old_items, new_high, new_items = totals
+        term = _quality_term(high_before, n_before, old_high, old_items, min_items)
+        if term is not None:
+            self.terms -= 1
+            self.observed -= term[0]
+            self.expected -= term[1]
+            self.variance -= term[2]
+        if high or items:
+            high_before += high
+            n_before += items
+            self.high[key], self.items[key] = high_before, n_before
+        term = _quality_term(high_before, n_before, new_high, new_items, min_items)
+        if term is not None:
+            self.terms += 1
+            self.observed += term[0]
+            self.expected += term[1]
+            self.variance += term[2]
+        if not self.terms:
+            self.observed = self.expected = self.variance = 0.0
+
+
+def _quality_term(
+    high_before: int, n_before: int, total_high: int, total_items: int, min_items: float
+) -> tuple[float, float, float] | None:
+    """A bucket's (observed, expected, variance) High items after a split, or None when it
+    has no batch after the split or too few items before it. The variance: the binomial
+    spread of the new counts plus the uncertainty of the old share."""
+    n_after = total_items - n_before
+    if n_before < min_items or n_after <= 0:
+        return None
+    share = high_before / n_before
+    return total_high - high_before, n_after * share, n_after * share * (1 - share) * (1 + n_after / n_before)
+
+
+class QualityMemo:
+    """What `quality_change_point` keeps between calls: the batches it read, the totals per
+    bucket, and each split's sums (`_QualitySplit`), by how many batches lie after it.
+
+    When the next call's batches are the last ones less a few dropped at the front, plus at
+    most one new batch, each split's sums are updated by the batches that left (out of its
+    older side), the new one (into its newer side) and the one that crossed it as it moved
+    forward: O(splits) work. Any other change, and every `RESYNC` calls (the z terms are
+    running sums of floats), rebuilds them from the batches.
+    """
+
+    RESYNC = 1000
+    """Calls between rebuilds: bounds the rounding the running z terms collect (about
+    1e-13 relative after a thousand updates, far below any test's margin)."""
+    MAX_DROPPED = 4
+    """Batches that may leave the front between two calls and still be updated in place."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.keys: list[object] = []
+        self.observations: list[Observation] = []
+        self.ids: list[int] = []
+        self.high: dict[int, int] = {}
+        self.items: dict[int, int] = {}
+        self.splits: dict[int, _QualitySplit] = {}
+        self.updates = 0
+
+    @staticmethod
+    def sums(
+        observations: Sequence[Observation], ids: Sequence[int], window: type[EvidenceWindow]
+    ) -> list[tuple[int, _QualitySplit]]:
+        """(back, sums) of every split, newest first, from one pass oldest first."""
+        memo = QualityMemo()
+        memo._rebuild(list(observations), list(ids), [None] * len(observations), window)
+        return memo._ordered()
+
+    def update(
+        self,
+        observations: Sequence[Observation],
+        ids: Sequence[int],
+        keys: Sequence[object],
+        window: type[EvidenceWindow],
+    ) -> list[tuple[int, _QualitySplit]]:
+        """The sums of every split of these batches, newest first, carried from the last call."""
+        previous = self.keys
+        count = len(keys)
+        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
+        dropped = len(previous) - (count - added)
+        if (
+            not previous
+            or not 0 <= dropped <= self.MAX_DROPPED
+            or self.updates >= self.RESYNC
+            or max(self.splits, default=0) > len(previous) - dropped  # a split with a batch that left after it
+            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
+        ):
+            self._rebuild(list(observations), list(ids), list(keys), window)
+            return self._ordered()
+        self.updates += 1
+        min_items = window.CHANGE_MIN_ITEMS
+        # Totals per bucket before and after the batches that left and the new one.
+        totals: dict[int, tuple[int, int, int, int]] = {}
+        high, items = self.high, self.items
+        changes = [(self.ids[index], self.observations[index], -1) for index in range(dropped)]
+        changes += [(ids[index], observations[index], 1) for index in range(count - added, count)]
+        for key, (_, h, n), sign in changes:
+            old_high, old_items = high.get(key, 0), items.get(key, 0)
+            high[key], items[key] = old_high + sign * h, old_items + sign * n
+            if key in totals:
+                old_high, old_items = totals[key][:2]
+            totals[key] = (old_high, old_items, high[key], items[key])
+        # Splits by batches after them: those the new count no longer has go, new ones are built.
+        backs = _quality_backs(count, window)
+        old_count = len(previous)
+        for back in [back for back in self.splits if back not in backs]:
+            del self.splits[back]
+        gone = [(self.ids[index], self.observations[index]) for index in range(dropped)]
+        for back, split in self.splits.items():
+            # Older side: less the batches that left, plus those that crossed the split as it
+            # moved forward (indices `old_count - back - dropped` up to `count - back` now).
+            moved: dict[int, list[int]] = {key: [0, 0] for key in totals}
+            for key, (_, h, n) in gone:
+                moved[key][0] -= h
+                moved[key][1] -= n
+            begin, end = old_count - back - dropped, count - back
+            for key, (_, h, n) in zip(ids[begin:end], observations[begin:end]):
+                change = moved.setdefault(key, [0, 0])
+                change[0] += h
+                change[1] += n
+            for key, (h, n) in moved.items():
+                total = totals.get(key)
+                if total is None:
+                    total = (high[key], items[key]) * 2
+                split.move(key, h, n, total, min_items)
+        for back in backs:
+            if back not in self.splits:
+                self.splits[back] = self._split(ids, observations, count - back, min_items)
+        self.keys, self.observations, self.ids = list(keys), list(observations), list(ids)
+        return self._ordered()
+
+    def _ordered(self) -> list[tuple[int, _QualitySplit]]:
+        return sorted(self.splits.items())
+
+    def _split(
+        self, ids: Sequence[int], observations: Sequence[Observation], split: int, min_items: float
+    ) -> _QualitySplit:
+        """The sums of the split before index `split`, from the batches before it."""
+        high: dict[int, int] = {}
+        items: dict[int, int] = {}
+        for key, (_, h, n) in zip(ids[:split], observations[:split]):
+            high[key] = high.get(key, 0) + h
+            items[key] = items.get(key, 0) + n
+        return self._terms(_QualitySplit(high, items), set(ids[split:]), min_items)
+
+    def _terms(self, split: _QualitySplit, after: set[int], min_items: float) -> _QualitySplit:
+        for key in after:
+            total = self.high[key], self.items[key]
+            split.move(key, 0, 0, (0, 0, *total), min_items)
+        return split
+
+    def _rebuild(
+        self, observations: list[Observation], ids: list[int], keys: list[object], window: type[EvidenceWindow]
+    ) -> None:
+        """Every sum from the batches: one pass oldest first, the older side's sums copied at
+        each split."""
+        self.keys, self.observations, self.ids = keys, observations, ids
+        self.updates = 0
+        count = len(observations)
+        backs = _quality_backs(count, window)
+        high: dict[int, int] = {}
+        items: dict[int, int] = {}
+        snapshots: dict[int, tuple[dict[int, int], dict[int, int]]] = {}
+        wanted = {count - back: back for back in backs}
+        for index, (key, (_, h, n)) in enumerate(zip(ids, observations, strict=True)):
+            if index in wanted:
+                snapshots[wanted[index]] = (dict(high), dict(items))
+            high[key] = high.get(key, 0) + h
+            items[key] = items.get(key, 0) + n
+        self.high, self.items = high, items
+        min_items = window.CHANGE_MIN_ITEMS
+        self.splits = {
+            back: self._terms(_QualitySplit(*snapshots[back]), set(ids[count - back :]), min_items) for back in backs
+        }
 
 
 _DIRECT_KEYS = 4096

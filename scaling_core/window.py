@@ -30,6 +30,7 @@ from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
 from scaling_core.shifts import (
+    QualityMemo,
     RiseUnderTest,
     StepMemo,
     cost_change_point,
@@ -214,13 +215,15 @@ class EvidenceWindow:
         remaining_items: int | None = None,
         shift_memo: dict[int, tuple[object, bool]] | None = None,
         step_memo: StepMemo | None = None,
+        quality_memo: QualityMemo | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
 
         `shift_memo`, kept by the caller between calls on a growing history (the same view
         objects, one more each time), remembers the final verdicts of the cost shift test
-        (`cost_change_point`), and `step_memo` those of the step test (`step_change_point`);
+        (`cost_change_point`), `step_memo` those of the step test (`step_change_point`), and
+        `quality_memo` the quality shift test's sums (`quality_change_point`);
         `numbers` (`EvidenceWindow.numbers` of each view, aligned with `views`) saves
         computing them. The window is the same with them or without.
         """
@@ -280,7 +283,9 @@ class EvidenceWindow:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
         quality = [number.observation for number in evidence if number.observation is not None]
-        quality_change = quality_change_point(quality, cls, ids=[number.quality_bucket for number in evidence])
+        quality_change = quality_change_point(
+            quality, cls, ids=[number.quality_bucket for number in evidence], keys=recent, memo=quality_memo
+        )
         if quality_change:
             metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
 

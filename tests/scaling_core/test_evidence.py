@@ -22,6 +22,8 @@ from scaling_core.shifts import (
     ShiftMemo,
     StepMemo,
     pooled_change_point,
+    QualityMemo,
+    quality_change_point,
     rise_under_test,
     step_change_point,
 )
@@ -394,6 +396,35 @@ def test_the_cost_shift_test_skips_the_splits_it_knows_show_no_shift_and_answers
         answers.append((remembered, memo.clean is not None and memo.clean.length > 1))
     assert sum(found > 0 for found, _ in answers) > 50  # the changes were found
     assert sum(skipping for _, skipping in answers) > 100  # most calls between them skipped the scan
+
+
+def test_the_quality_shift_test_carries_its_sums_between_calls_and_answers_the_same() -> None:
+    # The High share alternates between 0.95 and 0.85 every 70 batches at sizes the batches
+    # share; the window grows, slides, sometimes loses up to three batches at once from the
+    # front and sometimes gains none (a failed batch), as the manager hands it in.
+    rng = random.Random(5)
+    observations: list[tuple[float, int, int]] = []
+    for i in range(500):
+        size = rng.choice([100.0, 120.0, 150.0, 180.0])
+        share = 0.85 if (i // 70) % 2 else 0.95
+        items = int(size)
+        observations.append((size, sum(rng.random() < share for _ in range(items)), items))
+    keys = [object() for _ in observations]
+    memo = QualityMemo()
+    found = carried = 0
+    begin = 0
+    for end in range(1, len(observations) + 1):
+        if end % 11 == 0:
+            continue  # no new batch this call
+        begin = max(begin, end - 150) + (end % 37 == 0) * 3
+        window = slice(begin, end)
+        updates = memo.updates
+        remembered = quality_change_point(observations[window], EvidenceWindow, keys=keys[window], memo=memo)
+        assert remembered == quality_change_point(observations[window], EvidenceWindow), end
+        found += remembered > 0
+        carried += memo.updates == updates + 1
+    assert found > 100  # the shifts were found
+    assert carried > 350  # most calls updated the sums instead of rebuilding them
 
 
 def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
