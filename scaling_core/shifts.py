@@ -401,7 +401,7 @@ def quality_change_point(
     else:
         splits = QualityMemo.sums(observations, ids, window)
     for back, split in splits:
-        if split.variance > 0 and abs(split.observed - split.expected) / math.sqrt(split.variance) > window.CHANGE_Z:
+        if split.shifted(window.CHANGE_Z):
             return count - back
     return 0
 
@@ -417,42 +417,91 @@ def _quality_backs(count: int, window: type[EvidenceWindow]) -> list[int]:
     return backs
 
 
+class _CarriedSums:
+    """Sums a shift test carries from one call to the next: the batches it last read, and
+    how the next call's batches relate to them (`_carry`)."""
+
+    RESYNC = 1000
+    """Calls between rebuilds: bounds the rounding the running sums collect (about 1e-13
+    relative after a thousand updates, far below any test's margin)."""
+    MAX_DROPPED = 4
+    """Batches that may leave the front between two calls and still be updated in place."""
+
+    def __init__(self) -> None:
+        self.keys: list[object] = []
+        self.updates = 0
+
+    def _carry(self, keys: Sequence[object], deepest: int) -> tuple[int, int] | None:
+        """(dropped, added) when `keys` are the last call's less `dropped` at the front plus
+        `added` (0 or 1) at the end, and every split the last call had (`deepest` batches
+        after it at most) kept the batches that left before it; None when the sums must be
+        rebuilt (another history, too many changes, or `RESYNC` updates since the last build)."""
+        previous = self.keys
+        count = len(keys)
+        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
+        dropped = len(previous) - (count - added)
+        if (
+            not previous
+            or not 0 <= dropped <= self.MAX_DROPPED
+            or self.updates >= self.RESYNC
+            or deepest > len(previous) - dropped
+            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
+        ):
+            return None
+        self.updates += 1
+        return dropped, added
+
+
 class _QualitySplit:
     """One split's sums: per bucket, the High items and items of the batches before it, and
-    the z terms summed over the buckets the batches after it hold."""
+    the z terms of the buckets the batches after it hold, with their running totals."""
 
-    __slots__ = ("high", "items", "observed", "expected", "variance", "terms")
+    __slots__ = ("high", "items", "terms", "observed", "expected", "variance", "varied")
 
     def __init__(self, high: dict[int, int], items: dict[int, int]) -> None:
         self.high = high
         self.items = items
+        self.terms: dict[int, tuple[float, float, float]] = {}
         self.observed = self.expected = self.variance = 0.0
-        self.terms = 0
-        """Buckets contributing: at none, the sums are set to exactly zero (no rounding left)."""
+        self.varied = 0
+        """Terms with a positive variance: at none the variance is exactly zero, whatever
+        rounding the running total kept."""
 
-    def move(self, key: int, high: int, items: int, totals: tuple[int, int, int, int], min_items: float) -> None:
-        """Change the older side's sums of bucket `key` by `high`, `items`, while its totals
-        over all batches go from `totals[:2]` to `totals[2:]`: its term out, then in again."""
-        high_before, n_before = self.high.get(key, 0), self.items.get(key, 0)
-        old_high, old_items, new_high, new_items = totals
-        term = _quality_term(high_before, n_before, old_high, old_items, min_items)
+    def move(self, key: int, high: int, items: int, total_high: int, total_items: int, min_items: float) -> None:
+        """Change the older side's sums of bucket `key` by `high`, `items`, its totals over all
+        batches now `total_high`, `total_items`: its term out, then in again."""
+        term = self.terms.pop(key, None)
         if term is not None:
-            self.terms -= 1
             self.observed -= term[0]
             self.expected -= term[1]
             self.variance -= term[2]
+            self.varied -= term[2] > 0
+        high_before, n_before = self.high.get(key, 0), self.items.get(key, 0)
         if high or items:
             high_before += high
             n_before += items
             self.high[key], self.items[key] = high_before, n_before
-        term = _quality_term(high_before, n_before, new_high, new_items, min_items)
+        term = _quality_term(high_before, n_before, total_high, total_items, min_items)
         if term is not None:
-            self.terms += 1
+            self.terms[key] = term
             self.observed += term[0]
             self.expected += term[1]
             self.variance += term[2]
+            self.varied += term[2] > 0
         if not self.terms:
             self.observed = self.expected = self.variance = 0.0
+
+    def shifted(self, z: float) -> bool:
+        """|observed - expected| / sqrt(variance) > `z`. The running totals decide unless they
+        land within rounding of `z`; then the terms are summed afresh (`math.fsum`, exact and
+        in any order the same)."""
+        if not self.varied:
+            return False
+        value = abs(self.observed - self.expected) / math.sqrt(self.variance) if self.variance > 0 else math.inf
+        if abs(value - z) > 1e-6 * z:
+            return value > z
+        observed, expected, variance = (math.fsum(column) for column in zip(*self.terms.values()))
+        return variance > 0 and abs(observed - expected) / math.sqrt(variance) > z
 
 
 def _quality_term(
@@ -468,7 +517,7 @@ def _quality_term(
     return total_high - high_before, n_after * share, n_after * share * (1 - share) * (1 + n_after / n_before)
 
 
-class QualityMemo:
+class QualityMemo(_CarriedSums):
     """What `quality_change_point` keeps between calls: the batches it read, the totals per
     bucket, and each split's sums (`_QualitySplit`), by how many batches lie after it.
 
@@ -479,23 +528,16 @@ class QualityMemo:
     running sums of floats), rebuilds them from the batches.
     """
 
-    RESYNC = 1000
-    """Calls between rebuilds: bounds the rounding the running z terms collect (about
-    1e-13 relative after a thousand updates, far below any test's margin)."""
-    MAX_DROPPED = 4
-    """Batches that may leave the front between two calls and still be updated in place."""
-
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        self.keys: list[object] = []
+        super().__init__()
         self.observations: list[Observation] = []
         self.ids: list[int] = []
         self.high: dict[int, int] = {}
         self.items: dict[int, int] = {}
         self.splits: dict[int, _QualitySplit] = {}
-        self.updates = 0
 
     @staticmethod
     def sums(
@@ -514,42 +556,29 @@ class QualityMemo:
         window: type[EvidenceWindow],
     ) -> list[tuple[int, _QualitySplit]]:
         """The sums of every split of these batches, newest first, carried from the last call."""
-        previous = self.keys
-        count = len(keys)
-        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
-        dropped = len(previous) - (count - added)
-        if (
-            not previous
-            or not 0 <= dropped <= self.MAX_DROPPED
-            or self.updates >= self.RESYNC
-            or max(self.splits, default=0) > len(previous) - dropped  # a split with a batch that left after it
-            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
-        ):
+        carried = self._carry(keys, max(self.splits, default=0))
+        if carried is None:
             self._rebuild(list(observations), list(ids), list(keys), window)
             return self._ordered()
-        self.updates += 1
+        dropped, added = carried
+        count, old_count = len(keys), len(self.keys)
         min_items = window.CHANGE_MIN_ITEMS
-        # Totals per bucket before and after the batches that left and the new one.
-        totals: dict[int, tuple[int, int, int, int]] = {}
+        # Totals per bucket less the batches that left, plus the new one.
         high, items = self.high, self.items
         changes = [(self.ids[index], self.observations[index], -1) for index in range(dropped)]
         changes += [(ids[index], observations[index], 1) for index in range(count - added, count)]
         for key, (_, h, n), sign in changes:
-            old_high, old_items = high.get(key, 0), items.get(key, 0)
-            high[key], items[key] = old_high + sign * h, old_items + sign * n
-            if key in totals:
-                old_high, old_items = totals[key][:2]
-            totals[key] = (old_high, old_items, high[key], items[key])
+            high[key] = high.get(key, 0) + sign * h
+            items[key] = items.get(key, 0) + sign * n
         # Splits by batches after them: those the new count no longer has go, new ones are built.
         backs = _quality_backs(count, window)
-        old_count = len(previous)
         for back in [back for back in self.splits if back not in backs]:
             del self.splits[back]
         gone = [(self.ids[index], self.observations[index]) for index in range(dropped)]
         for back, split in self.splits.items():
             # Older side: less the batches that left, plus those that crossed the split as it
             # moved forward (indices `old_count - back - dropped` up to `count - back` now).
-            moved: dict[int, list[int]] = {key: [0, 0] for key in totals}
+            moved: dict[int, list[int]] = {key: [0, 0] for key, _, _ in changes}
             for key, (_, h, n) in gone:
                 moved[key][0] -= h
                 moved[key][1] -= n
@@ -559,10 +588,7 @@ class QualityMemo:
                 change[0] += h
                 change[1] += n
             for key, (h, n) in moved.items():
-                total = totals.get(key)
-                if total is None:
-                    total = (high[key], items[key]) * 2
-                split.move(key, h, n, total, min_items)
+                split.move(key, h, n, high[key], items[key], min_items)
         for back in backs:
             if back not in self.splits:
                 self.splits[back] = self._split(ids, observations, count - back, min_items)
@@ -585,8 +611,7 @@ class QualityMemo:
 
     def _terms(self, split: _QualitySplit, after: set[int], min_items: float) -> _QualitySplit:
         for key in after:
-            total = self.high[key], self.items[key]
-            split.move(key, 0, 0, (0, 0, *total), min_items)
+            split.move(key, 0, 0, self.high[key], self.items[key], min_items)
         return split
 
     def _rebuild(

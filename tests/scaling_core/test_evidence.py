@@ -400,13 +400,15 @@ def test_the_cost_shift_test_skips_the_splits_it_knows_show_no_shift_and_answers
 
 def test_the_quality_shift_test_carries_its_sums_between_calls_and_answers_the_same() -> None:
     # The High share alternates between 0.95 and 0.85 every 70 batches at sizes the batches
-    # share; the window grows, slides, sometimes loses up to three batches at once from the
-    # front and sometimes gains none (a failed batch), as the manager hands it in.
+    # share; at 100 items it is 1 for 250 batches (a bucket whose variance is exactly zero,
+    # alone after a split when the batches after it are all of that size), then 0.97. The
+    # window grows, slides, sometimes loses up to three batches at once from the front and
+    # sometimes gains none (a failed batch), as the manager hands it in.
     rng = random.Random(5)
     observations: list[tuple[float, int, int]] = []
     for i in range(500):
-        size = rng.choice([100.0, 120.0, 150.0, 180.0])
-        share = 0.85 if (i // 70) % 2 else 0.95
+        size = rng.choice([100.0, 100.0, 100.0, 120.0, 150.0, 180.0])
+        share = (1.0 if i < 250 else 0.97) if size == 100.0 else 0.85 if (i // 70) % 2 else 0.95
         items = int(size)
         observations.append((size, sum(rng.random() < share for _ in range(items)), items))
     keys = [object() for _ in observations]
