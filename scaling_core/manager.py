@@ -46,7 +46,7 @@ from scaling_core.limits import LIMITS, SizeLimit, TimeLimit
 from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
-from scaling_core.shifts import QualityMemo, ShiftMemo, StepMemo
+from scaling_core.shifts import PooledMemo, QualityMemo, ShiftMemo, StepMemo
 from scaling_core.window import EvidenceWindow, ViewNumbers
 
 
@@ -133,6 +133,8 @@ class ScalingManager:
         """The step test's reference fit and verdict of each recent batch (`shifts.step_change_point`), likewise."""
         self._quality_memo = QualityMemo()
         """The quality shift test's sums per split, carried from call to call (`shifts.QualityMemo`)."""
+        self._pooled_memo = PooledMemo()
+        """The pooled shift test's, likewise (`shifts.PooledMemo`)."""
         self._refused_batches = 0
         """Batches of the history `_views` last read that met a rate limit (HTTP 429)."""
         self._changes = 0
@@ -216,6 +218,7 @@ class ScalingManager:
             shift_memo=self._shift_memo,
             step_memo=self._step_memo,
             quality_memo=self._quality_memo,
+            pooled_memo=self._pooled_memo,
             numbers=numbers,
         )
         return self._within_weight(window, self._decide(window, len(history)))

@@ -270,6 +270,75 @@ def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
         backs.append(back)
 
 
+class _CarriedSums:
+    """Sums a shift test carries from one call to the next: the batches it last read, and
+    how the next call's batches relate to them (`_carry`)."""
+
+    RESYNC = 1000
+    """Calls between rebuilds: bounds the rounding the running sums collect (about 1e-13
+    relative after a thousand updates, far below any test's margin)."""
+    MAX_DROPPED = 4
+    """Batches that may leave the front between two calls and still be updated in place."""
+
+    def __init__(self) -> None:
+        self.keys: list[object] = []
+        self.updates = 0
+
+    def _carry(self, keys: Sequence[object], deepest: int) -> tuple[int, int] | None:
+        """(dropped, added) when `keys` are the last call's less `dropped` at the front plus
+        `added` (0 or 1) at the end, and every split the last call had (`deepest` batches
+        after it at most) kept the batches that left before it; None when the sums must be
+        rebuilt (another history, too many changes, or `RESYNC` updates since the last build)."""
+        previous = self.keys
+        count = len(keys)
+        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
+        dropped = len(previous) - (count - added)
+        if (
+            not previous
+            or not 0 <= dropped <= self.MAX_DROPPED
+            or self.updates >= self.RESYNC
+            or deepest > len(previous) - dropped
+            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
+        ):
+            return None
+        self.updates += 1
+        return dropped, added
+
+
+class _SplitTerms:
+    """One split's terms, a tuple per size bucket, and their running column sums (`sums`):
+    replacing a bucket's term (`put`) updates the sums in O(1). `counted` is the number of
+    terms positive in column `COUNTED`: at none the test has nothing to judge, whatever
+    rounding the running sums kept; with no term at all the sums are reset to zero."""
+
+    __slots__ = ("terms", "sums", "counted")
+    COUNTED = 0
+
+    def __init__(self, width: int) -> None:
+        self.terms: dict[int, tuple[float, ...]] = {}
+        self.sums = [0.0] * width
+        self.counted = 0
+
+    def put(self, key: int, term: tuple[float, ...] | None) -> None:
+        """Make `term` the term of bucket `key` (None: it has none)."""
+        old = self.terms.pop(key, None)
+        if term is not None:
+            self.terms[key] = term
+            if old is None:
+                self.sums = [total + new for total, new in zip(self.sums, term)]
+            else:  # the common case, in one pass: out, then in
+                self.sums = [total - gone + new for total, gone, new in zip(self.sums, old, term)]
+                self.counted -= old[self.COUNTED] > 0
+            self.counted += term[self.COUNTED] > 0
+        elif old is not None:
+            self.counted -= old[self.COUNTED] > 0
+            self.sums = [total - gone for total, gone in zip(self.sums, old)] if self.terms else [0.0] * len(old)
+
+    def exact(self) -> list[float]:
+        """The column sums afresh (`math.fsum`: correctly rounded, the same in any order)."""
+        return [math.fsum(column) for column in zip(*self.terms.values())]
+
+
 def pooled_change_point(
     timings: Sequence[Timing],
     window: type[EvidenceWindow],
@@ -277,6 +346,8 @@ def pooled_change_point(
     newer_than: int = 0,
     logs: Sequence[float] | None = None,
     ids: Sequence[int] | None = None,
+    keys: Sequence[object] | None = None,
+    memo: PooledMemo | None = None,
 ) -> int:
     """Index from which the cost evidence is current by the pooled test (0 when nothing shifted).
 
@@ -287,85 +358,123 @@ def pooled_change_point(
     sees a change at sizes only the regime just before it used (costs that alternate). The
     most recent split with |z| > `CHANGE_Z` wins; every split up to `SHOCK_SCAN` batches back
     is tried, geometric ones beyond. Moving the split back one batch updates every sum in O(1);
-    the older side's sums at the geometric splits are taken in one pass. Splits at or before
-    `newer_than` (a cut found already) are not tried. `logs` and `ids` (log seconds and
-    `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
+    the older side's sums at the geometric splits are kept per split (`PooledMemo`: with
+    `keys`, one object per timing, and a `memo` the caller keeps, carried from call to call).
+    Splits at or before `newer_than` (a cut found already) are not tried. `logs` and `ids`
+    (log seconds and `NEIGHBOURHOOD` buckets of the timings), when given, save computing them.
     """
     count = len(timings)
     if count < 2:
         return 0
-    ids, width, order = _indexable(ids if ids is not None else _buckets([n for n, _ in timings], window.NEIGHBOURHOOD))
+    if ids is None:
+        ids = _buckets([n for n, _ in timings], window.NEIGHBOURHOOD)
     if logs is None:
         logs = [math.log(t) for _, t in timings]
-    fine = min(window.SHOCK_SCAN, count - 1)
-    # Beyond the fine splits, geometric ones: the older side's sums at each, from one pass
-    # oldest first.
-    coarse = [count - back for back in _geometric_backs(count, window)]
-    before: dict[int, tuple[list[int], list[float], list[float]]] = {}
-    # Per size bucket, of the older batches (before the split) and of the newer ones.
-    b_n, b_sum, b_sq = [0] * width, [0.0] * width, [0.0] * width
-    pending = coarse[-1] if coarse else -1
-    for index, (key, value) in enumerate(zip(ids, logs, strict=True)):
-        if index == pending:
-            before[index] = (b_n[:], b_sum[:], b_sq[:])
-            pending = coarse[-1 - len(before)] if len(before) < len(coarse) else -1
-        b_n[key] += 1
-        b_sum[key] += value
-        b_sq[key] += value * value
-    total_n, total_sum = b_n[:], b_sum[:]
-    a_n, a_sum = [0] * width, [0.0] * width
-    # Pooled within-bucket sum of squares and degrees of freedom of the older batches.
-    spread_sum = sum(b_sq[k] - b_sum[k] * b_sum[k] / b_n[k] for k in order if b_n[k] > 1)
-    spread_dof = sum(b_n[k] - 1 for k in order if b_n[k] > 1)
+    if memo is None or keys is None:
+        memo = PooledMemo()
+        keys = [None] * count
+    whole, coarse = memo.update(logs, ids, keys, window)
+    n_old, s_old, q_old = whole.n, whole.s, whole.q
+    moved_n: dict[int, int] = {}
+    moved_sum: dict[int, float] = {}
+    moved_sq: dict[int, float] = {}
+    a_n: dict[int, int] = {}
+    a_sum: dict[int, float] = {}
+    # The older side starts as every batch: its pooled within-bucket sum of squares and
+    # degrees of freedom.
+    spread_sum, spread_dof = whole.sums[0], whole.sums[1]
     difference = spread = 0.0
-    for back in range(1, fine + 1):
+    for back in range(1, min(window.SHOCK_SCAN, count - 1) + 1):
         index = count - back
         if index <= newer_than:
             return 0
         key, value = ids[index], logs[index]
-        n_old, n_new = b_n[key], a_n[key]
+        b_n = moved_n.get(key, n_old[key])
+        b_sum = moved_sum.get(key, s_old[key])
+        b_sq = moved_sq.get(key, q_old[key])
+        n_new, new_sum = a_n.get(key, 0), a_sum.get(key, 0.0)
         # Take the bucket's old contributions out ...
-        if n_old > 1:
-            spread_sum -= b_sq[key] - b_sum[key] * b_sum[key] / n_old
-            spread_dof -= n_old - 1
+        if b_n > 1:
+            spread_sum -= b_sq - b_sum * b_sum / b_n
+            spread_dof -= b_n - 1
         if n_new:
-            difference -= a_sum[key] - n_new * b_sum[key] / n_old
-            spread -= n_new * (1 + n_new / n_old)
+            difference -= new_sum - n_new * b_sum / b_n
+            spread -= n_new * (1 + n_new / b_n)
         # ... move the batch from the older side to the newer one ...
-        n_old -= 1
+        b_n -= 1
         n_new += 1
-        b_n[key], a_n[key] = n_old, n_new
-        b_sum[key] -= value
-        b_sq[key] -= value * value
-        a_sum[key] += value
+        b_sum -= value
+        b_sq -= value * value
+        new_sum += value
+        moved_n[key], moved_sum[key], moved_sq[key] = b_n, b_sum, b_sq
+        a_n[key], a_sum[key] = n_new, new_sum
         # ... and put them back. Later batches' log seconds minus what the older mean of
         # their size predicts; its variance in units of the within-size spread.
-        if n_old > 1:
-            spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
-            spread_dof += n_old - 1
-        if n_old:
-            difference += a_sum[key] - n_new * b_sum[key] / n_old
-            spread += n_new * (1 + n_new / n_old)
+        if b_n > 1:
+            spread_sum += b_sq - b_sum * b_sum / b_n
+            spread_dof += b_n - 1
+        if b_n:
+            difference += new_sum - n_new * b_sum / b_n
+            spread += n_new * (1 + n_new / b_n)
         if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
             return index
-    for split in coarse:
-        if split <= newer_than:
+    for back, split in coarse:
+        if count - back <= newer_than:
             return 0
-        b_n, b_sum, b_sq = before[split]
-        spread_sum = difference = spread = 0.0
-        spread_dof = 0
-        for key in order:
-            n_old = b_n[key]
-            if n_old > 1:
-                spread_sum += b_sq[key] - b_sum[key] * b_sum[key] / n_old
-                spread_dof += n_old - 1
-            n_new = total_n[key] - n_old
-            if n_old and n_new:
-                difference += total_sum[key] - b_sum[key] - n_new * b_sum[key] / n_old
-                spread += n_new * (1 + n_new / n_old)
-        if _shifted(difference, spread, spread_sum, spread_dof, window, few=False):
-            return split
+        if split.shifted(window):
+            return count - back
     return 0
+
+
+class _PooledSplit(_SplitTerms):
+    """The older side of one split of the pooled test: per bucket, the count, sum and sum of
+    squares of its log seconds; each bucket's term (`_pooled_term`) holds the within-bucket
+    sum of squares and degrees of freedom of the older side, the newer batches' summed
+    difference from the older mean, and its variance factor."""
+
+    __slots__ = ("n", "s", "q")
+    COUNTED = 3  # a bucket on both sides has a positive variance factor
+
+    def __init__(self, n: dict[int, int], s: dict[int, float], q: dict[int, float]) -> None:
+        super().__init__(4)
+        self.n, self.s, self.q = n, s, q
+
+    def move(self, key: int, count: int, total: float, square: float, total_n: int, total_sum: float) -> None:
+        """Change the older side's sums of bucket `key` by `count`, `total`, `square`, its
+        totals over all batches now `total_n`, `total_sum`, and its term with them."""
+        n_old, s_old, q_old = self.n.get(key, 0), self.s.get(key, 0.0), self.q.get(key, 0.0)
+        if count or total or square:
+            n_old += count
+            s_old += total
+            q_old += square
+            self.n[key], self.s[key], self.q[key] = n_old, s_old, q_old
+        self.put(key, _pooled_term(n_old, s_old, q_old, total_n, total_sum))
+
+    def shifted(self, window: type[EvidenceWindow]) -> bool:
+        """`_shifted` of the running sums, unless they land within rounding of `CHANGE_Z`;
+        then of the terms summed afresh (`_SplitTerms.exact`)."""
+        if not self.counted:
+            return False
+        within, dof, difference, spread = self.sums
+        variance = max(within / dof if dof else 0.0, window.MIN_NOISE**2)
+        value = abs(difference) / math.sqrt(variance * spread) if spread > 0 else math.inf
+        if abs(value - window.CHANGE_Z) > 1e-6 * window.CHANGE_Z:
+            return value > window.CHANGE_Z
+        within, dof, difference, spread = self.exact()
+        return _shifted(difference, spread, within, dof, window, few=False)
+
+
+def _pooled_term(
+    n_old: int, s_old: float, q_old: float, total_n: int, total_sum: float
+) -> tuple[float, int, float, float] | None:
+    """A bucket's (within sum of squares, its degrees of freedom, difference, spread) for a
+    split with `n_old` of its `total_n` batches before it; None when it adds nothing."""
+    n_new = total_n - n_old
+    within, dof = (q_old - s_old * s_old / n_old, n_old - 1) if n_old > 1 else (0.0, 0)
+    difference, spread = (total_sum - s_old - n_new * s_old / n_old, n_new * (1 + n_new / n_old)) if n_old and n_new else (0.0, 0.0)
+    if not dof and not spread:
+        return None
+    return within, dof, difference, spread
 
 
 def quality_change_point(
@@ -417,90 +526,39 @@ def _quality_backs(count: int, window: type[EvidenceWindow]) -> list[int]:
     return backs
 
 
-class _CarriedSums:
-    """Sums a shift test carries from one call to the next: the batches it last read, and
-    how the next call's batches relate to them (`_carry`)."""
+class _QualitySplit(_SplitTerms):
+    """One split of the quality test: per bucket, the High items and items of the batches
+    before it; each bucket's term (`_quality_term`) holds the observed and expected High
+    items after the split and their variance."""
 
-    RESYNC = 1000
-    """Calls between rebuilds: bounds the rounding the running sums collect (about 1e-13
-    relative after a thousand updates, far below any test's margin)."""
-    MAX_DROPPED = 4
-    """Batches that may leave the front between two calls and still be updated in place."""
-
-    def __init__(self) -> None:
-        self.keys: list[object] = []
-        self.updates = 0
-
-    def _carry(self, keys: Sequence[object], deepest: int) -> tuple[int, int] | None:
-        """(dropped, added) when `keys` are the last call's less `dropped` at the front plus
-        `added` (0 or 1) at the end, and every split the last call had (`deepest` batches
-        after it at most) kept the batches that left before it; None when the sums must be
-        rebuilt (another history, too many changes, or `RESYNC` updates since the last build)."""
-        previous = self.keys
-        count = len(keys)
-        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
-        dropped = len(previous) - (count - added)
-        if (
-            not previous
-            or not 0 <= dropped <= self.MAX_DROPPED
-            or self.updates >= self.RESYNC
-            or deepest > len(previous) - dropped
-            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
-        ):
-            return None
-        self.updates += 1
-        return dropped, added
-
-
-class _QualitySplit:
-    """One split's sums: per bucket, the High items and items of the batches before it, and
-    the z terms of the buckets the batches after it hold, with their running totals."""
-
-    __slots__ = ("high", "items", "terms", "observed", "expected", "variance", "varied")
+    __slots__ = ("high", "items")
+    COUNTED = 2  # a share strictly between 0 and 1 before the split gives a positive variance
 
     def __init__(self, high: dict[int, int], items: dict[int, int]) -> None:
+        super().__init__(3)
         self.high = high
         self.items = items
-        self.terms: dict[int, tuple[float, float, float]] = {}
-        self.observed = self.expected = self.variance = 0.0
-        self.varied = 0
-        """Terms with a positive variance: at none the variance is exactly zero, whatever
-        rounding the running total kept."""
 
     def move(self, key: int, high: int, items: int, total_high: int, total_items: int, min_items: float) -> None:
         """Change the older side's sums of bucket `key` by `high`, `items`, its totals over all
-        batches now `total_high`, `total_items`: its term out, then in again."""
-        term = self.terms.pop(key, None)
-        if term is not None:
-            self.observed -= term[0]
-            self.expected -= term[1]
-            self.variance -= term[2]
-            self.varied -= term[2] > 0
+        batches now `total_high`, `total_items`, and its term with them."""
         high_before, n_before = self.high.get(key, 0), self.items.get(key, 0)
         if high or items:
             high_before += high
             n_before += items
             self.high[key], self.items[key] = high_before, n_before
-        term = _quality_term(high_before, n_before, total_high, total_items, min_items)
-        if term is not None:
-            self.terms[key] = term
-            self.observed += term[0]
-            self.expected += term[1]
-            self.variance += term[2]
-            self.varied += term[2] > 0
-        if not self.terms:
-            self.observed = self.expected = self.variance = 0.0
+        self.put(key, _quality_term(high_before, n_before, total_high, total_items, min_items))
 
     def shifted(self, z: float) -> bool:
-        """|observed - expected| / sqrt(variance) > `z`. The running totals decide unless they
-        land within rounding of `z`; then the terms are summed afresh (`math.fsum`, exact and
-        in any order the same)."""
-        if not self.varied:
+        """|observed - expected| / sqrt(variance) > `z`, from the running sums unless they
+        land within rounding of `z`; then from the terms summed afresh (`exact`)."""
+        if not self.counted:
             return False
-        value = abs(self.observed - self.expected) / math.sqrt(self.variance) if self.variance > 0 else math.inf
+        observed, expected, variance = self.sums
+        value = abs(observed - expected) / math.sqrt(variance) if variance > 0 else math.inf
         if abs(value - z) > 1e-6 * z:
             return value > z
-        observed, expected, variance = (math.fsum(column) for column in zip(*self.terms.values()))
+        observed, expected, variance = self.exact()
         return variance > 0 and abs(observed - expected) / math.sqrt(variance) > z
 
 
@@ -639,25 +697,98 @@ class QualityMemo(_CarriedSums):
         }
 
 
-_DIRECT_KEYS = 4096
-"""Bucket numbers under this index lists as they are (sizes up to 1.1^4096); others are renumbered."""
+class PooledMemo(_CarriedSums):
+    """What `pooled_change_point` keeps between calls: the batches it read, the sums over all
+    of them (`whole`, a split with no batch after it) and the older side of each geometric
+    split (`_PooledSplit`), by how many batches lie after it, updated as `QualityMemo`'s are."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.logs: list[float] = []
+        self.ids: list[int] = []
+        self.whole = _PooledSplit({}, {}, {})
+        self.splits: dict[int, _PooledSplit] = {}
 
-def _indexable(keys: Sequence[int]) -> tuple[Sequence[int], int, list[int]]:
-    """`keys` as list indices: (indices, list length, each distinct index once in order of
-    first appearance). Small non-negative bucket numbers index as they are; others (the
-    hashed buckets of weighted batches) are renumbered (`_dense`)."""
-    order = list(dict.fromkeys(keys))
-    if order and min(order) >= 0 and max(order) < _DIRECT_KEYS:
-        return keys, max(order) + 1, order
-    dense, width = _dense(keys)
-    return dense, width, list(range(width))
+    def update(
+        self, logs: Sequence[float], ids: Sequence[int], keys: Sequence[object], window: type[EvidenceWindow]
+    ) -> tuple[_PooledSplit, list[tuple[int, _PooledSplit]]]:
+        """The sums over every batch and those of each geometric split, newest first."""
+        carried = self._carry(keys, max(self.splits, default=0))
+        if carried is None:
+            self._rebuild(list(logs), list(ids), list(keys), window)
+            return self.whole, sorted(self.splits.items())
+        dropped, added = carried
+        count, old_count = len(keys), len(self.keys)
+        whole = self.whole
+        changes = [(self.ids[index], self.logs[index], -1) for index in range(dropped)]
+        changes += [(ids[index], logs[index], 1) for index in range(count - added, count)]
+        for key, value, sign in changes:
+            total_n, total_sum = whole.n.get(key, 0) + sign, whole.s.get(key, 0.0) + sign * value
+            whole.move(key, sign, sign * value, sign * value * value, total_n, total_sum)
+        backs = _geometric_backs(count, window)
+        for back in [back for back in self.splits if back not in backs]:
+            del self.splits[back]
+        for back, split in self.splits.items():
+            # Older side: less the batches that left, plus those that crossed the split as it
+            # moved forward (indices `old_count - back - dropped` up to `count - back` now).
+            moved = {key: [0, 0.0, 0.0] for key, _, _ in changes}
+            for key, value, sign in changes:
+                if sign < 0:
+                    change = moved[key]
+                    change[0] -= 1
+                    change[1] -= value
+                    change[2] -= value * value
+            begin, end = old_count - back - dropped, count - back
+            for key, value in zip(ids[begin:end], logs[begin:end]):
+                change = moved.setdefault(key, [0, 0.0, 0.0])
+                change[0] += 1
+                change[1] += value
+                change[2] += value * value
+            for key, (n, total, square) in moved.items():
+                split.move(key, n, total, square, whole.n.get(key, 0), whole.s.get(key, 0.0))
+        for back in backs:
+            if back not in self.splits:
+                self.splits[back] = self._split(ids[: count - back], logs[: count - back])
+        self.keys, self.logs, self.ids = list(keys), list(logs), list(ids)
+        return whole, sorted(self.splits.items())
 
+    def _split(self, ids: Sequence[int], logs: Sequence[float]) -> _PooledSplit:
+        """The split whose older side is these batches."""
+        n: dict[int, int] = {}
+        s: dict[int, float] = {}
+        q: dict[int, float] = {}
+        for key, value in zip(ids, logs):
+            n[key] = n.get(key, 0) + 1
+            s[key] = s.get(key, 0.0) + value
+            q[key] = q.get(key, 0.0) + value * value
+        return self._terms(_PooledSplit(n, s, q))
 
-def _dense(keys: Sequence[int]) -> tuple[list[int], int]:
-    """`keys` renumbered 0..k-1 (in order of first appearance), and k."""
-    numbers = {key: number for number, key in enumerate(dict.fromkeys(keys))}
-    return [numbers[key] for key in keys], len(numbers)
+    def _terms(self, split: _PooledSplit) -> _PooledSplit:
+        whole = self.whole
+        for key in whole.n:
+            split.move(key, 0, 0.0, 0.0, whole.n[key], whole.s[key])
+        return split
+
+    def _rebuild(self, logs: list[float], ids: list[int], keys: list[object], window: type[EvidenceWindow]) -> None:
+        """Every sum from the batches: one pass oldest first, the older side's sums copied at
+        each split."""
+        self.keys, self.logs, self.ids = keys, logs, ids
+        self.updates = 0
+        count = len(logs)
+        wanted = {count - back: back for back in _geometric_backs(count, window)}
+        n: dict[int, int] = {}
+        s: dict[int, float] = {}
+        q: dict[int, float] = {}
+        snapshots: dict[int, tuple[dict[int, int], dict[int, float], dict[int, float]]] = {}
+        for index, (key, value) in enumerate(zip(ids, logs, strict=True)):
+            if index in wanted:
+                snapshots[wanted[index]] = (dict(n), dict(s), dict(q))
+            n[key] = n.get(key, 0) + 1
+            s[key] = s.get(key, 0.0) + value
+            q[key] = q.get(key, 0.0) + value * value
+        self.whole = _PooledSplit(n, s, q)
+        self._terms(self.whole)
+        self.splits = {back: self._terms(_PooledSplit(*sums)) for back, sums in snapshots.items()}
 
 
 def _buckets(sizes: Sequence[float], ratio: float) -> list[int]:

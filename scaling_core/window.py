@@ -30,6 +30,7 @@ from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
 from scaling_core.shifts import (
+    PooledMemo,
     QualityMemo,
     RiseUnderTest,
     StepMemo,
@@ -216,6 +217,7 @@ class EvidenceWindow:
         shift_memo: dict[int, tuple[object, bool]] | None = None,
         step_memo: StepMemo | None = None,
         quality_memo: QualityMemo | None = None,
+        pooled_memo: PooledMemo | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
@@ -223,7 +225,7 @@ class EvidenceWindow:
         `shift_memo`, kept by the caller between calls on a growing history (the same view
         objects, one more each time), remembers the final verdicts of the cost shift test
         (`cost_change_point`), `step_memo` those of the step test (`step_change_point`), and
-        `quality_memo` the quality shift test's sums (`quality_change_point`);
+        `quality_memo` and `pooled_memo` the sums of the quality and pooled shift tests;
         `numbers` (`EvidenceWindow.numbers` of each view, aligned with `views`) saves
         computing them. The window is the same with them or without.
         """
@@ -246,7 +248,10 @@ class EvidenceWindow:
         )
         change = skipped + found if found else 0
         # The pooled test too (a drift at shared sizes): the more recent cut wins.
-        change = max(change, pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids))
+        change = max(
+            change,
+            pooled_change_point(timings, cls, newer_than=change, logs=logs, ids=ids, keys=keys, memo=pooled_memo),
+        )
         # And a step at moved sizes, begun by a surprising batch.
         change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo, since=change))
         recent_fit = cls._fit(timings[change:], weights[change:])

@@ -22,6 +22,7 @@ from scaling_core.shifts import (
     ShiftMemo,
     StepMemo,
     pooled_change_point,
+    PooledMemo,
     QualityMemo,
     quality_change_point,
     rise_under_test,
@@ -426,6 +427,36 @@ def test_the_quality_shift_test_carries_its_sums_between_calls_and_answers_the_s
         found += remembered > 0
         carried += memo.updates == updates + 1
     assert found > 100  # the shifts were found
+    assert carried > 350  # most calls updated the sums instead of rebuilding them
+
+
+def test_the_pooled_shift_test_carries_its_sums_between_calls_and_answers_the_same() -> None:
+    # A per-item cost that drifts up by a tenth every 80 batches at sizes every regime
+    # shares, one size always as fast (a bucket whose log seconds never vary); the window
+    # grows, slides, loses up to three batches at once from the front and sometimes gains
+    # none, and a cut found by another test comes and goes (`newer_than`).
+    rng = random.Random(6)
+    timings = []
+    for i in range(500):
+        n = rng.choice([100.0, 130.0, 170.0, 220.0])
+        timings.append((n, 2.0 if n == 100.0 else (1 + 0.01 * 1.1 ** (i // 80) * n) * math.exp(rng.gauss(0, 0.1))))
+    keys = [object() for _ in timings]
+    memo = PooledMemo()
+    found = carried = 0
+    begin = 0
+    for end in range(2, len(timings) + 1):
+        if end % 13 == 0:
+            continue
+        begin = max(begin, end - 150) + (end % 41 == 0) * 3
+        window, newer_than = slice(begin, end), (end - begin) // 3 if end % 5 == 0 else 0
+        updates = memo.updates
+        remembered = pooled_change_point(
+            timings[window], EvidenceWindow, newer_than=newer_than, keys=keys[window], memo=memo
+        )
+        assert remembered == pooled_change_point(timings[window], EvidenceWindow, newer_than=newer_than), end
+        found += remembered > 0
+        carried += memo.updates == updates + 1
+    assert found > 50  # the drift was found
     assert carried > 350  # most calls updated the sums instead of rebuilding them
 
 
