@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import math
 import operator
-import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
-from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, robust_spread
+from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, median, robust_spread
 
 if TYPE_CHECKING:
     from scaling_core.window import EvidenceWindow, Observation, Timing
@@ -825,6 +824,8 @@ class StepEntry(NamedTuple):
     reference: StepReference
     verdict: bool | None
     """True (a step began at it), False (none did), None (not final: its batches are not all in)."""
+    judged: int = 0
+    """Batches after it judged already (while `verdict` is None: none of them confirmed it)."""
 
 
 class StepMemo(RunMemo[tuple[int, int], StepEntry]):
@@ -884,9 +885,9 @@ def step_change_point(
         first = keys[begin] if keys is not None else None
         entry = _recalled(memo, key, first)
         if entry is not None:
-            reference, verdict = entry.reference, entry.verdict
+            reference, verdict, judged = entry.reference, entry.verdict, entry.judged
         else:
-            entry = None
+            judged = 0
             reference = _reference(
                 timings[begin : split + 1], window, weights[begin : split + 1] if weights is not None else None
             )
@@ -897,12 +898,15 @@ def step_change_point(
         if verdict is None and near:
             end = split + 1 + window.CHANGE_AFTER
             after = timings[split + 1 : end]
-            confirmed = _confirmed(reference, after, window, weights[split + 1 : end] if weights is not None else None)
+            confirmed = _confirmed(
+                reference, after, window, weights[split + 1 : end] if weights is not None else None, judged=judged
+            )
             # Final once confirmed (a sequential test) or once all its batches are in.
             verdict = True if confirmed else (False if len(after) == window.CHANGE_AFTER else None)
+            judged = len(after)
             entry = None
         if memo is not None and key is not None and entry is None:
-            memo[(id(key), id(first))] = StepEntry(key, first, reference, verdict)
+            memo[(id(key), id(first))] = StepEntry(key, first, reference, verdict, judged)
         if verdict and near:
             found = split
             newest = newest or split
@@ -1027,9 +1031,13 @@ def _confirmed(
     after: Sequence[Timing],
     window: type[EvidenceWindow],
     weights: Sequence[float | None] | None = None,
+    *,
+    judged: int = 0,
 ) -> bool:
     """Whether the batches `after` a candidate confirm its step (`_shift`: the step's
-    estimate over the first k of them and its standard error).
+    estimate over the first k of them and its standard error). The first `judged` of them
+    were judged by an earlier call and did not confirm it: only larger k are tried (each
+    k's answer reads the first k batches alone).
 
     A step up is confirmed when z = estimate / error passes `STEP_Z` for some k >= 2 (a
     sequential test as the batches come in: a step once confirmed stays so). A step down is
@@ -1043,7 +1051,7 @@ def _confirmed(
     if measured is None:
         return False
     residuals, gradients = measured
-    for count in range(len(residuals) if falling else 2, len(residuals) + 1):
+    for count in range(len(residuals) if falling else max(2, judged + 1), len(residuals) + 1):
         estimate, error = _shift(residuals[:count], gradients[:count], reference, window)
         if reference.surprise * estimate / error > window.STEP_Z:
             return True
@@ -1089,7 +1097,7 @@ def _shift(
     the estimate little.
     """
     clip = window.STEP_CLIP * math.sqrt(reference.variance)
-    centre = statistics.median(residuals)
+    centre = median(residuals)
     clipped = [min(max(r, centre - clip), centre + clip) for r in residuals]
     fit = reference.fit
     return common_shift(clipped, gradients, fit.covariance if fit is not None else (), reference.variance)

@@ -410,7 +410,8 @@ class EvidenceWindow:
     def _noise(cls, timings: Sequence[Timing], expected: Sequence[float]) -> float:
         """Robust spread of the log residuals of `timings` against `expected`, within
         [`MIN_NOISE`, `MAX_NOISE`]."""
-        residuals = [math.log(max(t / e, 1e-300)) for (_, t), e in zip(timings, expected, strict=True) if e > 0]
+        log, floor = math.log, math.log(1e-300)
+        residuals = [log(r) if (r := t / e) > 1e-300 else floor for (_, t), e in zip(timings, expected, strict=True) if e > 0]
         return min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
 
     @classmethod
