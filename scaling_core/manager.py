@@ -47,7 +47,7 @@ from scaling_core.predictions import PerformanceSnapshot
 from scaling_core.rates import RatePacer
 from scaling_core.results import BatchResult, BatchView, Limit, ScalingAction, ScalingDecision
 from scaling_core.shifts import PooledMemo, QualityMemo, ShiftMemo, StepMemo
-from scaling_core.window import EvidenceWindow, ViewNumbers
+from scaling_core.window import EvidenceColumns, EvidenceWindow, ViewNumbers
 
 
 class DecisionStore(Protocol):
@@ -135,6 +135,8 @@ class ScalingManager:
         """The quality shift test's sums per split, carried from call to call (`shifts.QualityMemo`)."""
         self._pooled_memo = PooledMemo()
         """The pooled shift test's, likewise (`shifts.PooledMemo`)."""
+        self._columns = EvidenceColumns()
+        """The window's columns of the last decision, likewise (`window.EvidenceColumns`)."""
         self._refused_batches = 0
         """Batches of the history `_views` last read that met a rate limit (HTTP 429)."""
         self._changes = 0
@@ -219,6 +221,7 @@ class ScalingManager:
             step_memo=self._step_memo,
             quality_memo=self._quality_memo,
             pooled_memo=self._pooled_memo,
+            carried=self._columns,
             numbers=numbers,
         )
         return self._within_weight(window, self._decide(window, len(history)))

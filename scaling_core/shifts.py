@@ -269,6 +269,20 @@ def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
         backs.append(back)
 
 
+def slid(previous: Sequence[object], current: Sequence[object], max_dropped: int) -> tuple[int, int] | None:
+    """(dropped, added) when `current` is `previous` less `dropped` (at most `max_dropped`)
+    at the front plus `added` (0 or 1) at the end, by identity; None otherwise (or when
+    `previous` is empty)."""
+    count = len(current)
+    added = 1 if previous and count and current[-1] is not previous[-1] else 0
+    dropped = len(previous) - (count - added)
+    if not previous or not 0 <= dropped <= max_dropped:
+        return None
+    if not all(map(operator.is_, previous[dropped:], current[: count - added])):
+        return None
+    return dropped, added
+
+
 class _CarriedSums:
     """Sums a shift test carries from one call to the next: the batches it last read, and
     how the next call's batches relate to them (`_carry`)."""
@@ -284,24 +298,15 @@ class _CarriedSums:
         self.updates = 0
 
     def _carry(self, keys: Sequence[object], deepest: int) -> tuple[int, int] | None:
-        """(dropped, added) when `keys` are the last call's less `dropped` at the front plus
-        `added` (0 or 1) at the end, and every split the last call had (`deepest` batches
-        after it at most) kept the batches that left before it; None when the sums must be
-        rebuilt (another history, too many changes, or `RESYNC` updates since the last build)."""
-        previous = self.keys
-        count = len(keys)
-        added = 1 if previous and count and keys[-1] is not previous[-1] else 0
-        dropped = len(previous) - (count - added)
-        if (
-            not previous
-            or not 0 <= dropped <= self.MAX_DROPPED
-            or self.updates >= self.RESYNC
-            or deepest > len(previous) - dropped
-            or not all(map(operator.is_, previous[dropped:], keys[: count - added]))
-        ):
+        """`slid` of the last call's batches to `keys`, when every split the last call had
+        (`deepest` batches after it at most) kept the batches that left before it; None when
+        the sums must be rebuilt (another history, too many changes, or `RESYNC` updates
+        since the last build)."""
+        carried = slid(self.keys, keys, self.MAX_DROPPED)
+        if carried is None or self.updates >= self.RESYNC or deepest > len(self.keys) - carried[0]:
             return None
         self.updates += 1
-        return dropped, added
+        return carried
 
 
 class _SplitTerms:

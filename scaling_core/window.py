@@ -38,6 +38,7 @@ from scaling_core.shifts import (
     pooled_change_point,
     quality_change_point,
     rise_under_test,
+    slid,
     step_change_point,
 )
 
@@ -89,6 +90,68 @@ class CostRow(NamedTuple):
     """The batch (the shift tests' memo key)."""
     weight: float | None
     """Its items' total weight, when they carry weights."""
+
+
+class EvidenceColumns:
+    """The columns `EvidenceWindow.of` reads of the last `EvidenceWindow.EVIDENCE` batches:
+    of those that are evidence, their views, observations and quality buckets; of those that
+    also took time, their timings, log seconds, cost buckets, views and weights.
+
+    Carried between calls (`update`): when the batches are the last call's less a few at the
+    front plus at most one new one, the columns lose those at the front and gain the new
+    one, instead of being transposed from every batch again.
+    """
+
+    __slots__ = ("numbers", "recent", "quality", "quality_ids", "timings", "logs", "ids", "keys", "weights")
+
+    MAX_DROPPED = 4
+    """Batches that may leave the front between two calls and still be moved in place."""
+
+    def __init__(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        self.numbers: list[ViewNumbers] = []
+        self.recent: list[BatchView] = []
+        self.quality: list[Observation] = []
+        self.quality_ids: list[int] = []
+        self.timings: list[Timing] = []
+        self.logs: list[float] = []
+        self.ids: list[int] = []
+        self.keys: list[BatchView] = []
+        self.weights: list[float | None] = []
+
+    def update(self, numbers: Sequence[ViewNumbers]) -> EvidenceColumns:
+        """These columns made those of `numbers` (oldest first); returns itself."""
+        previous = self.numbers
+        count = len(numbers)
+        carried = slid(previous, numbers, self.MAX_DROPPED)
+        if carried is None:
+            self._clear()
+            added = count
+        else:
+            dropped, added = carried
+            evidence = sum(number.observation is not None for number in previous[:dropped])
+            timed = sum(number.cost is not None for number in previous[:dropped])
+            for column in (self.recent, self.quality, self.quality_ids):
+                del column[:evidence]
+            for column in (self.timings, self.logs, self.ids, self.keys, self.weights):
+                del column[:timed]
+        for number in numbers[count - added :]:
+            if number.observation is None:
+                continue
+            self.recent.append(number.view)
+            self.quality.append(number.observation)
+            self.quality_ids.append(number.quality_bucket)
+            row = number.cost
+            if row is not None:
+                self.timings.append(row.timing)
+                self.logs.append(row.log_seconds)
+                self.ids.append(row.cost_bucket)
+                self.keys.append(row.view)
+                self.weights.append(row.weight)
+        self.numbers = list(numbers)
+        return self
 
 
 @dataclass(slots=True)
@@ -218,6 +281,7 @@ class EvidenceWindow:
         step_memo: StepMemo | None = None,
         quality_memo: QualityMemo | None = None,
         pooled_memo: PooledMemo | None = None,
+        carried: EvidenceColumns | None = None,
         numbers: Sequence[ViewNumbers] | None = None,
     ) -> EvidenceWindow:
         """Build the window of `views` (oldest first), cut at the changes they show.
@@ -225,7 +289,8 @@ class EvidenceWindow:
         `shift_memo`, kept by the caller between calls on a growing history (the same view
         objects, one more each time), remembers the final verdicts of the cost shift test
         (`cost_change_point`), `step_memo` those of the step test (`step_change_point`), and
-        `quality_memo` and `pooled_memo` the sums of the quality and pooled shift tests;
+        `quality_memo` and `pooled_memo` the sums of the quality and pooled shift tests, and
+        `carried` the columns of the last call (`EvidenceColumns`);
         `numbers` (`EvidenceWindow.numbers` of each view, aligned with `views`) saves
         computing them. The window is the same with them or without.
         """
@@ -236,11 +301,15 @@ class EvidenceWindow:
         views = views[-cls.HISTORY :]
         metrics: dict[str, float] = {"current_batch_size": float(base)}
         failures = FailureClassifier(config.min_batch_size).classify(views)
-        evidence = [number for number in numbers[-cls.EVIDENCE :] if number.observation is not None]
-        recent = [number.view for number in evidence]
-        # One row per timed batch, as columns.
-        rows = [number.cost for number in evidence if number.cost is not None]
-        timings, logs, ids, keys, weights = (list(column) for column in zip(*rows)) if rows else ([], [], [], [], [])
+        columns = (carried or EvidenceColumns()).update(numbers[-cls.EVIDENCE :])
+        recent, timings, logs, ids, keys, weights = (
+            columns.recent,
+            columns.timings,
+            columns.logs,
+            columns.ids,
+            columns.keys,
+            columns.weights,
+        )
         # The shift test reads its splits and the reference before the oldest.
         skipped = max(len(timings) - cls.CHANGE_SCAN - cls.CHANGE_REFERENCE, 0)
         found = cost_change_point(
@@ -287,10 +356,8 @@ class EvidenceWindow:
         if change:
             metrics["cost_change_batches_ago"] = float(len(timings) - change)
 
-        quality = [number.observation for number in evidence if number.observation is not None]
-        quality_change = quality_change_point(
-            quality, cls, ids=[number.quality_bucket for number in evidence], keys=recent, memo=quality_memo
-        )
+        quality = columns.quality
+        quality_change = quality_change_point(quality, cls, ids=columns.quality_ids, keys=recent, memo=quality_memo)
         if quality_change:
             metrics["quality_change_batches_ago"] = float(len(quality) - quality_change)
 

@@ -30,7 +30,7 @@ from scaling_core.shifts import (
 )
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchView
-from scaling_core.window import EvidenceWindow
+from scaling_core.window import EvidenceColumns, EvidenceWindow
 
 
 def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
@@ -468,6 +468,35 @@ def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
     all_weights = [*weights, *(w for _, w, _ in heavy)]
     assert step_change_point(timings, EvidenceWindow, weights=all_weights) == 0
     assert step_change_point(timings, EvidenceWindow) >= len(sizes)  # counted in items alone, it is one
+
+
+def test_the_window_columns_carried_between_calls_are_those_of_the_batches() -> None:
+    # Batches that failed whole (no evidence) and that took no time (evidence, no timing)
+    # among timed ones; the window slides, grows, loses a few at once and gains none.
+    rng = random.Random(4)
+    views = []
+    for _ in range(400):
+        kind = rng.random()
+        n = rng.choice([80, 100, 120])
+        seconds = 0.0 if kind < 0.05 else 1 + 0.01 * n
+        views.append(BatchView(asked=n, items=n, high=int(0.9 * n), seconds=seconds, failed=0.05 <= kind < 0.1))
+    numbers = [EvidenceWindow.numbers(view) for view in views]
+    carried = EvidenceColumns()
+    moved = 0
+    begin = 0
+    for end in range(1, len(numbers) + 1):
+        if end % 9 == 0:
+            continue
+        begin = max(begin, end - EvidenceWindow.EVIDENCE) + (end % 31 == 0) * 2
+        timings = carried.timings
+        carried.update(numbers[begin:end])
+        fresh = EvidenceColumns().update(numbers[begin:end])
+        assert [getattr(carried, name) for name in EvidenceColumns.__slots__] == [
+            getattr(fresh, name) for name in EvidenceColumns.__slots__
+        ], end
+        moved += carried.timings is timings  # moved in place, not rebuilt
+    assert moved > 300  # most calls moved the columns rather than rebuilt them
+    assert len(fresh.timings) < len(fresh.quality) < len(fresh.numbers)  # the three kinds were there
 
 
 def test_the_window_is_the_same_with_the_per_batch_numbers_handed_in_or_computed() -> None:
