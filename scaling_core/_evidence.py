@@ -508,12 +508,12 @@ def _fit_costs_pair(
     fit = _fit_once(_Moments.of(sizes, seconds, weights, columns=columns), curvature_t) or first
     if not robust:
         return fit, fit
-    relative = _relative_errors_of(fit, sizes, seconds)
-    deviations = list(map(abs, relative))
+    deviations = _deviations_of(fit, sizes, seconds)
     scale = max(1.4826 * median(deviations), 0.01)
-    inside = list(map(le, deviations, repeat(outlier_cutoff * scale)))
-    kept = sum(inside)
+    cutoff = outlier_cutoff * scale
+    kept = sum(map(le, deviations, repeat(cutoff)))
     if min_points <= kept < count:
+        inside = list(map(le, deviations, repeat(cutoff)))
         moments = _Moments.of(
             list(compress(sizes, inside)), list(compress(seconds, inside)), list(compress(weights, inside))
         )
@@ -537,8 +537,10 @@ def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[fl
     """recency / predicted^2 of each size: timing noise is multiplicative, so relative errors
     count alike (a prediction at or under zero gets an overwhelming weight)."""
     a, b, c = fit.fixed, fit.per_item, fit.quadratic
-    if recency is None:
-        recency = [1.0] * len(sizes)
+    if recency is None:  # r = 1: 1/p^2 (and 1e18) exactly as r/p^2 would give them
+        if c:
+            return [1.0 / (p * p) if (p := a + b * n + c * n * n) > 1e-9 else 1e18 for n in sizes]
+        return [1.0 / (p * p) if (p := a + b * n) > 1e-9 else 1e18 for n in sizes]
     if c:
         return [r / (p * p) if (p := a + b * n + c * n * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
     return [r / (p * p) if (p := a + b * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
@@ -549,12 +551,12 @@ def _relative_errors(seconds: Sequence[float], predicted: Sequence[float]) -> li
     return [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
 
 
-def _relative_errors_of(fit: CostFit, sizes: Sequence[float], seconds: Sequence[float]) -> list[float]:
-    """`_relative_errors` of `seconds` against `fit.seconds_each(sizes)`, in one pass."""
+def _deviations_of(fit: CostFit, sizes: Sequence[float], seconds: Sequence[float]) -> list[float]:
+    """|`_relative_errors`| of `seconds` against `fit.seconds_each(sizes)`, in one pass."""
     a, b, c = fit.fixed, fit.per_item, fit.quadratic
     if c:
-        return [(t - p) / p if (p := a + b * n + c * n * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
-    return [(t - p) / p if (p := a + b * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
+        return [abs((t - p) / p) if (p := a + b * n + c * n * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
+    return [abs((t - p) / p) if (p := a + b * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
 
 
 @lru_cache(maxsize=64)
