@@ -315,7 +315,7 @@ class _SplitTerms:
     terms positive in column `COUNTED`: at none the test has nothing to judge, whatever
     rounding the running sums kept; with no term at all the sums are reset to zero."""
 
-    __slots__ = ("terms", "sums", "counted")
+    __slots__ = ("counted", "sums", "terms")
     COUNTED = 0
 
     def __init__(self, width: int) -> None:
@@ -436,7 +436,7 @@ class _PooledSplit(_SplitTerms):
     sum of squares and degrees of freedom of the older side, the newer batches' summed
     difference from the older mean, and its variance factor."""
 
-    __slots__ = ("n", "s", "q")
+    __slots__ = ("n", "q", "s")
     COUNTED = 3  # a bucket on both sides has a positive variance factor
 
     def __init__(self, n: dict[int, int], s: dict[int, float], q: dict[int, float]) -> None:
@@ -749,7 +749,7 @@ class PooledMemo(_CarriedSums):
                 change[1] += value
                 change[2] += value * value
             for key, (n, total, square) in moved.items():
-                split.move(key, n, total, square, whole.n.get(key, 0), whole.s.get(key, 0.0))
+                split.move(key, int(n), total, square, whole.n.get(key, 0), whole.s.get(key, 0.0))
         for back in backs:
             if back not in self.splits:
                 self.splits[back] = self._split(ids[: count - back], logs[: count - back])

@@ -102,7 +102,7 @@ class EvidenceColumns:
     one, instead of being transposed from every batch again.
     """
 
-    __slots__ = ("numbers", "recent", "quality", "quality_ids", "timings", "logs", "ids", "keys", "weights")
+    __slots__ = ("ids", "keys", "logs", "numbers", "quality", "quality_ids", "recent", "timings", "weights")
 
     MAX_DROPPED = 4
     """Batches that may leave the front between two calls and still be moved in place."""
@@ -133,10 +133,10 @@ class EvidenceColumns:
             dropped, added = carried
             evidence = sum(number.observation is not None for number in previous[:dropped])
             timed = sum(number.cost is not None for number in previous[:dropped])
-            for column in (self.recent, self.quality, self.quality_ids):
-                del column[:evidence]
-            for column in (self.timings, self.logs, self.ids, self.keys, self.weights):
-                del column[:timed]
+            for evidence_column in (self.recent, self.quality, self.quality_ids):
+                del evidence_column[:evidence]
+            for timing_column in (self.timings, self.logs, self.ids, self.keys, self.weights):
+                del timing_column[:timed]
         for number in numbers[count - added :]:
             if number.observation is None:
                 continue
