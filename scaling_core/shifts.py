@@ -258,10 +258,11 @@ def _judged_splits(
         yield split, _shifted(difference, spread, within, dof, window)
 
 
-def _geometric_backs(length: int, window: type[EvidenceWindow]) -> list[int]:
-    """Batches after each split tried beyond `SHOCK_SCAN`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
+def _geometric_backs(length: int, window: type[EvidenceWindow], start: int | None = None) -> list[int]:
+    """Batches after each split tried beyond `start` (`SHOCK_SCAN` by default), under
+    `length`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
     backs: list[int] = []
-    back = max(window.SHOCK_SCAN, 1)
+    back = max(window.SHOCK_SCAN if start is None else start, 1)
     while True:
         back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
         if back >= length:
@@ -509,11 +510,10 @@ def quality_change_point(
         return 0
     if ids is None:
         ids = _buckets([size for size, _, _ in observations], window.SAME_SIZE)
-    if memo is not None and keys is not None:
-        splits = memo.update(observations, ids, keys, window)
-    else:
-        splits = QualityMemo.sums(observations, ids, window)
-    for back, split in splits:
+    if memo is None or keys is None:
+        memo = QualityMemo()
+        keys = [None] * count
+    for back, split in memo.update(observations, ids, keys, window):
         if split.shifted(window.CHANGE_Z):
             return count - back
     return 0
@@ -522,12 +522,8 @@ def quality_change_point(
 def _quality_backs(count: int, window: type[EvidenceWindow]) -> list[int]:
     """Batches after each split `quality_change_point` tries: `CHANGE_BATCHES`, then geometric
     steps back, newest first."""
-    backs: list[int] = []
-    back = window.CHANGE_BATCHES
-    while back < count:
-        backs.append(back)
-        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
-    return backs
+    first = window.CHANGE_BATCHES
+    return [first, *_geometric_backs(count, window, start=first)] if first < count else []
 
 
 class _QualitySplit(_SplitTerms):
@@ -600,15 +596,6 @@ class QualityMemo(_CarriedSums):
         self.high: dict[int, int] = {}
         self.items: dict[int, int] = {}
         self.splits: dict[int, _QualitySplit] = {}
-
-    @staticmethod
-    def sums(
-        observations: Sequence[Observation], ids: Sequence[int], window: type[EvidenceWindow]
-    ) -> list[tuple[int, _QualitySplit]]:
-        """(back, sums) of every split, newest first, from one pass oldest first."""
-        memo = QualityMemo()
-        memo._rebuild(list(observations), list(ids), [None] * len(observations), window)
-        return memo._ordered()
 
     def update(
         self,
