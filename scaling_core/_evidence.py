@@ -120,6 +120,21 @@ def _inverse(matrix: list[list[float]]) -> list[list[float]] | None:
     return [[value / determinant for value in row] for row in cofactors]
 
 
+def _inverse3(a: float, b: float, c: float, e: float, f: float, i: float) -> list[list[float]] | None:
+    """`_inverse` of the symmetric [[a, b, c], [b, e, f], [c, f, i]], from its six numbers
+    (a cost fit's normal equations: the same operations, without building the matrix)."""
+    c00, c01, c02 = e * i - f * f, c * f - b * i, b * f - c * e
+    c11, c12, c22 = a * i - c * c, c * b - a * f, a * e - b * b
+    determinant = a * c00 + b * (f * c - b * i) + c * (b * f - e * c)
+    if abs(determinant) <= 1e-12 * max(abs(a * e * i), 1e-300):
+        return None
+    return [
+        [c00 / determinant, c01 / determinant, c02 / determinant],
+        [(f * c - b * i) / determinant, c11 / determinant, c12 / determinant],
+        [(b * f - e * c) / determinant, (c * b - a * f) / determinant, c22 / determinant],
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class _Moments:
     """Sums of w*x^k (k <= 4), w*x^k*y (k <= 2) and w*y^2 over points, sizes x scaled by `scale`."""
@@ -130,7 +145,7 @@ class _Moments:
     xys: tuple[float, ...]
     yy: float
     distinct: int
-    """Distinct sizes among the points."""
+    """Distinct sizes among the points, counted up to `_CURVE_SIZES`."""
     smallest: float
 
     @classmethod
@@ -141,9 +156,11 @@ class _Moments:
         weights: Sequence[float] | None = None,
         *,
         columns: _Columns | None = None,
+        linear: bool = False,
     ) -> _Moments:
         """The moments of the points (sizes[i], ys[i]) with weights[i] (1.0 without);
-        `columns`, the `_Columns` of `sizes`, when a fit already has them."""
+        `columns`, the `_Columns` of `sizes`, when a fit already has them. With `linear`, only
+        those a line reads (w x^k for k <= 2, w x^k y for k <= 1, w y^2), for `solve((0, 1))`."""
         scale, x1, x2, distinct, smallest = columns if columns is not None else _Columns.of(sizes)
         # Column by column (each sum one pass in C): x = size / scale, w*x^k built up from w*x^2.
         if weights is None:
@@ -151,6 +168,16 @@ class _Moments:
         else:
             wx2, wy = list(map(mul, weights, x2)), list(map(mul, weights, ys))
             w_sum, w_x1 = sum(weights), sum(map(mul, weights, x1))
+        if linear:
+            return cls(
+                scale=scale,
+                count=len(sizes),
+                xs=(w_sum, w_x1, sum(wx2)),
+                xys=(sum(wy), sum(map(mul, x1, wy))),
+                yy=sum(map(mul, wy, ys)),
+                distinct=distinct,
+                smallest=smallest,
+            )
         return cls(
             scale=scale,
             count=len(sizes),
@@ -185,16 +212,16 @@ class _Moments:
             inverse = [[1.0 / a]]
             coefficient = inverse[0][0] * y_i
             return _Solution(powers, [coefficient], inverse, max(self.yy - coefficient * y_i, 0.0))
-        xtx = [[xs[i + j] for j in powers] for i in powers]
-        xty = [xys[i] for i in powers]
-        inverse = _inverse(xtx)
+        i, j, k = powers
+        inverse = _inverse3(xs[i + i], xs[i + j], xs[i + k], xs[j + j], xs[j + k], xs[k + k])
         if inverse is None:
             return None
-        y0, y1, y2 = xty
-        coefficients = [row[0] * y0 + row[1] * y1 + row[2] * y2 for row in inverse]
+        y0, y1, y2 = xys[i], xys[j], xys[k]
+        (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = inverse
+        c0, c1, c2 = r00 * y0 + r01 * y1 + r02 * y2, r10 * y0 + r11 * y1 + r12 * y2, r20 * y0 + r21 * y1 + r22 * y2
         # Residual sum of squares from the sums: y'Wy - b'X'Wy.
-        rss = max(self.yy - (coefficients[0] * y0 + coefficients[1] * y1 + coefficients[2] * y2), 0.0)
-        return _Solution(powers, coefficients, inverse, rss)
+        rss = max(self.yy - (c0 * y0 + c1 * y1 + c2 * y2), 0.0)
+        return _Solution(powers, [c0, c1, c2], inverse, rss)
 
     def best_nonnegative(
         self, candidates: Sequence[tuple[int, ...]], first: _Solution | None = None
@@ -233,7 +260,18 @@ class _Columns(NamedTuple):
     def of(cls, sizes: Sequence[float]) -> _Columns:
         scale = max(sizes)
         x1 = list(map(truediv, sizes, repeat(scale)))
-        return cls(scale, x1, list(map(mul, x1, x1)), len(set(sizes)), min(sizes))
+        return cls(scale, x1, list(map(mul, x1, x1)), _distinct(sizes, _CURVE_SIZES), min(sizes))
+
+
+def _distinct(values: Iterable[float], enough: int) -> int:
+    """How many distinct values `values` holds, counted up to `enough` (the first few
+    batches usually differ: no set of them all is built)."""
+    seen: set[float] = set()
+    for value in values:
+        seen.add(value)
+        if len(seen) >= enough:
+            break
+    return len(seen)
 
 
 class _Solution(NamedTuple):
@@ -568,6 +606,8 @@ def _recency(count: int, half_life: float) -> tuple[float, ...]:
 
 
 _LINEAR_MODELS = ((0, 1), (1,), (0,))
+_CURVE_SIZES = 4
+"""Distinct sizes a quadratic term needs (three determine any parabola: one more to test it)."""
 _CURVED_MODELS = ((0, 1, 2), (0, 2), (1, 2), (2,))
 
 
@@ -576,7 +616,7 @@ def _fit_once(moments: _Moments, curvature_t: float) -> CostFit | None:
     (t > `curvature_t`) over at least 8 points at 4 sizes spanning 1.5x."""
     count = moments.count
     chosen = moments.best_nonnegative(_LINEAR_MODELS)
-    if count >= 8 and moments.distinct >= 4 and moments.scale >= 1.5 * moments.smallest:
+    if count >= 8 and moments.distinct >= _CURVE_SIZES and moments.scale >= 1.5 * moments.smallest:
         full = moments.solve(_CURVED_MODELS[0])
         # Every curved model holds the quadratic term and at most the full model's others, so
         # its RSS is at least the full model's and its residual variance at least
@@ -613,7 +653,12 @@ def _cost_fit(chosen: _Solution, scale: float, count: int) -> CostFit | None:
     variance = chosen.rss / dof if dof > 0 else 0.0
     inverse = chosen.inverse
     if chosen.powers == (0, 1, 2):
-        covariance = tuple(tuple(variance * value for value in row) for row in inverse)
+        (c00, c01, c02), (c10, c11, c12), (c20, c21, c22) = inverse
+        covariance = (
+            (variance * c00, variance * c01, variance * c02),
+            (variance * c10, variance * c11, variance * c12),
+            (variance * c20, variance * c21, variance * c22),
+        )
     elif chosen.powers == (0, 1):
         (c00, c01), (c10, c11) = inverse
         covariance = ((variance * c00, variance * c01, 0.0), (variance * c10, variance * c11, 0.0), (0.0, 0.0, 0.0))
@@ -656,7 +701,7 @@ def fit_line(
     fit: CostFit | None = None
     weights: list[float] | None = None
     for _ in range(2):
-        moments = _Moments.of(sizes, seconds, weights, columns=columns)
+        moments = _Moments.of(sizes, seconds, weights, columns=columns, linear=True)
         solution = moments.solve((0, 1))
         fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
         if fit is None:
@@ -668,7 +713,9 @@ def fit_line(
     spread = max(robust_spread(relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
     if min_points <= len(kept) < count:
-        moments = _Moments.of([sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept])
+        moments = _Moments.of(
+            [sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept], linear=True
+        )
         solution = moments.solve((0, 1))
         refit = _cost_fit(solution, moments.scale, len(kept)) if solution is not None else None
         fit = refit or fit

@@ -326,18 +326,19 @@ class _SplitTerms:
 
     def put(self, key: int, term: tuple[float, ...] | None) -> None:
         """Make `term` the term of bucket `key` (None: it has none)."""
-        old = self.terms.pop(key, None)
+        terms = self.terms
+        old = terms.pop(key, None)
         if term is not None:
-            self.terms[key] = term
+            terms[key] = term
             if old is None:
-                self.sums = [total + new for total, new in zip(self.sums, term)]
-            else:  # the common case, in one pass: out, then in
-                self.sums = [total - gone + new for total, gone, new in zip(self.sums, old, term)]
+                self.sums = list(map(operator.add, self.sums, term))
+            else:  # the common case: out, then in
+                self.sums = list(map(operator.add, map(operator.sub, self.sums, old), term))
                 self.counted -= old[self.COUNTED] > 0
             self.counted += term[self.COUNTED] > 0
         elif old is not None:
             self.counted -= old[self.COUNTED] > 0
-            self.sums = [total - gone for total, gone in zip(self.sums, old)] if self.terms else [0.0] * len(old)
+            self.sums = list(map(operator.sub, self.sums, old)) if terms else [0.0] * len(old)
 
     def exact(self) -> list[float]:
         """The column sums afresh (`math.fsum`: correctly rounded, the same in any order)."""

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from scaling_core._evidence import (
+    _inverse,
+    _inverse3,
     fit_costs,
     fit_line,
     fit_weighted_costs,
@@ -64,6 +66,19 @@ def test_curvature_is_kept_only_on_significant_evidence() -> None:
     for seed in range(20):
         linear = fit_costs(*_sample(0.0, seed=seed), outlier_cutoff=None, curvature_t=3.0)
         assert linear is not None and linear.quadratic == 0.0, seed
+
+
+def test_the_written_out_inverse_of_the_normal_equations_is_the_general_one_to_the_bit() -> None:
+    rng = random.Random(11)
+    for _ in range(200):
+        sizes = [rng.uniform(0.05, 1.0) for _ in range(rng.randint(3, 40))]
+        weights = [rng.uniform(0.1, 10.0) for _ in sizes]
+        xs = [sum(w * x**k for w, x in zip(weights, sizes)) for k in range(5)]
+        matrix = [[xs[i + j] for j in range(3)] for i in range(3)]
+        written = _inverse3(xs[0], xs[1], xs[2], xs[2], xs[3], xs[4])
+        assert written == _inverse(matrix)
+        assert written is not None and np.allclose(written, np.linalg.inv(np.array(matrix)), rtol=1e-6)
+    assert _inverse3(1.0, 2.0, 3.0, 4.0, 6.0, 9.0) is None  # rank one: singular
 
 
 def _weighed_sample(per_weight: float, seed: int = 5, count: int = 60) -> tuple[list[float], list[float], list[float]]:
