@@ -58,6 +58,7 @@ from bench.policies import (
 )
 from bench.simulator import (
     DEFAULT_MAX_TIME_RATIO,
+    Policy,
     RunMetrics,
     RunOutcome,
     Workload,
@@ -85,7 +86,13 @@ class Criteria:
     DECISION_COST_TARGET_MS = 1.0
     DECISION_HISTORY = 2_000
     DECISION_TIMED_CALLS = 200
-    DECISION_PASSES = 3
+    DECISION_WARM_CALLS = 400
+    """Calls a pass makes one by one, untimed, before the timed ones (the history before them
+    is handed in at once): the manager reads at most its last 400 batches
+    (`ScalingManager.HISTORY`), so that it is then in the state a whole run would leave."""
+    DECISION_PASSES = 10
+    """Passes, the best reported (as `timeit` does): other work on a shared machine slows a
+    single pass by up to half, from one second to the next."""
     DECISION_WORKLOADS = ("quality-knee", "superlinear-cost")
     """Where the decision cost is measured: a linear cost, and a curved one."""
 
@@ -268,6 +275,22 @@ def _decision_history(workload: Workload, length: int) -> list[BatchResult]:
     return history
 
 
+def _warmed(
+    policy_name: str, workload: Workload, history: Sequence[BatchResult], warm_calls: int
+) -> tuple[Policy, list[BatchResult]]:
+    """A fresh policy that was handed `history` less its last `warm_calls` batches in one
+    call, then those one by one through the protocol; and the history it has seen."""
+    policy = build_policy(policy_name, workload, 0)
+    warm_from = max(len(history) - warm_calls, 0)
+    seen = list(history[:warm_from])
+    if seen:
+        policy.apply_scaling_decision(policy.evaluate_scaling(seen))
+    for result in history[warm_from:]:
+        seen.append(result)
+        policy.apply_scaling_decision(policy.evaluate_scaling(seen))
+    return policy, seen
+
+
 def measure_decision_cost(
     policy_name: str,
     workload: Workload,
@@ -275,26 +298,24 @@ def measure_decision_cost(
     history_length: int = Criteria.DECISION_HISTORY,
     timed_calls: int = Criteria.DECISION_TIMED_CALLS,
     passes: int = Criteria.DECISION_PASSES,
+    warm_calls: int = Criteria.DECISION_WARM_CALLS,
 ) -> float:
     """Mean seconds per `evaluate_scaling` call over the last `timed_calls` of a long history,
     the best of `passes` passes.
 
-    The policy first sees the earlier batches one by one through the normal protocol
-    (untimed), so that a policy which keeps state is measured in its steady state. Each pass
-    starts a fresh policy on the same history; the best pass is the one the machine's other
-    work disturbed least (as `timeit` reports).
+    The policy is first handed the history up to `warm_calls` batches before the timed ones
+    in one call, then sees those batches one by one through the normal protocol (untimed),
+    so that a policy which keeps state is measured in its steady state. Each pass starts a
+    fresh policy on the same history; the best pass is the one the machine's other work
+    disturbed least (as `timeit` reports).
     """
     full = _decision_history(workload, history_length)
-    warm = history_length - timed_calls
+    timed_from = history_length - timed_calls
     best = math.inf
     for _ in range(passes):
-        policy = build_policy(policy_name, workload, 0)
-        history: list[BatchResult] = []
-        for result in full[:warm]:
-            history.append(result)
-            policy.apply_scaling_decision(policy.evaluate_scaling(history))
+        policy, history = _warmed(policy_name, workload, full[:timed_from], warm_calls)
         spent = 0.0
-        for result in full[warm:]:
+        for result in full[timed_from:]:
             history.append(result)
             start = time.perf_counter()
             decision = policy.evaluate_scaling(history)

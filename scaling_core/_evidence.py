@@ -72,9 +72,16 @@ class CostFit:
         low, high = 0.0, min(mean_root, ceiling)
         if self.seconds_upper(high, z) <= seconds:
             return high
+        # `seconds_upper` written out on locals (the same operations): 24 steps of a decision.
+        fixed, per_item, quadratic, scale = self.fixed, self.per_item, self.quadratic, self.scale
+        (c00, c01, c02), (_, c11, c12), (_, _, c22) = self.covariance
+        sqrt = math.sqrt
         for _ in range(24):
             middle = (low + high) / 2
-            if self.seconds_upper(middle, z) <= seconds:
+            x = middle / scale
+            variance = c00 + 2 * c01 * x + (2 * c02 + c11) * x * x + 2 * c12 * x**3 + c22 * x**4
+            upper = fixed + per_item * middle + quadratic * middle * middle + z * sqrt(max(variance, 0.0))
+            if upper <= seconds:
                 low = middle
             else:
                 high = middle

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import operator
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
@@ -312,7 +312,7 @@ class _CarriedSums:
 
 class _SplitTerms:
     """One split's terms, a tuple per size bucket, and their running column sums (`sums`):
-    replacing a bucket's term (`put`) updates the sums in O(1). `counted` is the number of
+    replacing a bucket's term (`put_all`) updates the sums in O(1). `counted` is the number of
     terms positive in column `COUNTED`: at none the test has nothing to judge, whatever
     rounding the running sums kept; with no term at all the sums are reset to zero."""
 
@@ -324,21 +324,24 @@ class _SplitTerms:
         self.sums = [0.0] * width
         self.counted = 0
 
-    def put(self, key: int, term: tuple[float, ...] | None) -> None:
-        """Make `term` the term of bucket `key` (None: it has none)."""
-        terms = self.terms
-        old = terms.pop(key, None)
-        if term is not None:
-            terms[key] = term
-            if old is None:
-                self.sums = list(map(operator.add, self.sums, term))
-            else:  # the common case: out, then in
-                self.sums = list(map(operator.add, map(operator.sub, self.sums, old), term))
-                self.counted -= old[self.COUNTED] > 0
-            self.counted += term[self.COUNTED] > 0
-        elif old is not None:
-            self.counted -= old[self.COUNTED] > 0
-            self.sums = list(map(operator.sub, self.sums, old)) if terms else [0.0] * len(old)
+    def put_all(self, changes: Iterable[tuple[int, tuple[float, ...] | None]]) -> None:
+        """Make each `term` the term of its bucket `key` (None: it has none), in order."""
+        terms, sums, counted, column = self.terms, self.sums, self.counted, self.COUNTED
+        add, sub = operator.add, operator.sub
+        for key, term in changes:
+            old = terms.pop(key, None)
+            if term is not None:
+                terms[key] = term
+                if old is None:
+                    sums = list(map(add, sums, term))
+                else:  # the common case: out, then in
+                    sums = list(map(add, map(sub, sums, old), term))
+                    counted -= old[column] > 0
+                counted += term[column] > 0
+            elif old is not None:
+                counted -= old[column] > 0
+                sums = list(map(sub, sums, old)) if terms else [0.0] * len(old)
+        self.sums, self.counted = sums, counted
 
     def exact(self) -> list[float]:
         """The column sums afresh (`math.fsum`: correctly rounded, the same in any order)."""
@@ -445,16 +448,26 @@ class _PooledSplit(_SplitTerms):
         super().__init__(4)
         self.n, self.s, self.q = n, s, q
 
-    def move(self, key: int, count: int, total: float, square: float, total_n: int, total_sum: float) -> None:
-        """Change the older side's sums of bucket `key` by `count`, `total`, `square`, its
-        totals over all batches now `total_n`, `total_sum`, and its term with them."""
-        n_old, s_old, q_old = self.n.get(key, 0), self.s.get(key, 0.0), self.q.get(key, 0.0)
-        if count or total or square:
-            n_old += count
-            s_old += total
-            q_old += square
-            self.n[key], self.s[key], self.q[key] = n_old, s_old, q_old
-        self.put(key, _pooled_term(n_old, s_old, q_old, total_n, total_sum))
+    def move(
+        self, changes: Iterable[tuple[int, Sequence[float]]], total_n: dict[int, int], total_sum: dict[int, float]
+    ) -> None:
+        """Change the older side's sums of each bucket `key` by its `(count, total, square)`,
+        in order, and its term with the totals over all batches (`total_n`, `total_sum`, read
+        after the change: the sums over all batches may be these very sums)."""
+        self.put_all(self._terms(changes, total_n, total_sum))
+
+    def _terms(
+        self, changes: Iterable[tuple[int, Sequence[float]]], total_n: dict[int, int], total_sum: dict[int, float]
+    ) -> Iterator[tuple[int, tuple[float, int, float, float] | None]]:
+        n, s, q = self.n, self.s, self.q
+        for key, (count, total, square) in changes:
+            n_old, s_old, q_old = n.get(key, 0), s.get(key, 0.0), q.get(key, 0.0)
+            if count or total or square:
+                n_old += int(count)
+                s_old += total
+                q_old += square
+                n[key], s[key], q[key] = n_old, s_old, q_old
+            yield key, _pooled_term(n_old, s_old, q_old, total_n.get(key, 0), total_sum.get(key, 0.0))
 
     def shifted(self, window: type[EvidenceWindow]) -> bool:
         """`_shifted` of the running sums, unless they land within rounding of `CHANGE_Z`;
@@ -540,15 +553,32 @@ class _QualitySplit(_SplitTerms):
         self.high = high
         self.items = items
 
-    def move(self, key: int, high: int, items: int, total_high: int, total_items: int, min_items: float) -> None:
-        """Change the older side's sums of bucket `key` by `high`, `items`, its totals over all
-        batches now `total_high`, `total_items`, and its term with them."""
-        high_before, n_before = self.high.get(key, 0), self.items.get(key, 0)
-        if high or items:
-            high_before += high
-            n_before += items
-            self.high[key], self.items[key] = high_before, n_before
-        self.put(key, _quality_term(high_before, n_before, total_high, total_items, min_items))
+    def move(
+        self,
+        changes: Iterable[tuple[int, Sequence[int]]],
+        total_high: dict[int, int],
+        total_items: dict[int, int],
+        min_items: float,
+    ) -> None:
+        """Change the older side's sums of each bucket `key` by its `(high, items)`, and its
+        term with its totals over all batches (`total_high`, `total_items`)."""
+        self.put_all(self._terms(changes, total_high, total_items, min_items))
+
+    def _terms(
+        self,
+        changes: Iterable[tuple[int, Sequence[int]]],
+        total_high: dict[int, int],
+        total_items: dict[int, int],
+        min_items: float,
+    ) -> Iterator[tuple[int, tuple[float, float, float] | None]]:
+        highs, items_of = self.high, self.items
+        for key, (high, items) in changes:
+            high_before, n_before = highs.get(key, 0), items_of.get(key, 0)
+            if high or items:
+                high_before += high
+                n_before += items
+                highs[key], items_of[key] = high_before, n_before
+            yield key, _quality_term(high_before, n_before, total_high[key], total_items[key], min_items)
 
     def shifted(self, z: float) -> bool:
         """|observed - expected| / sqrt(variance) > `z`, from the running sums unless they
@@ -637,8 +667,7 @@ class QualityMemo(_CarriedSums):
                 change = moved.setdefault(key, [0, 0])
                 change[0] += h
                 change[1] += n
-            for key, (h, n) in moved.items():
-                split.move(key, h, n, high[key], items[key], min_items)
+            split.move(moved.items(), high, items, min_items)
         for back in backs:
             if back not in self.splits:
                 self.splits[back] = self._split(ids, observations, count - back, min_items)
@@ -660,8 +689,7 @@ class QualityMemo(_CarriedSums):
         return self._terms(_QualitySplit(high, items), set(ids[split:]), min_items)
 
     def _terms(self, split: _QualitySplit, after: set[int], min_items: float) -> _QualitySplit:
-        for key in after:
-            split.move(key, 0, 0, self.high[key], self.items[key], min_items)
+        split.move([(key, (0, 0)) for key in after], self.high, self.items, min_items)
         return split
 
     def _rebuild(
@@ -714,9 +742,9 @@ class PooledMemo(_CarriedSums):
         whole = self.whole
         changes = [(self.ids[index], self.logs[index], -1) for index in range(dropped)]
         changes += [(ids[index], logs[index], 1) for index in range(count - added, count)]
-        for key, value, sign in changes:
-            total_n, total_sum = whole.n.get(key, 0) + sign, whole.s.get(key, 0.0) + sign * value
-            whole.move(key, sign, sign * value, sign * value * value, total_n, total_sum)
+        whole.move(
+            [(key, (sign, sign * value, sign * value * value)) for key, value, sign in changes], whole.n, whole.s
+        )
         backs = _geometric_backs(count, window)
         for back in [back for back in self.splits if back not in backs]:
             del self.splits[back]
@@ -736,8 +764,7 @@ class PooledMemo(_CarriedSums):
                 change[0] += 1
                 change[1] += value
                 change[2] += value * value
-            for key, (n, total, square) in moved.items():
-                split.move(key, int(n), total, square, whole.n.get(key, 0), whole.s.get(key, 0.0))
+            split.move(moved.items(), whole.n, whole.s)
         for back in backs:
             if back not in self.splits:
                 self.splits[back] = self._split(ids[: count - back], logs[: count - back])
@@ -757,8 +784,7 @@ class PooledMemo(_CarriedSums):
 
     def _terms(self, split: _PooledSplit) -> _PooledSplit:
         whole = self.whole
-        for key in whole.n:
-            split.move(key, 0, 0.0, 0.0, whole.n[key], whole.s[key])
+        split.move([(key, (0, 0.0, 0.0)) for key in whole.n], whole.n, whole.s)
         return split
 
     def _rebuild(self, logs: list[float], ids: list[int], keys: list[object], window: type[EvidenceWindow]) -> None:
