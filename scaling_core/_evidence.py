@@ -659,6 +659,7 @@ def _cost_fit(chosen: _Solution, scale: float, count: int) -> CostFit | None:
     dof = count - len(chosen.powers)
     variance = chosen.rss / dof if dof > 0 else 0.0
     inverse = chosen.inverse
+    covariance: tuple[tuple[float, ...], ...]
     if chosen.powers == (0, 1, 2):
         (c00, c01, c02), (c10, c11, c12), (c20, c21, c22) = inverse
         covariance = (
