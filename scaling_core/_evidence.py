@@ -72,16 +72,10 @@ class CostFit:
         low, high = 0.0, min(mean_root, ceiling)
         if self.seconds_upper(high, z) <= seconds:
             return high
-        # `seconds_upper` written out on locals (the same operations): 24 steps of a decision.
-        fixed, per_item, quadratic, scale = self.fixed, self.per_item, self.quadratic, self.scale
-        (c00, c01, c02), (_, c11, c12), (_, _, c22) = self.covariance
-        sqrt = math.sqrt
+        upper = self.seconds_upper
         for _ in range(24):
             middle = (low + high) / 2
-            x = middle / scale
-            variance = c00 + 2 * c01 * x + (2 * c02 + c11) * x * x + 2 * c12 * x**3 + c22 * x**4
-            upper = fixed + per_item * middle + quadratic * middle * middle + z * sqrt(max(variance, 0.0))
-            if upper <= seconds:
+            if upper(middle, z) <= seconds:
                 low = middle
             else:
                 high = middle
@@ -175,21 +169,16 @@ class _Moments:
         else:
             wx2, wy = list(map(mul, weights, x2)), list(map(mul, weights, ys))
             w_sum, w_x1 = sum(weights), sum(map(mul, weights, x1))
-        if linear:
-            return cls(
-                scale=scale,
-                count=len(sizes),
-                xs=(w_sum, w_x1, sum(wx2)),
-                xys=(sum(wy), sum(map(mul, x1, wy))),
-                yy=sum(map(mul, wy, ys)),
-                distinct=distinct,
-                smallest=smallest,
-            )
+        xs: tuple[float, ...] = (w_sum, w_x1, sum(wx2))
+        xys: tuple[float, ...] = (sum(wy), sum(map(mul, x1, wy)))
+        if not linear:
+            xs += (sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2)))
+            xys += (sum(map(mul, x2, wy)),)
         return cls(
             scale=scale,
             count=len(sizes),
-            xs=(w_sum, w_x1, sum(wx2), sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2))),
-            xys=(sum(wy), sum(map(mul, x1, wy)), sum(map(mul, x2, wy))),
+            xs=xs,
+            xys=xys,
             yy=sum(map(mul, wy, ys)),
             distinct=distinct,
             smallest=smallest,

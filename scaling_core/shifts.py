@@ -454,12 +454,8 @@ class _PooledSplit(_SplitTerms):
         """Change the older side's sums of each bucket `key` by its `(count, total, square)`,
         in order, and its term with the totals over all batches (`total_n`, `total_sum`, read
         after the change: the sums over all batches may be these very sums)."""
-        self.put_all(self._terms(changes, total_n, total_sum))
-
-    def _terms(
-        self, changes: Iterable[tuple[int, Sequence[float]]], total_n: dict[int, int], total_sum: dict[int, float]
-    ) -> Iterator[tuple[int, tuple[float, int, float, float] | None]]:
         n, s, q = self.n, self.s, self.q
+        terms: list[tuple[int, tuple[float, ...] | None]] = []
         for key, (count, total, square) in changes:
             n_old, s_old, q_old = n.get(key, 0), s.get(key, 0.0), q.get(key, 0.0)
             if count or total or square:
@@ -467,7 +463,8 @@ class _PooledSplit(_SplitTerms):
                 s_old += total
                 q_old += square
                 n[key], s[key], q[key] = n_old, s_old, q_old
-            yield key, _pooled_term(n_old, s_old, q_old, total_n.get(key, 0), total_sum.get(key, 0.0))
+            terms.append((key, _pooled_term(n_old, s_old, q_old, total_n.get(key, 0), total_sum.get(key, 0.0))))
+        self.put_all(terms)
 
     def shifted(self, window: type[EvidenceWindow]) -> bool:
         """`_shifted` of the running sums, unless they land within rounding of `CHANGE_Z`;
@@ -562,23 +559,16 @@ class _QualitySplit(_SplitTerms):
     ) -> None:
         """Change the older side's sums of each bucket `key` by its `(high, items)`, and its
         term with its totals over all batches (`total_high`, `total_items`)."""
-        self.put_all(self._terms(changes, total_high, total_items, min_items))
-
-    def _terms(
-        self,
-        changes: Iterable[tuple[int, Sequence[int]]],
-        total_high: dict[int, int],
-        total_items: dict[int, int],
-        min_items: float,
-    ) -> Iterator[tuple[int, tuple[float, float, float] | None]]:
         highs, items_of = self.high, self.items
+        terms: list[tuple[int, tuple[float, ...] | None]] = []
         for key, (high, items) in changes:
             high_before, n_before = highs.get(key, 0), items_of.get(key, 0)
             if high or items:
                 high_before += high
                 n_before += items
                 highs[key], items_of[key] = high_before, n_before
-            yield key, _quality_term(high_before, n_before, total_high[key], total_items[key], min_items)
+            terms.append((key, _quality_term(high_before, n_before, total_high[key], total_items[key], min_items)))
+        self.put_all(terms)
 
     def shifted(self, z: float) -> bool:
         """|observed - expected| / sqrt(variance) > `z`, from the running sums unless they
