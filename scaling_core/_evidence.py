@@ -2,6 +2,11 @@
 
 Pure functions over small lists; no state. Kept apart from `manager` so that each piece
 of math can be read and tested on its own.
+
+The cost fits of many batches (`fit_costs`: the time limit's recent 80, the throughput
+optimum's 150) take their sums as numpy vector operations; the line of a step test's
+reference (`fit_line`, 20 batches) takes them over lists, where one vector operation costs
+more than the loop it would replace.
 """
 
 from __future__ import annotations
@@ -11,9 +16,19 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import accumulate, compress, repeat
-from operator import itemgetter, le, mul, sub, truediv
+from itertools import accumulate, repeat
+from operator import itemgetter, mul, sub, truediv
 from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+
+Column = npt.NDArray[np.float64]
+"""A column of a fit (sizes, times, weights), one float per point."""
+
+# The reductions a fit takes on its columns, called as ufuncs: the array methods of the same
+# name wrap these in a Python call that costs more than the sum of a hundred floats.
+_total, _smallest, _largest = np.add.reduce, np.minimum.reduce, np.maximum.reduce
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +52,11 @@ class CostFit:
         """`seconds(n)` of every size in `sizes`."""
         a, b, c = self.fixed, self.per_item, self.quadratic
         return [a + b * n + c * n * n for n in sizes] if c else [a + b * n for n in sizes]
+
+    def seconds_of(self, sizes: Column) -> Column:
+        """`seconds(n)` of every size of a vector, term by term in the order `seconds` adds them."""
+        a, b, c = self.fixed, self.per_item, self.quadratic
+        return a + b * sizes + c * sizes * sizes if c else a + b * sizes
 
     def design(self, size: float) -> tuple[float, float, float]:
         """The coefficients' multipliers in seconds(size), in the scaled units of `covariance`."""
@@ -150,38 +170,47 @@ class _Moments:
     smallest: float
 
     @classmethod
-    def of(
-        cls,
-        sizes: Sequence[float],
-        ys: Sequence[float],
-        weights: Sequence[float] | None = None,
-        *,
-        columns: _Columns | None = None,
-        linear: bool = False,
+    def of_line(
+        cls, sizes: Sequence[float], ys: Sequence[float], weights: Sequence[float] | None = None, *, columns: _Columns | None = None
     ) -> _Moments:
-        """The moments of the points (sizes[i], ys[i]) with weights[i] (1.0 without);
-        `columns`, the `_Columns` of `sizes`, when a fit already has them. With `linear`, only
-        those a line reads (w x^k for k <= 2, w x^k y for k <= 1, w y^2), for `solve((0, 1))`."""
+        """The moments a line reads (w x^k for k <= 2, w x^k y for k <= 1, w y^2), for
+        `solve((0, 1))`, of the points (sizes[i], ys[i]) with weights[i] (1.0 without), summed
+        over lists; `columns`, the `_Columns` of `sizes`, when a fit already has them."""
         scale, x1, x2, distinct, smallest = columns if columns is not None else _Columns.of(sizes)
-        # Column by column (each sum one pass in C): x = size / scale, w*x^k built up from w*x^2.
+        # Column by column (each sum one pass in C): x = size / scale.
         if weights is None:
             w_sum, w_x1, wx2, wy = float(len(x1)), sum(x1), x2, ys
         else:
             wx2, wy = list(map(mul, weights, x2)), list(map(mul, weights, ys))
             w_sum, w_x1 = sum(weights), sum(map(mul, weights, x1))
-        xs: tuple[float, ...] = (w_sum, w_x1, sum(wx2))
-        xys: tuple[float, ...] = (sum(wy), sum(map(mul, x1, wy)))
-        if not linear:
-            xs += (sum(map(mul, wx2, x1)), sum(map(mul, wx2, x2)))
-            xys += (sum(map(mul, x2, wy)),)
         return cls(
             scale=scale,
             count=len(sizes),
-            xs=xs,
-            xys=xys,
+            xs=(w_sum, w_x1, sum(wx2)),
+            xys=(sum(wy), sum(map(mul, x1, wy))),
             yy=sum(map(mul, wy, ys)),
             distinct=distinct,
             smallest=smallest,
+        )
+
+    @classmethod
+    def of_columns(cls, columns: _SizeColumns, ys: Column, weights: Column | None = None) -> _Moments:
+        """Every moment, of the points (size, ys[i]) of `columns` with weights[i] (1.0
+        without), each sum one vector operation: x = size / scale, w*x^k built up from w*x^2."""
+        x1, x2 = columns.x1, columns.x2
+        if weights is None:
+            w_sum, w_x1, wx2, wy = float(len(x1)), _total(x1), x2, ys
+        else:
+            wx2, wy = weights * x2, weights * ys
+            w_sum, w_x1 = _total(weights), weights @ x1
+        return cls(
+            scale=columns.scale,
+            count=len(x1),
+            xs=(float(w_sum), float(w_x1), float(_total(wx2)), float(wx2 @ x1), float(wx2 @ x2)),
+            xys=(float(_total(wy)), float(x1 @ wy), float(x2 @ wy)),
+            yy=float(wy @ ys),
+            distinct=columns.distinct,
+            smallest=columns.smallest,
         )
 
     def solve(self, powers: tuple[int, ...]) -> _Solution | None:
@@ -259,6 +288,22 @@ class _Columns(NamedTuple):
         return cls(scale, x1, list(map(mul, x1, x1)), _distinct(sizes, _CURVE_SIZES), min(sizes))
 
 
+class _SizeColumns(NamedTuple):
+    """`_Columns` as vectors (`_Moments.of_columns`)."""
+
+    scale: float
+    x1: Column
+    x2: Column
+    distinct: int
+    smallest: float
+
+    @classmethod
+    def of(cls, sizes: Column) -> _SizeColumns:
+        scale = float(_largest(sizes))
+        x1 = sizes / scale
+        return cls(scale, x1, x1 * x1, _distinct(sizes.tolist(), _CURVE_SIZES), float(_smallest(sizes)))
+
+
 def _distinct(values: Iterable[float], enough: int) -> int:
     """How many distinct values `values` holds, counted up to `enough` (the first few
     batches usually differ: no set of them all is built)."""
@@ -296,8 +341,8 @@ def robust_spread(values: Sequence[float]) -> float:
 
 
 def fit_costs(
-    sizes: Sequence[float],
-    seconds: Sequence[float],
+    sizes: Sequence[float] | Column,
+    seconds: Sequence[float] | Column,
     *,
     min_points: int = 4,
     min_spread: float = 1.15,
@@ -514,8 +559,8 @@ def _solve_weighted(
 
 
 def _fit_costs_pair(
-    sizes: Sequence[float],
-    seconds: Sequence[float],
+    sizes: Sequence[float] | Column,
+    seconds: Sequence[float] | Column,
     *,
     min_points: int = 4,
     min_spread: float = 1.15,
@@ -527,38 +572,93 @@ def _fit_costs_pair(
 ) -> tuple[CostFit | None, CostFit | None]:
     """(every point, outliers dropped) fits of `fit_costs`, from one pass; without `robust`,
     both are the first."""
-    sizes, seconds = _positive(sizes, seconds)
-    count = len(sizes)
+    sizes_column, seconds_column = _positive_columns(sizes, seconds)
+    count = len(sizes_column)
     if count < min_points:
         return None, None
-    columns = _Columns.of(sizes)
+    columns = _SizeColumns.of(sizes_column)
     if columns.scale < min_spread * columns.smallest:
         return None, None
-    recency = _recency(count, half_life) if half_life else None
-    first = guide or _fit_once(_Moments.of(sizes, seconds, recency, columns=columns), curvature_t)
+    recency = _recency_column(count, half_life) if half_life else None
+    first = guide or _fit_once(_Moments.of_columns(columns, seconds_column, recency), curvature_t)
     if first is None:
         return None, None
-    weights = _relative_weights(first, sizes, recency)
-    fit = _fit_once(_Moments.of(sizes, seconds, weights, columns=columns), curvature_t) or first
+    weights = _relative_weights(first, sizes_column, recency)
+    fit = _fit_once(_Moments.of_columns(columns, seconds_column, weights), curvature_t) or first
     if not robust:
         return fit, fit
-    deviations = _deviations_of(fit, sizes, seconds)
-    scale = max(1.4826 * median(deviations), 0.01)
-    cutoff = outlier_cutoff * scale
-    kept = sum(map(le, deviations, repeat(cutoff)))
+    deviations = _deviations(seconds_column, fit.seconds_of(sizes_column))
+    inside = deviations <= outlier_cutoff * max(1.4826 * _median(deviations), 0.01)
+    kept = int(np.count_nonzero(inside))
     if min_points <= kept < count:
-        inside = list(map(le, deviations, repeat(cutoff)))
-        moments = _Moments.of(
-            list(compress(sizes, inside)), list(compress(seconds, inside)), list(compress(weights, inside))
+        kept_sizes = sizes_column[inside]
+        refit = _fit_once(
+            _Moments.of_columns(_SizeColumns.of(kept_sizes), seconds_column[inside], weights[inside]), curvature_t
         )
-        refit = _fit_once(moments, curvature_t)
         if refit is not None:
             return fit, refit
     return fit, fit
 
 
+def _positive_columns(sizes: Sequence[float] | Column, seconds: Sequence[float] | Column) -> tuple[Column, Column]:
+    """The pairs of `sizes` and `seconds` with both positive, as two vectors."""
+    if len(sizes) != len(seconds):
+        raise ValueError(f"{len(sizes)} sizes but {len(seconds)} times")
+    sizes_column, seconds_column = np.asarray(sizes, dtype=float), np.asarray(seconds, dtype=float)
+    if not len(sizes_column) or (_smallest(sizes_column) > 0 and _smallest(seconds_column) > 0):
+        return sizes_column, seconds_column
+    both = (sizes_column > 0) & (seconds_column > 0)
+    return sizes_column[both], seconds_column[both]
+
+
+def _relative_weights(fit: CostFit, sizes: Column, recency: Column | None) -> Column:
+    """recency / predicted^2 of each size: timing noise is multiplicative, so relative errors
+    count alike (a prediction at or under zero gets an overwhelming weight)."""
+    predicted = fit.seconds_of(sizes)
+    numerator = 1.0 if recency is None else recency
+    if _smallest(predicted) > 1e-9:
+        return numerator / (predicted * predicted)
+    valid = predicted > 1e-9
+    return np.where(valid, numerator / np.where(valid, predicted * predicted, 1.0), numerator * 1e18)
+
+
+def _deviations(seconds: Column, predicted: Column) -> Column:
+    """|t - p| / p of each time against its prediction (0.0 where the prediction is not positive)."""
+    if _smallest(predicted) > 1e-9:
+        return np.abs((seconds - predicted) / predicted)
+    valid = predicted > 1e-9
+    return np.where(valid, np.abs((seconds - predicted) / np.where(valid, predicted, 1.0)), 0.0)
+
+
+def _median(values: Column) -> float:
+    """The median of a vector (at least one value), as `median` gives it of a list."""
+    ordered = np.sort(values)
+    middle = len(ordered) // 2
+    return float(ordered[middle]) if len(ordered) % 2 else (float(ordered[middle - 1]) + float(ordered[middle])) / 2
+
+
+def log_spread(seconds: Column, expected: Column) -> float:
+    """`robust_spread` of log(seconds / expected) over the points expected to take time (a
+    ratio under 1e-300 counts as 1e-300): the relative noise of times about a fit."""
+    if _smallest(expected) <= 0:
+        timed = expected > 0
+        seconds, expected = seconds[timed], expected[timed]
+    if not len(seconds):
+        return 0.0
+    residuals = np.log(np.maximum(seconds / expected, 1e-300))
+    return 1.4826 * _median(np.abs(residuals - _median(residuals)))
+
+
+@lru_cache(maxsize=64)
+def _recency_column(count: int, half_life: float) -> Column:
+    """`_recency` as a vector, computed once per length (read only: it is shared)."""
+    weights = np.array(_recency(count, half_life))
+    weights.flags.writeable = False
+    return weights
+
+
 def _positive(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[Sequence[float], Sequence[float]]:
-    """The pairs of `sizes` and `seconds` with both positive, as two columns."""
+    """`_positive_columns` as two lists (the line of `fit_line`)."""
     if len(sizes) != len(seconds):
         raise ValueError(f"{len(sizes)} sizes but {len(seconds)} times")
     if sizes and min(sizes) > 0 and min(seconds) > 0:
@@ -567,30 +667,9 @@ def _positive(sizes: Sequence[float], seconds: Sequence[float]) -> tuple[Sequenc
     return [n for n, _ in pairs], [t for _, t in pairs]
 
 
-def _relative_weights(fit: CostFit, sizes: Sequence[float], recency: Sequence[float] | None) -> list[float]:
-    """recency / predicted^2 of each size: timing noise is multiplicative, so relative errors
-    count alike (a prediction at or under zero gets an overwhelming weight)."""
-    a, b, c = fit.fixed, fit.per_item, fit.quadratic
-    if recency is None:  # r = 1: 1/p^2 (and 1e18) exactly as r/p^2 would give them
-        if c:
-            return [1.0 / (p * p) if (p := a + b * n + c * n * n) > 1e-9 else 1e18 for n in sizes]
-        return [1.0 / (p * p) if (p := a + b * n) > 1e-9 else 1e18 for n in sizes]
-    if c:
-        return [r / (p * p) if (p := a + b * n + c * n * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
-    return [r / (p * p) if (p := a + b * n) > 1e-9 else r * 1e18 for r, n in zip(recency, sizes)]
-
-
 def _relative_errors(seconds: Sequence[float], predicted: Sequence[float]) -> list[float]:
     """(t - p) / p of each time against its prediction (0.0 where the prediction is not positive)."""
     return [(t - p) / p if p > 1e-9 else 0.0 for t, p in zip(seconds, predicted)]
-
-
-def _deviations_of(fit: CostFit, sizes: Sequence[float], seconds: Sequence[float]) -> list[float]:
-    """|`_relative_errors`| of `seconds` against `fit.seconds_each(sizes)`, in one pass."""
-    a, b, c = fit.fixed, fit.per_item, fit.quadratic
-    if c:
-        return [abs((t - p) / p) if (p := a + b * n + c * n * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
-    return [abs((t - p) / p) if (p := a + b * n) > 1e-9 else 0.0 for n, t in zip(sizes, seconds)]
 
 
 @lru_cache(maxsize=64)
@@ -630,7 +709,8 @@ def _fit_once(moments: _Moments, curvature_t: float) -> CostFit | None:
             # (one extra parameter, so F = t^2).
             variance = curved.rss / (count - len(curved.powers))
             gain = (chosen.rss - curved.rss) if chosen is not None else math.inf
-            if variance > 0 and gain / variance > curvature_t**2:
+            # A curve that fits exactly (variance 0) where the line does not is significant at any t.
+            if gain > 0 and (variance <= 0 or gain / variance > curvature_t**2):
                 chosen = curved
     if chosen is None:
         return None
@@ -698,7 +778,7 @@ def fit_line(
     fit: CostFit | None = None
     weights: list[float] | None = None
     for _ in range(2):
-        moments = _Moments.of(sizes, seconds, weights, columns=columns, linear=True)
+        moments = _Moments.of_line(sizes, seconds, weights, columns=columns)
         solution = moments.solve((0, 1))
         fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
         if fit is None:
@@ -710,8 +790,8 @@ def fit_line(
     spread = max(robust_spread(relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
     if min_points <= len(kept) < count:
-        moments = _Moments.of(
-            [sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept], linear=True
+        moments = _Moments.of_line(
+            [sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept]
         )
         solution = moments.solve((0, 1))
         refit = _cost_fit(solution, moments.scale, len(kept)) if solution is not None else None
@@ -743,22 +823,29 @@ def wilson_bounds(successes: float, trials: float, z: float) -> tuple[float, flo
 class QualityPool:
     """High and total item counts of batches, sorted by size, for range queries."""
 
-    sizes: tuple[float, ...]
+    sizes: Sequence[float]
+    highs: Sequence[int]
+    """The High items of each batch, in the order of `sizes`."""
+    items: Sequence[int]
     cumulative_high: tuple[float, ...]
     cumulative_items: tuple[float, ...]
-    ordered: tuple[tuple[float, int, int], ...] = ()
-    """The `(size, high, items)` triples, by size."""
 
     @classmethod
     def of(cls, observations: Sequence[tuple[float, int, int]]) -> QualityPool:
-        """Build from `(size, high, items)` triples."""
+        """Build from `(size, high, items)` triples (a stable sort: batches of one size keep their order)."""
         ordered = sorted(observations, key=itemgetter(0))
         sizes, highs, items = zip(*ordered) if ordered else ((), (), ())
+        return cls.of_sorted(sizes, highs, items)
+
+    @classmethod
+    def of_sorted(cls, sizes: Sequence[float], highs: Sequence[int], items: Sequence[int]) -> QualityPool:
+        """Build from the columns of triples already in `of`'s order."""
         return cls(
             sizes=sizes,
+            highs=highs,
+            items=items,
             cumulative_high=tuple(accumulate(highs, initial=0.0)),
             cumulative_items=tuple(accumulate(items, initial=0.0)),
-            ordered=tuple(ordered),
         )
 
     def distinct_sizes(self) -> list[float]:
@@ -767,7 +854,7 @@ class QualityPool:
 
     def low_sizes(self, target: float) -> list[float]:
         """The sizes of the batches whose High share is under `target`, ascending."""
-        return [size for size, high, items in self.ordered if high < target * items]
+        return [size for size, high, items in zip(self.sizes, self.highs, self.items) if high < target * items]
 
     def between(self, low: float, high: float) -> tuple[float, float]:
         """(High items, items) of the batches whose size lies in [low, high]."""

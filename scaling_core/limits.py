@@ -173,10 +173,9 @@ class ThroughputOptimum:
             return None
         if len(timings) > EvidenceWindow.RECENT_COST:
             timings = timings[-self.LONG :]
-            sizes, seconds = zip(*timings)
             fit = fit_costs(
-                sizes,
-                seconds,
+                window.sizes[-self.LONG :],
+                window.seconds[-self.LONG :],
                 min_spread=EvidenceWindow.FIT_SPREAD,
                 guide=recent,
                 curvature_t=self.CURVATURE_T,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from scaling_core._evidence import QualityPool, two_proportion_z, wilson_bounds
 from scaling_core.results import Limit
@@ -69,7 +71,7 @@ class QualityLimit:
         if not observations:
             return None
         base = window.base
-        pool = QualityPool.of(observations)
+        pool = window.quality_pool()
         sizes = pool.distinct_sizes()
         high, items = pool.between(base / self.NEIGHBOURHOOD, base * self.NEIGHBOURHOOD)
         if items:
@@ -77,8 +79,7 @@ class QualityLimit:
             window.metrics.update(
                 {"high_share_near_current": high / items, "high_share_lower_bound": lower, "high_share_upper_bound": upper}
             )
-        recent = observations[-self.SOFT_WINDOW :]
-        recent_pool = QualityPool.of(recent)
+        recent_pool = window.quality_pool(self.SOFT_WINDOW)
         recent_sizes = recent_pool.distinct_sizes()
         # Tentative: the base or a larger size whose recent share is under the target, proven
         # or not. Quality does not improve with size, so growth past it is no bet worth
@@ -87,7 +88,7 @@ class QualityLimit:
         # A pooled share under the target needs a batch under it among the pooled ones: only
         # the sizes with one are looked at.
         doubtful = self._near_low(sizes, pool.low_sizes(target))
-        recent_doubtful = self._near_low(recent_sizes, recent_pool.low_sizes(target))
+        recent_doubtful = list(self._near_low(recent_sizes, recent_pool.low_sizes(target)))
         at_or_above = [size for size in recent_doubtful if size * self.SAME_SIZE >= base]
         candidates = [
             found
@@ -203,20 +204,19 @@ class QualityLimit:
             f"(t = {t:.1f}) and reaches the target {target:.2f} at {crossing:.0f} items",
         )
 
-    def _near_low(self, sizes: list[float], low: list[float]) -> list[float]:
+    def _near_low(self, sizes: list[float], low: list[float]) -> Iterator[float]:
         """The `sizes` (ascending) that have a size of `low` (the ascending sizes of the batches
-        under the target) within `SAME_SIZE` below them."""
+        under the target) within `SAME_SIZE` below them, one by one: a ceiling is the first
+        of them that is proven bad, and the sizes above it are not looked at."""
         if not low:
-            return []
+            return
         # A size under the smallest low one has none below it.
-        return [
-            size
-            for size in sizes[bisect_left(sizes, low[0]) :]
-            if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size
-        ]
+        for size in islice(sizes, bisect_left(sizes, low[0]), None):
+            if (at := bisect_left(low, size / self.SAME_SIZE)) < len(low) and low[at] <= size:
+                yield size
 
     def _ceiling(
-        self, pool: QualityPool, sizes: list[float], target: float, z: float, min_items: float = 0.0
+        self, pool: QualityPool, sizes: Iterable[float], target: float, z: float, min_items: float = 0.0
     ) -> tuple[float, float, float] | None:
         """(smallest size whose upper bound is under `target`, its High share, z), if any."""
         for size in sizes:

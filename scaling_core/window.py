@@ -21,11 +21,22 @@ workload is no longer current:
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from scaling_core._evidence import CostFit, WeightedCostFit, fit_costs, fit_weighted_costs, robust_spread
+import numpy as np
+
+from scaling_core._evidence import (
+    Column,
+    CostFit,
+    QualityPool,
+    WeightedCostFit,
+    fit_costs,
+    fit_weighted_costs,
+    log_spread,
+)
 from scaling_core.config import ScalingConfig
 from scaling_core.failures import FailureClassifier, FailureReport
 from scaling_core.results import BatchView
@@ -92,6 +103,51 @@ class CostRow(NamedTuple):
     """Its items' total weight, when they carry weights."""
 
 
+class PoolCarrier:
+    """The `QualityPool` of a stretch of observations, carried from one call to the next.
+
+    When the stretch is the last call's less a few at the front plus at most one new
+    observation (by their batches, `keys`), the sorted columns lose those and gain it by
+    bisection instead of being sorted again. The oldest observation of a size is the first
+    of that size in the pool's stable order, and a new one goes after every one of its size,
+    so the pool is the one `QualityPool.of` builds afresh.
+    """
+
+    __slots__ = ("highs", "items", "keys", "observations", "sizes")
+
+    MAX_DROPPED = 4
+    """Observations that may leave the front between two calls and still be moved in place."""
+
+    def __init__(self) -> None:
+        self.keys: list[object] = []
+        self.observations: list[Observation] = []
+        self.sizes: list[float] = []
+        self.highs: list[int] = []
+        self.items: list[int] = []
+
+    def pool(self, observations: Sequence[Observation], keys: Sequence[object]) -> QualityPool:
+        """The `QualityPool` of `observations`, whose batches are `keys` (aligned)."""
+        carried = slid(self.keys, keys, self.MAX_DROPPED)
+        sizes, highs, items = self.sizes, self.highs, self.items
+        if carried is None:
+            ordered = sorted(observations, key=lambda observation: observation[0])
+            sizes[:] = [size for size, _, _ in ordered]
+            highs[:] = [high for _, high, _ in ordered]
+            items[:] = [count for _, _, count in ordered]
+        else:
+            dropped, added = carried
+            for size, _, _ in self.observations[:dropped]:
+                at = bisect_left(sizes, size)
+                del sizes[at], highs[at], items[at]
+            for size, high, count in observations[len(observations) - added :]:
+                at = bisect_right(sizes, size)
+                sizes.insert(at, size)
+                highs.insert(at, high)
+                items.insert(at, count)
+        self.keys, self.observations = list(keys), list(observations)
+        return QualityPool.of_sorted(tuple(sizes), tuple(highs), tuple(items))
+
+
 class EvidenceColumns:
     """The columns `EvidenceWindow.of` reads of the last `EvidenceWindow.EVIDENCE` batches:
     of those that are evidence, their views, observations and quality buckets; of those that
@@ -102,13 +158,29 @@ class EvidenceColumns:
     one, instead of being transposed from every batch again.
     """
 
-    __slots__ = ("ids", "keys", "logs", "numbers", "quality", "quality_ids", "recent", "timings", "weights")
+    __slots__ = (
+        "ids",
+        "keys",
+        "logs",
+        "numbers",
+        "pools",
+        "quality",
+        "quality_ids",
+        "recent",
+        "seconds",
+        "sizes",
+        "timings",
+        "weights",
+    )
 
     MAX_DROPPED = 4
     """Batches that may leave the front between two calls and still be moved in place."""
 
     def __init__(self) -> None:
         self._clear()
+        self.pools = (PoolCarrier(), PoolCarrier())
+        """The quality pools of the window's quality evidence and of its last observations
+        (`EvidenceWindow.quality_pool`): each checks what it carries by itself."""
 
     def _clear(self) -> None:
         self.numbers: list[ViewNumbers] = []
@@ -120,6 +192,8 @@ class EvidenceColumns:
         self.ids: list[int] = []
         self.keys: list[BatchView] = []
         self.weights: list[float | None] = []
+        self.sizes: Column = np.empty(0)
+        self.seconds: Column = np.empty(0)
 
     def update(self, numbers: Sequence[ViewNumbers]) -> EvidenceColumns:
         """These columns made those of `numbers` (oldest first); returns itself."""
@@ -137,6 +211,8 @@ class EvidenceColumns:
                 del evidence_column[:evidence]
             for timing_column in (self.timings, self.logs, self.ids, self.keys, self.weights):
                 del timing_column[:timed]
+            self.sizes, self.seconds = self.sizes[timed:], self.seconds[timed:]
+        before = len(self.timings)
         for number in numbers[count - added :]:
             if number.observation is None:
                 continue
@@ -150,6 +226,9 @@ class EvidenceColumns:
                 self.ids.append(row.cost_bucket)
                 self.keys.append(row.view)
                 self.weights.append(row.weight)
+        if len(self.timings) > before:
+            sizes, seconds = np.array(self.timings[before:]).T
+            self.sizes, self.seconds = np.concatenate((self.sizes, sizes)), np.concatenate((self.seconds, seconds))
         self.numbers = list(numbers)
         return self
 
@@ -261,7 +340,12 @@ class EvidenceWindow:
     remaining_items: int | None
     failures: FailureReport
     timings: list[Timing]
+    sizes: Column
+    seconds: Column
     quality: list[Observation]
+    quality_keys: Sequence[BatchView]
+    """The batch of each of `quality`."""
+    pools: tuple[PoolCarrier, PoolCarrier]
     fit: CostFit | None
     noise: float
     metrics: dict[str, float] = field(default_factory=dict)
@@ -302,6 +386,7 @@ class EvidenceWindow:
         metrics: dict[str, float] = {"current_batch_size": float(base)}
         failures = FailureClassifier(config.min_batch_size).classify(views)
         columns = (carried or EvidenceColumns()).update(numbers[-cls.EVIDENCE :])
+        sizes, seconds = columns.sizes, columns.seconds
         recent, timings, logs, ids, keys, weights = (
             columns.recent,
             columns.timings,
@@ -323,11 +408,11 @@ class EvidenceWindow:
         )
         # And a step at moved sizes, begun by a surprising batch.
         change = max(change, step_change_point(timings, cls, weights=weights, keys=keys, memo=step_memo, since=change))
-        recent_fit = cls._fit(timings[change:], weights[change:])
+        recent_fit = cls._fit(timings[change:], weights[change:], sizes[change:], seconds[change:])
         shock = cls._shock(timings[change:], recent_fit.expected, recent_fit.noise)
         if shock:
             change += shock
-            recent_fit = cls._fit(timings[change:], weights[change:])
+            recent_fit = cls._fit(timings[change:], weights[change:], sizes[change:], seconds[change:])
         rise = rise_under_test(
             timings, cls, threshold=config.processing_time_threshold, weights=weights, keys=keys, memo=step_memo, since=change
         )
@@ -337,7 +422,7 @@ class EvidenceWindow:
             # evidence until they come in, then they alone are (and it with them once they
             # confirm the step).
             change = rise.index + 1 if rise.index + 1 < len(timings) and not rise.confirmed else rise.index
-            recent_fit = cls._fit(timings[change:], weights[change:])
+            recent_fit = cls._fit(timings[change:], weights[change:], sizes[change:], seconds[change:])
             metrics["rise_under_test_batches_ago"] = float(len(timings) - rise.index)
             metrics["rise_under_test_shift"] = math.expm1(rise.shift)
         else:
@@ -380,7 +465,11 @@ class EvidenceWindow:
             remaining_items=remaining_items,
             failures=failures,
             timings=timings[change:],
+            sizes=sizes[change:],
+            seconds=seconds[change:],
             quality=quality[quality_change:],
+            quality_keys=recent[quality_change:],
+            pools=columns.pools,
             fit=fit,
             noise=noise,
             metrics=metrics,
@@ -408,7 +497,9 @@ class EvidenceWindow:
         )
 
     @classmethod
-    def _fit(cls, timings: Sequence[Timing], weights: Sequence[float | None] = ()) -> RecentFit:
+    def _fit(
+        cls, timings: Sequence[Timing], weights: Sequence[float | None], sizes: Column, seconds: Column
+    ) -> RecentFit:
         """The fit of the recent `timings`: every batch kept (the time limit is on expected
         time, outliers included), with the robust spread (1.4826 * MAD) of its log residuals.
 
@@ -434,16 +525,16 @@ class EvidenceWindow:
                 last_items = sum(n for n, _ in recent[-cls.RECENT_WEIGHT :])
                 last_weight = sum(w for w in recent_weights[-cls.RECENT_WEIGHT :] if w is not None)
                 per_item_weight = last_weight / last_items
-                expected = [weighed.seconds(n, w or 0.0) for (n, _), w in zip(recent, recent_weights, strict=True)]
+                weighed_expected = [weighed.seconds(n, w or 0.0) for (n, _), w in zip(recent, recent_weights, strict=True)]
                 return RecentFit(
                     weighed.at(per_item_weight),
-                    cls._noise(recent, expected),
-                    expected,
+                    cls._noise(seconds[-cls.RECENT_COST :], np.array(weighed_expected)),
+                    weighed_expected,
                     weighed,
                     per_item_weight,
                     heaviest,
                 )
-        sizes, seconds = zip(*recent) if recent else ((), ())
+        sizes, seconds = sizes[-cls.RECENT_COST :], seconds[-cls.RECENT_COST :]
         fit = fit_costs(
             sizes,
             seconds,
@@ -454,9 +545,8 @@ class EvidenceWindow:
         )
         if fit is None:
             return RecentFit(None, cls.MIN_NOISE, [], heaviest_item=heaviest)
-        a, b, c = fit.fixed, fit.per_item, fit.quadratic
-        expected = [a + b * n + c * n * n for n, _ in recent]
-        return RecentFit(fit, cls._noise(recent, expected), expected, heaviest_item=heaviest)
+        expected = fit.seconds_of(sizes)
+        return RecentFit(fit, cls._noise(seconds, expected), expected.tolist(), heaviest_item=heaviest)
 
     @classmethod
     def _clean(cls, timings: Sequence[Timing], recent: RecentFit, count: int) -> bool:
@@ -474,12 +564,10 @@ class EvidenceWindow:
         )
 
     @classmethod
-    def _noise(cls, timings: Sequence[Timing], expected: Sequence[float]) -> float:
-        """Robust spread of the log residuals of `timings` against `expected`, within
+    def _noise(cls, seconds: Column, expected: Column) -> float:
+        """Robust spread of the log residuals of `seconds` against `expected`, within
         [`MIN_NOISE`, `MAX_NOISE`]."""
-        log, floor = math.log, math.log(1e-300)
-        residuals = [log(r) if (r := t / e) > 1e-300 else floor for (_, t), e in zip(timings, expected, strict=True) if e > 0]
-        return min(max(robust_spread(residuals), cls.MIN_NOISE), cls.MAX_NOISE)
+        return min(max(log_spread(seconds, expected), cls.MIN_NOISE), cls.MAX_NOISE)
 
     @classmethod
     def _shock(cls, timings: Sequence[Timing], expected: Sequence[float], noise: float) -> int:
@@ -508,6 +596,13 @@ class EvidenceWindow:
         return begin if begin < len(timings) else 0
 
     # -- what the limits ask of the window -------------------------------------------------
+
+    def quality_pool(self, last: int | None = None) -> QualityPool:
+        """The `QualityPool` of the quality evidence, or of its `last` observations (carried
+        from the last call's by `EvidenceColumns.pools`)."""
+        if last is None:
+            return self.pools[0].pool(self.quality, self.quality_keys)
+        return self.pools[1].pool(self.quality[-last:], self.quality_keys[-last:])
 
     @property
     def last(self) -> BatchView:

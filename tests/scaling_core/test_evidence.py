@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from scaling_core._evidence import (
+    QualityPool,
     _inverse,
     _inverse3,
     fit_costs,
@@ -28,11 +29,12 @@ from scaling_core.shifts import (
     QualityMemo,
     quality_change_point,
     rise_under_test,
+    slid,
     step_change_point,
 )
 from scaling_core.config import ScalingConfig
 from scaling_core.results import BatchView
-from scaling_core.window import EvidenceColumns, EvidenceWindow
+from scaling_core.window import EvidenceColumns, EvidenceWindow, PoolCarrier
 
 
 def _sample(quadratic: float, seed: int = 3, count: int = 60) -> tuple[list[float], list[float]]:
@@ -485,6 +487,16 @@ def test_a_stretch_of_heavy_items_is_no_step_of_the_cost() -> None:
     assert step_change_point(timings, EvidenceWindow) >= len(sizes)  # counted in items alone, it is one
 
 
+def _columns_of(columns: EvidenceColumns) -> dict[str, object]:
+    """The columns as plain lists (the quality pools check what they carry by themselves)."""
+    return {
+        name: value.tolist() if isinstance(value, np.ndarray) else value
+        for name in EvidenceColumns.__slots__
+        if name != "pools"
+        for value in [getattr(columns, name)]
+    }
+
+
 def test_the_window_columns_carried_between_calls_are_those_of_the_batches() -> None:
     # Batches that failed whole (no evidence) and that took no time (evidence, no timing)
     # among timed ones; the window slides, grows, loses a few at once and gains none.
@@ -506,9 +518,7 @@ def test_the_window_columns_carried_between_calls_are_those_of_the_batches() -> 
         timings = carried.timings
         carried.update(numbers[begin:end])
         fresh = EvidenceColumns().update(numbers[begin:end])
-        assert [getattr(carried, name) for name in EvidenceColumns.__slots__] == [
-            getattr(fresh, name) for name in EvidenceColumns.__slots__
-        ], end
+        assert _columns_of(carried) == _columns_of(fresh), end
         moved += carried.timings is timings  # moved in place, not rebuilt
     assert moved > 300  # most calls moved the columns rather than rebuilt them
     assert len(fresh.timings) < len(fresh.quality) < len(fresh.numbers)  # the three kinds were there
@@ -531,3 +541,24 @@ def test_the_window_is_the_same_with_the_per_batch_numbers_handed_in_or_computed
         computed.noise,
     )
     assert handed.metrics == computed.metrics
+
+
+def test_a_carried_quality_pool_is_the_one_built_afresh() -> None:
+    # Few distinct sizes, so that batches of one size come and go in every order; the
+    # stretch grows, slides by one, loses a few at once, and is sometimes another one.
+    rng = random.Random(9)
+    sizes = rng.choices([50, 60, 70, 80], k=500)
+    views = [BatchView(asked=n, items=n, high=rng.randint(0, n), seconds=1.0, failed=False) for n in sizes]
+    observations = [(float(view.asked), view.high, view.items) for view in views]
+    carrier = PoolCarrier()
+    begin = moved = 0
+    for end in range(1, len(views) + 1):
+        begin = max(begin, end - 150) + (end % 37 == 0) * 3
+        start = begin if end % 101 else end // 2  # another stretch now and then
+        moved += slid(carrier.keys, views[start:end], PoolCarrier.MAX_DROPPED) is not None
+        pool = carrier.pool(observations[start:end], views[start:end])
+        fresh = QualityPool.of(observations[start:end])
+        assert (pool.sizes, pool.highs, pool.items) == (fresh.sizes, fresh.highs, fresh.items), end
+        assert (pool.cumulative_high, pool.cumulative_items) == (fresh.cumulative_high, fresh.cumulative_items), end
+        assert pool.low_sizes(0.5) == fresh.low_sizes(0.5) and pool.between(55, 75) == fresh.between(55, 75), end
+    assert moved > 450  # most calls moved the sorted columns rather than sorted them again
