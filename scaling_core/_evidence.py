@@ -829,6 +829,10 @@ class QualityPool:
     items: Sequence[int]
     cumulative_high: tuple[float, ...]
     cumulative_items: tuple[float, ...]
+    distinct: Sequence[float] | None = None
+    """`distinct_sizes`, when the builder already has them."""
+    low: tuple[float, Sequence[float]] | None = None
+    """(target, `low_sizes(target)`), when the builder already has them."""
 
     @classmethod
     def of(cls, observations: Sequence[tuple[float, int, int]]) -> QualityPool:
@@ -838,22 +842,35 @@ class QualityPool:
         return cls.of_sorted(sizes, highs, items)
 
     @classmethod
-    def of_sorted(cls, sizes: Sequence[float], highs: Sequence[int], items: Sequence[int]) -> QualityPool:
-        """Build from the columns of triples already in `of`'s order."""
+    def of_sorted(
+        cls,
+        sizes: Sequence[float],
+        highs: Sequence[int],
+        items: Sequence[int],
+        *,
+        distinct: Sequence[float] | None = None,
+        low: tuple[float, Sequence[float]] | None = None,
+    ) -> QualityPool:
+        """Build from the columns of triples already in `of`'s order (and, when the caller
+        keeps them, their `distinct_sizes` and one target's `low_sizes`)."""
         return cls(
             sizes=sizes,
             highs=highs,
             items=items,
             cumulative_high=tuple(accumulate(highs, initial=0.0)),
             cumulative_items=tuple(accumulate(items, initial=0.0)),
+            distinct=distinct,
+            low=low,
         )
 
     def distinct_sizes(self) -> list[float]:
         """The sizes, each once, ascending."""
-        return list(dict.fromkeys(self.sizes))
+        return list(self.distinct) if self.distinct is not None else list(dict.fromkeys(self.sizes))
 
     def low_sizes(self, target: float) -> list[float]:
         """The sizes of the batches whose High share is under `target`, ascending."""
+        if self.low is not None and self.low[0] == target:
+            return list(self.low[1])
         return [size for size, high, items in zip(self.sizes, self.highs, self.items) if high < target * items]
 
     def between(self, low: float, high: float) -> tuple[float, float]:

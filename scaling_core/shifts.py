@@ -22,6 +22,7 @@ import operator
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from itertools import islice
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, median, robust_spread
@@ -279,7 +280,9 @@ def slid(previous: Sequence[object], current: Sequence[object], max_dropped: int
     dropped = len(previous) - (count - added)
     if not previous or not 0 <= dropped <= max_dropped:
         return None
-    if not all(map(operator.is_, previous[dropped:], current[: count - added])):
+    # Element by element from `dropped` on, without copying either list (`map` stops with
+    # the shorter: `current` has `added` more).
+    if not all(map(operator.is_, islice(previous, dropped, None), current)):
         return None
     return dropped, added
 

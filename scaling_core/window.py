@@ -21,7 +21,8 @@ workload is no longer current:
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -108,12 +109,13 @@ class PoolCarrier:
 
     When the stretch is the last call's less a few at the front plus at most one new
     observation (by their batches, `keys`), the sorted columns lose those and gain it by
-    bisection instead of being sorted again. The oldest observation of a size is the first
+    bisection instead of being sorted again, and so do the pool's distinct sizes and the
+    sizes of its batches under the target. The oldest observation of a size is the first
     of that size in the pool's stable order, and a new one goes after every one of its size,
     so the pool is the one `QualityPool.of` builds afresh.
     """
 
-    __slots__ = ("highs", "items", "keys", "observations", "sizes")
+    __slots__ = ("counts", "distinct", "highs", "items", "keys", "low", "observations", "sizes", "target")
 
     MAX_DROPPED = 4
     """Observations that may leave the front between two calls and still be moved in place."""
@@ -124,28 +126,68 @@ class PoolCarrier:
         self.sizes: list[float] = []
         self.highs: list[int] = []
         self.items: list[int] = []
+        self.counts: dict[float, int] = {}
+        """Batches of each size."""
+        self.distinct: list[float] = []
+        self.target = math.nan
+        self.low: list[float] = []
+        """The sizes of the batches whose High share is under `target`, ascending."""
 
-    def pool(self, observations: Sequence[Observation], keys: Sequence[object]) -> QualityPool:
-        """The `QualityPool` of `observations`, whose batches are `keys` (aligned)."""
-        carried = slid(self.keys, keys, self.MAX_DROPPED)
-        sizes, highs, items = self.sizes, self.highs, self.items
+    def pool(self, observations: Sequence[Observation], keys: Sequence[object], target: float) -> QualityPool:
+        """The `QualityPool` of `observations`, whose batches are `keys` (aligned), with its
+        `low_sizes(target)` at hand."""
+        carried = slid(self.keys, keys, self.MAX_DROPPED) if target == self.target else None
         if carried is None:
-            ordered = sorted(observations, key=lambda observation: observation[0])
-            sizes[:] = [size for size, _, _ in ordered]
-            highs[:] = [high for _, high, _ in ordered]
-            items[:] = [count for _, _, count in ordered]
+            self._rebuild(observations, target)
         else:
             dropped, added = carried
-            for size, _, _ in self.observations[:dropped]:
-                at = bisect_left(sizes, size)
-                del sizes[at], highs[at], items[at]
-            for size, high, count in observations[len(observations) - added :]:
-                at = bisect_right(sizes, size)
-                sizes.insert(at, size)
-                highs.insert(at, high)
-                items.insert(at, count)
+            for observation in self.observations[:dropped]:
+                self._remove(observation)
+            for observation in observations[len(observations) - added :]:
+                self._insert(observation)
         self.keys, self.observations = list(keys), list(observations)
-        return QualityPool.of_sorted(tuple(sizes), tuple(highs), tuple(items))
+        return QualityPool.of_sorted(
+            tuple(self.sizes),
+            tuple(self.highs),
+            tuple(self.items),
+            distinct=tuple(self.distinct),
+            low=(target, tuple(self.low)),
+        )
+
+    def _rebuild(self, observations: Sequence[Observation], target: float) -> None:
+        ordered = sorted(observations, key=lambda observation: observation[0])
+        self.sizes[:] = [size for size, _, _ in ordered]
+        self.highs[:] = [high for _, high, _ in ordered]
+        self.items[:] = [count for _, _, count in ordered]
+        self.counts = dict(Counter(self.sizes))
+        self.distinct[:] = list(self.counts)
+        self.target = target
+        self.low[:] = [size for size, high, count in ordered if high < target * count]
+
+    def _remove(self, observation: Observation) -> None:
+        """Take out the oldest observation of the pool, `observation`."""
+        size, high, count = observation
+        at = bisect_left(self.sizes, size)
+        del self.sizes[at], self.highs[at], self.items[at]
+        self.counts[size] -= 1
+        if not self.counts[size]:
+            del self.counts[size], self.distinct[bisect_left(self.distinct, size)]
+        if high < self.target * count:
+            del self.low[bisect_left(self.low, size)]
+
+    def _insert(self, observation: Observation) -> None:
+        """Put in `observation`, the newest of the pool."""
+        size, high, count = observation
+        at = bisect_right(self.sizes, size)
+        self.sizes.insert(at, size)
+        self.highs.insert(at, high)
+        self.items.insert(at, count)
+        if size not in self.counts:
+            self.counts[size] = 0
+            insort(self.distinct, size)
+        self.counts[size] += 1
+        if high < self.target * count:
+            insort(self.low, size)
 
 
 class EvidenceColumns:
@@ -598,11 +640,13 @@ class EvidenceWindow:
     # -- what the limits ask of the window -------------------------------------------------
 
     def quality_pool(self, last: int | None = None) -> QualityPool:
-        """The `QualityPool` of the quality evidence, or of its `last` observations (carried
-        from the last call's by `EvidenceColumns.pools`)."""
+        """The `QualityPool` of the quality evidence, or of its `last` observations, with the
+        sizes under the quality target at hand (carried from the last call's by
+        `EvidenceColumns.pools`)."""
+        target = self.config.high_confidence_threshold
         if last is None:
-            return self.pools[0].pool(self.quality, self.quality_keys)
-        return self.pools[1].pool(self.quality[-last:], self.quality_keys[-last:])
+            return self.pools[0].pool(self.quality, self.quality_keys, target)
+        return self.pools[1].pool(self.quality[-last:], self.quality_keys[-last:], target)
 
     @property
     def last(self) -> BatchView:

@@ -555,10 +555,12 @@ def test_a_carried_quality_pool_is_the_one_built_afresh() -> None:
     for end in range(1, len(views) + 1):
         begin = max(begin, end - 150) + (end % 37 == 0) * 3
         start = begin if end % 101 else end // 2  # another stretch now and then
-        moved += slid(carrier.keys, views[start:end], PoolCarrier.MAX_DROPPED) is not None
-        pool = carrier.pool(observations[start:end], views[start:end])
+        target = 0.5 if end < 400 else 0.6  # a new target is a new pool
+        moved += slid(carrier.keys, views[start:end], PoolCarrier.MAX_DROPPED) is not None and end != 400
+        pool = carrier.pool(observations[start:end], views[start:end], target)
         fresh = QualityPool.of(observations[start:end])
         assert (pool.sizes, pool.highs, pool.items) == (fresh.sizes, fresh.highs, fresh.items), end
         assert (pool.cumulative_high, pool.cumulative_items) == (fresh.cumulative_high, fresh.cumulative_items), end
-        assert pool.low_sizes(0.5) == fresh.low_sizes(0.5) and pool.between(55, 75) == fresh.between(55, 75), end
+        assert pool.distinct_sizes() == fresh.distinct_sizes() and pool.between(55, 75) == fresh.between(55, 75), end
+        assert pool.low is not None and pool.low_sizes(target) == fresh.low_sizes(target), end
     assert moved > 450  # most calls moved the sorted columns rather than sorted them again
