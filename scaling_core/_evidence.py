@@ -104,9 +104,11 @@ class CostFit:
     @property
     def curvature_t(self) -> float:
         """t statistic of the quadratic term (0.0 without one)."""
-        if not self.quadratic or not self.covariance or self.covariance[2][2] <= 0:
+        if not self.quadratic or not self.covariance:
             return 0.0
-        return self.quadratic * self.scale**2 / math.sqrt(self.covariance[2][2])
+        variance = self.covariance[2][2]
+        # A curve that fits every point exactly (variance 0) is as certain as a curve gets.
+        return self.quadratic * self.scale**2 / math.sqrt(variance) if variance > 0 else math.inf
 
     def seconds_per_item(self, size: float) -> float:
         return self.seconds(size) / size if size > 0 else math.inf
@@ -156,8 +158,7 @@ def _inverse3(a: float, b: float, c: float, e: float, f: float, i: float) -> lis
     ]
 
 
-@dataclass(frozen=True, slots=True)
-class _Moments:
+class _Moments(NamedTuple):
     """Sums of w*x^k (k <= 4), w*x^k*y (k <= 2) and w*y^2 over points, sizes x scaled by `scale`."""
 
     scale: float
@@ -196,18 +197,17 @@ class _Moments:
     @classmethod
     def of_columns(cls, columns: _SizeColumns, ys: Column, weights: Column | None = None) -> _Moments:
         """Every moment, of the points (size, ys[i]) of `columns` with weights[i] (1.0
-        without), each sum one vector operation: x = size / scale, w*x^k built up from w*x^2."""
-        x1, x2 = columns.x1, columns.x2
+        without): the sums over the powers x^0..x^4 as two products with `columns.powers`."""
+        powers = columns.powers
         if weights is None:
-            w_sum, w_x1, wx2, wy = float(len(x1)), _total(x1), x2, ys
+            xs, wy = _total(powers, axis=1), ys
         else:
-            wx2, wy = weights * x2, weights * ys
-            w_sum, w_x1 = _total(weights), weights @ x1
+            xs, wy = powers @ weights, weights * ys
         return cls(
             scale=columns.scale,
-            count=len(x1),
-            xs=(float(w_sum), float(w_x1), float(_total(wx2)), float(wx2 @ x1), float(wx2 @ x2)),
-            xys=(float(_total(wy)), float(x1 @ wy), float(x2 @ wy)),
+            count=len(ys),
+            xs=tuple(xs.tolist()),
+            xys=tuple((powers[:3] @ wy).tolist()),
             yy=float(wy @ ys),
             distinct=columns.distinct,
             smallest=columns.smallest,
@@ -227,7 +227,7 @@ class _Moments:
             inverse = [[d / determinant, -b / determinant], [-b / determinant, a / determinant]]
             y_i, y_j = xys[i], xys[j]
             coefficients = [inverse[0][0] * y_i + inverse[0][1] * y_j, inverse[1][0] * y_i + inverse[1][1] * y_j]
-            rss = max(self.yy - (coefficients[0] * y_i + coefficients[1] * y_j), 0.0)
+            rss = _residual(self.yy, coefficients[0] * y_i + coefficients[1] * y_j)
             return _Solution(powers, coefficients, inverse, rss)
         if len(powers) == 1:
             (i,) = powers
@@ -236,7 +236,7 @@ class _Moments:
                 return None
             inverse = [[1.0 / a]]
             coefficient = inverse[0][0] * y_i
-            return _Solution(powers, [coefficient], inverse, max(self.yy - coefficient * y_i, 0.0))
+            return _Solution(powers, [coefficient], inverse, _residual(self.yy, coefficient * y_i))
         i, j, k = powers
         inverse = _inverse3(xs[i + i], xs[i + j], xs[i + k], xs[j + j], xs[j + k], xs[k + k])
         if inverse is None:
@@ -245,7 +245,7 @@ class _Moments:
         (r00, r01, r02), (r10, r11, r12), (r20, r21, r22) = inverse
         c0, c1, c2 = r00 * y0 + r01 * y1 + r02 * y2, r10 * y0 + r11 * y1 + r12 * y2, r20 * y0 + r21 * y1 + r22 * y2
         # Residual sum of squares from the sums: y'Wy - b'X'Wy.
-        rss = max(self.yy - (c0 * y0 + c1 * y1 + c2 * y2), 0.0)
+        rss = _residual(self.yy, c0 * y0 + c1 * y1 + c2 * y2)
         return _Solution(powers, [c0, c1, c2], inverse, rss)
 
     def best_nonnegative(
@@ -262,13 +262,34 @@ class _Moments:
         best: _Solution | None = None
         for number, powers in enumerate(candidates):
             solution = first if number == 0 and first is not None else self.solve(powers)
-            if solution is None or any(c < 0 for c in solution.coefficients):
+            if solution is None or _negative(solution.coefficients):
                 continue
             if number == 0:
                 return solution
             if best is None or solution.rss < best.rss:
                 best = solution
         return best
+
+
+_RSS_ZERO = 1e-9
+"""A residual sum of squares under this share of y'Wy is rounding, not noise: y'Wy - b'X'Wy
+cancels to about 1e-11 of it on noise-free points, and timings that close to a curve would
+be noise of 3e-5 of the time. It counts as 0, so that a noise-free cost is fitted the same
+whatever order its sums were taken in."""
+
+
+def _residual(yy: float, explained: float) -> float:
+    """The residual sum of squares y'Wy - b'X'Wy, 0.0 when it is rounding (`_RSS_ZERO`)."""
+    rss = yy - explained
+    return rss if rss > _RSS_ZERO * yy else 0.0
+
+
+def _negative(coefficients: list[float]) -> bool:
+    """Whether any coefficient is under 0 (a loop: a generator costs more than three numbers)."""
+    for coefficient in coefficients:
+        if coefficient < 0:
+            return True
+    return False
 
 
 class _Columns(NamedTuple):
@@ -292,16 +313,21 @@ class _SizeColumns(NamedTuple):
     """`_Columns` as vectors (`_Moments.of_columns`)."""
 
     scale: float
-    x1: Column
-    x2: Column
+    powers: Column
+    """x^0 .. x^4 of each size, x = size / scale: a 5 x n matrix."""
     distinct: int
     smallest: float
 
     @classmethod
     def of(cls, sizes: Column) -> _SizeColumns:
         scale = float(_largest(sizes))
-        x1 = sizes / scale
-        return cls(scale, x1, x1 * x1, _distinct(sizes.tolist(), _CURVE_SIZES), float(_smallest(sizes)))
+        powers = np.empty((5, len(sizes)))
+        powers[0] = 1.0
+        x1, x2 = np.divide(sizes, scale, out=powers[1]), powers[2]
+        np.multiply(x1, x1, out=x2)
+        np.multiply(x2, x1, out=powers[3])
+        np.multiply(x2, x2, out=powers[4])
+        return cls(scale, powers, _distinct(sizes.tolist(), _CURVE_SIZES), float(_smallest(sizes)))
 
 
 def _distinct(values: Iterable[float], enough: int) -> int:
@@ -775,21 +801,27 @@ def fit_line(
     columns = _Columns.of(sizes)
     if columns.scale < min_spread * columns.smallest:
         return None
-    fit: CostFit | None = None
-    weights: list[float] | None = None
-    for _ in range(2):
-        moments = _Moments.of_line(sizes, seconds, weights, columns=columns)
-        solution = moments.solve((0, 1))
-        fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
-        if fit is None:
-            return None
-        predicted = fit.seconds_each(sizes)
-        # Where the line goes under zero, the batch's own time stands in for its prediction.
-        weights = [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for t, p in zip(seconds, predicted)]
+    # The unweighted line only weighs the points: its predictions, without a fit's covariance
+    # (`_cost_fit`'s coefficients: fixed / scale^0, per_item / scale^1; None without a
+    # positive per-item cost).
+    solution = _Moments.of_line(sizes, seconds, columns=columns).solve((0, 1))
+    if solution is None:
+        return None
+    fixed, per_item = solution.coefficients[0], solution.coefficients[1] / columns.scale
+    if per_item <= 0:
+        return None
+    weights = _line_weights(seconds, [fixed + per_item * n for n in sizes])
+    moments = _Moments.of_line(sizes, seconds, weights, columns=columns)
+    solution = moments.solve((0, 1))
+    fit = _cost_fit(solution, moments.scale, count) if solution is not None else None
+    if fit is None:
+        return None
+    predicted = fit.seconds_each(sizes)
     relative = _relative_errors(seconds, predicted)
     spread = max(robust_spread(relative), 0.01)
     kept = [i for i, r in enumerate(relative) if abs(r) <= 3.5 * spread]
     if min_points <= len(kept) < count:
+        weights = _line_weights(seconds, predicted)
         moments = _Moments.of_line(
             [sizes[i] for i in kept], [seconds[i] for i in kept], [weights[i] for i in kept]
         )
@@ -797,6 +829,12 @@ def fit_line(
         refit = _cost_fit(solution, moments.scale, len(kept)) if solution is not None else None
         fit = refit or fit
     return fit
+
+
+def _line_weights(seconds: Sequence[float], predicted: Sequence[float]) -> list[float]:
+    """1 / predicted^2 of each point; where the line goes under zero, the batch's own time
+    stands in for its prediction."""
+    return [1.0 / max(p if p > 1e-9 else t, 1e-9) ** 2 for t, p in zip(seconds, predicted)]
 
 
 def two_proportion_z(high_a: float, items_a: float, high_b: float, items_b: float) -> float:

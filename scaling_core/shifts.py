@@ -1001,7 +1001,7 @@ def rise_under_test(
         fit = reference.fit
         if fit is None or reference.surprise <= 0 or size > window.NEIGHBOURHOOD * max(n for n, _ in timings[begin:split]):
             continue
-        own = math.log(seconds / _predicted(fit, size, weights[split] if weights is not None else None))
+        own = math.log(max(seconds / _predicted(fit, size, weights[split] if weights is not None else None), 1e-300))
         if own < window.SHOCK_Z * math.sqrt(reference.variance):
             continue
         after = timings[split + 1 :]
@@ -1086,7 +1086,8 @@ def _residuals(
         expected = _predicted(fit, n, weight)
         if expected <= 0:
             return None
-        residuals.append(math.log(t / expected))
+        # A ratio that underflows (a time of 5e-324 s) counts as 1e-300, as in the window's tests.
+        residuals.append(math.log(max(t / expected, 1e-300)))
         gradients.append([x / expected for x in _design(fit, n, weight)])
     return residuals, gradients
 

@@ -20,6 +20,9 @@ from scaling_core._evidence import (
     wilson_bounds,
 )
 from scaling_core.shifts import (
+    StepReference,
+    _confirmed,
+    _residuals,
     common_shift,
     cost_change_point,
     ShiftMemo,
@@ -564,3 +567,29 @@ def test_a_carried_quality_pool_is_the_one_built_afresh() -> None:
         assert pool.distinct_sizes() == fresh.distinct_sizes() and pool.between(55, 75) == fresh.between(55, 75), end
         assert pool.low is not None and pool.low_sizes(target) == fresh.low_sizes(target), end
     assert moved > 450  # most calls moved the sorted columns rather than sorted them again
+
+
+def test_a_batch_timed_at_the_smallest_float_is_judged_without_a_domain_error() -> None:
+    # 5e-324 s over a prediction of seconds underflows to a ratio of 0: its log residual is
+    # floored at log(1e-300), as the window floors a shock's, instead of raising.
+    fit = fit_line([10.0, 20.0, 30.0, 40.0, 50.0], [1.1, 1.2, 1.3, 1.4, 1.5])
+    assert fit is not None
+    reference = StepReference(fit, 0.01, -1)
+    after = [(20.0, 5e-324), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2)]
+    measured = _residuals(reference, after)
+    assert measured is not None and measured[0][0] == math.log(1e-300)
+    assert _confirmed(reference, after, EvidenceWindow) in (True, False)
+
+
+def test_noise_free_costs_are_fitted_by_their_shape_not_by_rounding() -> None:
+    # On exact points the residual sums are rounding, which the order of the sums decides:
+    # they count as 0, so a line stays a line and a curve is certain.
+    rng = random.Random(5)
+    for _ in range(200):
+        sizes = [float(rng.choice([20, 30, 68, 102, 153, 230, 270, 327, 385])) for _ in range(rng.randint(8, 150))]
+        if len(set(sizes)) < 4:
+            continue
+        line = fit_costs(sizes, [1.0 + 0.01 * n for n in sizes], curvature_t=2.0, half_life=40.0, outlier_cutoff=None)
+        assert line is not None and line.quadratic == 0.0
+        curve = fit_costs(sizes, [1.0 + 0.01 * n + 2e-5 * n * n for n in sizes], curvature_t=2.0)
+        assert curve is not None and curve.quadratic == pytest.approx(2e-5) and curve.curvature_t == math.inf
