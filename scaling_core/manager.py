@@ -36,6 +36,7 @@ import math
 import operator
 from collections import Counter, deque
 from collections.abc import Mapping, Sequence
+from itertools import islice
 from typing import Any, Protocol
 
 from scaling_core import growth, predictions
@@ -206,7 +207,8 @@ class ScalingManager:
         """
         if remaining_items is not None and remaining_items < 0:
             raise ValueError(f"remaining_items must not be negative, got {remaining_items}")
-        history = list(batches[-self.HISTORY :])
+        tail = batches[-self.HISTORY :]
+        history = tail if isinstance(tail, list) else list(tail)
         config = self.config
         base = config.clamp(history[-1].asked_size if history else self._current_batch_size)
         if not history:
@@ -390,11 +392,12 @@ class ScalingManager:
         numbers: list[ViewNumbers] = []
         if previous and history:
             if len(history) == len(previous) + 1 and all(map(operator.is_, history, previous)):
-                views = [*previous_views, history[-1].view]
-                numbers = [*previous_numbers, EvidenceWindow.numbers(views[-1])]
-            elif len(history) == len(previous) and all(map(operator.is_, history, previous[1:])):
-                views = [*previous_views[1:], history[-1].view]
-                numbers = [*previous_numbers[1:], EvidenceWindow.numbers(views[-1])]
+                views, numbers = previous_views[:], previous_numbers[:]
+            elif len(history) == len(previous) and all(map(operator.is_, history, islice(previous, 1, None))):
+                views, numbers = previous_views[1:], previous_numbers[1:]
+            if views is not None:
+                views.append(history[-1].view)
+                numbers.append(EvidenceWindow.numbers(views[-1]))
         if views is None:
             views = [batch.view for batch in history]
             numbers = [EvidenceWindow.numbers(view) for view in views]

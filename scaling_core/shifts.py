@@ -259,15 +259,21 @@ def _judged_splits(
         yield split, _shifted(difference, spread, within, dof, window)
 
 
-def _geometric_backs(length: int, window: type[EvidenceWindow], start: int | None = None) -> list[int]:
+def _geometric_backs(length: int, window: type[EvidenceWindow], start: int | None = None) -> tuple[int, ...]:
     """Batches after each split tried beyond `start` (`SHOCK_SCAN` by default), under
     `length`: geometric, `CHANGE_CHECKPOINT_GROWTH` apart."""
+    return _backs(length, window.SHOCK_SCAN if start is None else start, window.CHANGE_CHECKPOINT_GROWTH)
+
+
+@lru_cache(maxsize=512)
+def _backs(length: int, start: int, growth: float) -> tuple[int, ...]:
+    """`_geometric_backs`, computed once per length: every decision asks for the same few."""
     backs: list[int] = []
-    back = max(window.SHOCK_SCAN if start is None else start, 1)
+    back = max(start, 1)
     while True:
-        back = max(back + 1, int(back * window.CHANGE_CHECKPOINT_GROWTH))
+        back = max(back + 1, int(back * growth))
         if back >= length:
-            return backs
+            return tuple(backs)
         backs.append(back)
 
 
@@ -533,11 +539,11 @@ def quality_change_point(
     return 0
 
 
-def _quality_backs(count: int, window: type[EvidenceWindow]) -> list[int]:
+def _quality_backs(count: int, window: type[EvidenceWindow]) -> tuple[int, ...]:
     """Batches after each split `quality_change_point` tries: `CHANGE_BATCHES`, then geometric
     steps back, newest first."""
     first = window.CHANGE_BATCHES
-    return [first, *_geometric_backs(count, window, start=first)] if first < count else []
+    return (first, *_geometric_backs(count, window, start=first)) if first < count else ()
 
 
 class _QualitySplit(_SplitTerms):

@@ -269,8 +269,9 @@ class EvidenceColumns:
                 self.keys.append(row.view)
                 self.weights.append(row.weight)
         if len(self.timings) > before:
-            sizes, seconds = np.array(self.timings[before:]).T
-            self.sizes, self.seconds = np.concatenate((self.sizes, sizes)), np.concatenate((self.seconds, seconds))
+            new = self.timings[before:]
+            self.sizes = np.concatenate((self.sizes, [size for size, _ in new]))
+            self.seconds = np.concatenate((self.seconds, [seconds for _, seconds in new]))
         self.numbers = list(numbers)
         return self
 
