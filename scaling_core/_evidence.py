@@ -1,7 +1,7 @@
 """Statistics the manager's decisions rest on: cost fits and quality bounds.
 
-Pure functions over small lists; no state. Kept apart from `manager` so that each piece
-of math can be read and tested on its own.
+Pure functions over small lists and vectors; no state. Kept apart from `manager` so that
+each piece of math can be read and tested on its own.
 
 The cost fits of many batches (`fit_costs`: the time limit's recent 80, the throughput
 optimum's 150) take their sums as numpy vector operations; the line of a step test's
@@ -172,7 +172,12 @@ class _Moments(NamedTuple):
 
     @classmethod
     def of_line(
-        cls, sizes: Sequence[float], ys: Sequence[float], weights: Sequence[float] | None = None, *, columns: _Columns | None = None
+        cls,
+        sizes: Sequence[float],
+        ys: Sequence[float],
+        weights: Sequence[float] | None = None,
+        *,
+        columns: _Columns | None = None,
     ) -> _Moments:
         """The moments a line reads (w x^k for k <= 2, w x^k y for k <= 1, w y^2), for
         `solve((0, 1))`, of the points (sizes[i], ys[i]) with weights[i] (1.0 without), summed
@@ -617,10 +622,8 @@ def _fit_costs_pair(
     inside = deviations <= outlier_cutoff * max(1.4826 * _median(deviations), 0.01)
     kept = int(np.count_nonzero(inside))
     if min_points <= kept < count:
-        kept_sizes = sizes_column[inside]
-        refit = _fit_once(
-            _Moments.of_columns(_SizeColumns.of(kept_sizes), seconds_column[inside], weights[inside]), curvature_t
-        )
+        trimmed = _Moments.of_columns(_SizeColumns.of(sizes_column[inside]), seconds_column[inside], weights[inside])
+        refit = _fit_once(trimmed, curvature_t)
         if refit is not None:
             return fit, refit
     return fit, fit

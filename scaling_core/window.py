@@ -25,6 +25,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import NamedTuple
 
 import numpy as np
@@ -155,7 +156,7 @@ class PoolCarrier:
         )
 
     def _rebuild(self, observations: Sequence[Observation], target: float) -> None:
-        ordered = sorted(observations, key=lambda observation: observation[0])
+        ordered = sorted(observations, key=itemgetter(0))  # stable, as `QualityPool.of` sorts
         self.sizes[:] = [size for size, _, _ in ordered]
         self.highs[:] = [high for _, high, _ in ordered]
         self.items[:] = [count for _, _, count in ordered]
@@ -197,7 +198,9 @@ class EvidenceColumns:
 
     Carried between calls (`update`): when the batches are the last call's less a few at the
     front plus at most one new one, the columns lose those at the front and gain the new
-    one, instead of being transposed from every batch again.
+    one, instead of being transposed from every batch again. The sizes and times of the
+    timings are also kept as numpy vectors (`sizes`, `seconds`), and the quality limit's
+    pools ride along (`pools`).
     """
 
     __slots__ = (
@@ -287,7 +290,11 @@ class EvidenceWindow:
         remaining_items: items left to process, when the caller knows it.
         failures: the window's whole-batch failures, classified.
         timings: (items, seconds) of the current cost regime, oldest first.
+        sizes, seconds: the same timings as two numpy vectors (the cost fits of many batches
+            read these).
         quality: (size, High, items) of the current quality regime, oldest first.
+        quality_keys: the batch of each of `quality` (what `quality_pool` carries by).
+        pools: the carriers of the quality pools (`quality_pool`), kept with the columns.
         fit: the cost fit of the recent timings (None while they do not determine it).
         noise: robust spread of the log residuals of `fit` (relative timing noise).
         metrics: numbers a reader needs to check the decision's reason.
@@ -387,7 +394,6 @@ class EvidenceWindow:
     seconds: Column
     quality: list[Observation]
     quality_keys: Sequence[BatchView]
-    """The batch of each of `quality`."""
     pools: tuple[PoolCarrier, PoolCarrier]
     fit: CostFit | None
     noise: float
@@ -550,7 +556,7 @@ class EvidenceWindow:
         `timings`) and the fit finds a significant per-weight cost (`fit_weighted_costs`),
         the fit is that model read at the weight per item of the last `RECENT_WEIGHT` batches:
         heavier items make the size smaller. Otherwise the cost is a function of the item
-        count alone.
+        count alone. `sizes` and `seconds` are `timings` as two vectors.
         """
         recent = timings[-cls.RECENT_COST :]
         recent_weights = list(weights[-cls.RECENT_COST :])
