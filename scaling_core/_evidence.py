@@ -666,15 +666,24 @@ def _median(values: Column) -> float:
     return float(ordered[middle]) if len(ordered) % 2 else (float(ordered[middle - 1]) + float(ordered[middle])) / 2
 
 
+_RATIO_FLOOR = 1e-300
+"""Where a time over its prediction underflows (a time of 5e-324 s), the ratio a log reads."""
+
+
+def log_ratio(seconds: float, expected: float) -> float:
+    """log(seconds / expected) of a positive prediction, the ratio floored at `_RATIO_FLOOR`."""
+    return math.log(max(seconds / expected, _RATIO_FLOOR))
+
+
 def log_spread(seconds: Column, expected: Column) -> float:
-    """`robust_spread` of log(seconds / expected) over the points expected to take time (a
-    ratio under 1e-300 counts as 1e-300): the relative noise of times about a fit."""
+    """`robust_spread` of `log_ratio`s of the points expected to take time: the relative
+    noise of times about a fit."""
     if _smallest(expected) <= 0:
         timed = expected > 0
         seconds, expected = seconds[timed], expected[timed]
     if not len(seconds):
         return 0.0
-    residuals = np.log(np.maximum(seconds / expected, 1e-300))
+    residuals = np.log(np.maximum(seconds / expected, _RATIO_FLOOR))
     return 1.4826 * _median(np.abs(residuals - _median(residuals)))
 
 

@@ -25,7 +25,16 @@ from functools import lru_cache
 from itertools import islice
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
-from scaling_core._evidence import CostFit, WeightedCostFit, _inverse, fit_line, fit_weighted_costs, median, robust_spread
+from scaling_core._evidence import (
+    CostFit,
+    WeightedCostFit,
+    _inverse,
+    fit_line,
+    fit_weighted_costs,
+    log_ratio,
+    median,
+    robust_spread,
+)
 
 if TYPE_CHECKING:
     from scaling_core.window import EvidenceWindow, Observation, Timing
@@ -1007,7 +1016,7 @@ def rise_under_test(
         fit = reference.fit
         if fit is None or reference.surprise <= 0 or size > window.NEIGHBOURHOOD * max(n for n, _ in timings[begin:split]):
             continue
-        own = math.log(max(seconds / _predicted(fit, size, weights[split] if weights is not None else None), 1e-300))
+        own = log_ratio(seconds, _predicted(fit, size, weights[split] if weights is not None else None))
         if own < window.SHOCK_Z * math.sqrt(reference.variance):
             continue
         after = timings[split + 1 :]
@@ -1092,8 +1101,7 @@ def _residuals(
         expected = _predicted(fit, n, weight)
         if expected <= 0:
             return None
-        # A ratio that underflows (a time of 5e-324 s) counts as 1e-300, as in the window's tests.
-        residuals.append(math.log(max(t / expected, 1e-300)))
+        residuals.append(log_ratio(t, expected))
         gradients.append([x / expected for x in _design(fit, n, weight)])
     return residuals, gradients
 

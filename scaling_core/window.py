@@ -37,6 +37,7 @@ from scaling_core._evidence import (
     WeightedCostFit,
     fit_costs,
     fit_weighted_costs,
+    log_ratio,
     log_spread,
 )
 from scaling_core.config import ScalingConfig
@@ -636,7 +637,7 @@ class EvidenceWindow:
             predicted = expected[index - offset]
             if predicted <= 0:
                 break
-            z = math.log(max(t / predicted, 1e-300)) / noise
+            z = log_ratio(t, predicted) / noise
             direction = (z > cls.SHOCK_Z) - (z < -cls.SHOCK_Z)
             if direction == 0 or (side and direction != side):
                 break
