@@ -578,7 +578,8 @@ def test_a_batch_timed_at_the_smallest_float_is_judged_without_a_domain_error() 
     after = [(20.0, 5e-324), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2), (20.0, 1.2)]
     measured = _residuals(reference, after)
     assert measured is not None and measured[0][0] == math.log(1e-300)
-    assert _confirmed(reference, after, EvidenceWindow) in (True, False)
+    # Clipped to the others' spread, one such batch among six confirms no step down.
+    assert _confirmed(reference, after, EvidenceWindow) is False
 
 
 def test_noise_free_costs_are_fitted_by_their_shape_not_by_rounding() -> None:
